@@ -1,0 +1,239 @@
+"""Typed run configuration: dataclasses loaded from and saved to YAML, with `-o a.b=c` overrides.
+
+Every key is checked: a misspelt key or a value of the wrong type is an error that names the
+source (file or override), the key, the value and what was expected, and suggests the nearest key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used as written."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    num_classes: int = 2
+    # Further keyword arguments of the model's builder (see `pixelwise models NAME`).
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    crop_size: Optional[int] = None  # square random crop for training; None keeps the whole image
+    hflip: bool = True
+    vflip: bool = False
+    rot90: bool = False  # random multiples of 90 degrees
+    elastic: bool = False  # U-Net section 3.1: random displacements on a coarse grid, smooth interpolation
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0  # standard deviation of the grid displacements, in pixels
+    brightness: float = 0.0  # random intensity scale in [1-b, 1+b]
+    contrast: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "isbi2012"  # isbi2012 | camvid | folder
+    root: Optional[str] = None  # data root; else $PIXELWISE_DATA; else ~/.cache/pixelwise/data
+    path: Optional[str] = None  # dataset folder under the root (default: the dataset's own name)
+    train_split: str = "0-24"  # isbi2012: slice ranges "0-24" or "0,3,5"; camvid/folder: split name
+    val_split: str = "25-29"
+    num_classes: Optional[int] = None  # folder dataset only; other datasets know their classes
+    ignore_index: int = 255
+    mean: list = field(default_factory=lambda: [0.5])
+    std: list = field(default_factory=lambda: [0.5])
+    weight_map: bool = False  # U-Net section 3: class balance + border term from instance labels
+    w0: float = 10.0
+    sigma: float = 5.0
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "step", "poly", "exponential"] = "constant"
+    step_size: int = 1000  # step schedule: steps between decays
+    gamma: float = 0.1  # step: factor per decay; exponential: factor per epoch
+    power: float = 0.9  # poly schedule
+    warmup_steps: int = 0
+    epochs: int = 10
+    max_steps: Optional[int] = None  # overrides epochs when set
+    time_limit: Optional[float] = None  # seconds of training after which the run stops and saves
+    batch_size: int = 1
+    grad_clip: Optional[float] = None  # max global gradient norm
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    seed: int = 0
+    deterministic: bool = False
+    class_weights: Optional[list] = None  # per-class loss weights
+    val_every: int = 0  # steps between validations; 0 = once per epoch
+    ckpt_every: int = 0  # steps between checkpoints; 0 = once per epoch
+    log_every: int = 10
+    best_metric: str = "miou"  # higher is better
+    threads: Optional[int] = None  # torch CPU threads
+
+
+@dataclass
+class InferConfig:
+    tile: Optional[int] = None  # output tile size for overlap-tile inference; None = whole image
+    overlap: int = 0  # overlap between neighbouring output tiles, in pixels
+    tta: bool = False  # average over flips and 90-degree rotations
+    batch_size: int = 4  # tiles per forward pass
+    save_probs: bool = False  # predict: also write probability maps (.npy, float16)
+    threshold: Optional[float] = None  # binary models: foreground if p(class 1) >= threshold
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: got {value!r}, expected one of {', '.join(map(repr, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _update(obj, values: dict, source: str, prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {values!r}")
+    hints = _hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {prefix}{key}{hint} Valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _update(current, value, source, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{source}: {prefix}{key}"))
+
+
+def from_dict(values: dict, source: str = "config") -> Config:
+    cfg = Config()
+    _update(cfg, values or {}, source)
+    return cfg
+
+
+def apply_override(cfg: Config, override: str) -> None:
+    """Apply one `a.b=c` override; the value is parsed as YAML (so `1e-3`, `[1, 2]`, `null` work)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key=value, for example train.lr=0.001")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.strip().split(".")
+    # model.args is free-form: its keys are checked by the model builder.
+    if parts[:2] == ["model", "args"] and len(parts) > 2:
+        node = cfg.model.args
+        for p in parts[2:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        return
+    nested: Any = value
+    for p in reversed(parts):
+        nested = {p: nested}
+    _update(cfg, nested, f"override {override!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Load a YAML recipe (or the defaults when path is None) and apply overrides in order."""
+    values: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        source = str(path)
+    cfg = from_dict(values, source)
+    for o in overrides:
+        apply_override(cfg, o)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

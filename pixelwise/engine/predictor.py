@@ -1,0 +1,195 @@
+"""Inference: whole-image and overlap-tile prediction with mirrored borders, and test-time augmentation.
+
+A model may map an input side to a smaller output side (the valid-convolution U-Net); it then has
+`output_size(input_size)` and `input_size_for(output_size)`. Every prediction here goes through one
+mechanism: for an output window, gather the input window around it from the image, extending the
+image by mirroring where the window leaves it (U-Net section 2, Fig. 2), run the model and keep the
+part of the output that belongs to the window.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper, which carries the size methods."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _input_size_for(model: nn.Module, size: int) -> int:
+    fn = getattr(_unwrap(model), "input_size_for", None)
+    return fn(size) if fn else size
+
+
+def _output_size(model: nn.Module, size: int) -> int:
+    fn = getattr(_unwrap(model), "output_size", None)
+    return fn(size) if fn else size
+
+
+def mirror_index(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Map any integer coordinates into [0, n) by repeated mirroring (edge pixel not repeated)."""
+    if n == 1:
+        return torch.zeros_like(index)
+    period = 2 * (n - 1)
+    index = index.abs() % period
+    return torch.where(index >= n, period - index, index)
+
+
+def _geometry(model: nn.Module, size: int) -> tuple[int, int]:
+    """(input side, top margin) so the model's output starting at the margin covers `size` pixels."""
+    in_size = _input_size_for(model, size)
+    out_size = _output_size(model, in_size)
+    # The output is centred on the input: equal context is lost on both sides.
+    return in_size, (in_size - out_size) // 2
+
+
+def gather_window(images: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """images (B,C,H,W) -> (B,C,height,width) starting at (top, left), mirrored outside the image."""
+    H, W = images.shape[-2:]
+    rows = mirror_index(torch.arange(top, top + height, device=images.device), H)
+    cols = mirror_index(torch.arange(left, left + width, device=images.device), W)
+    return images.index_select(-2, rows).index_select(-1, cols)
+
+
+def forward_aligned(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Logits (B,K,H,W) aligned with images (B,C,H,W), whatever sizes the model can take.
+
+    Used for training and whole-image inference: the input is mirror-extended so the (possibly
+    smaller) output covers exactly the image.
+    """
+    H, W = images.shape[-2:]
+    in_h, m_h = _geometry(model, H)
+    in_w, m_w = _geometry(model, W)
+    if (in_h, in_w, m_h, m_w) != (H, W, 0, 0):
+        images = gather_window(images, -m_h, -m_w, in_h, in_w)
+    logits = model(images)
+    return logits[..., :H, :W]
+
+
+# The dihedral group of the square: (number of 90-degree rotations, horizontal flip).
+_DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = x.flip(-1)
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _invert(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def _positions(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    pos = list(range(0, size - tile, step))
+    return pos + [size - tile]
+
+
+class Predictor:
+    """Class probabilities for whole images, optionally tiled and test-time augmented.
+
+    tile: output tile side (None = the whole image in one pass); overlap: pixels shared by
+    neighbouring output tiles (their probabilities are averaged); tta: average over the 8 flips and
+    90-degree rotations (inverted before averaging).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        tile: int | None = None,
+        overlap: int = 0,
+        tta: bool = False,
+        batch_size: int = 4,
+        amp: str = "none",
+    ) -> None:
+        if tile is not None and tile <= 0:
+            raise ValueError(f"infer.tile must be a positive number of pixels or null, got {tile}")
+        if tile is not None and not 0 <= overlap < tile:
+            raise ValueError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.tile, self.overlap, self.tta, self.batch_size, self.amp = tile, overlap, tta, batch_size, amp
+
+    def _autocast(self):
+        if self.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _probs(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """windows (N,C,h_in,w_in) -> probabilities (N,K,height,width) of the aligned output part."""
+        transforms = _DIHEDRAL if self.tta else _DIHEDRAL[:1]
+        total = None
+        for k, flip in transforms:
+            with self._autocast():
+                logits = self.model(_apply(windows, k, flip))
+            probs = _invert(F.softmax(logits.float(), dim=1), k, flip)
+            total = probs if total is None else total + probs
+        # Margins are symmetric, so after inverting any transform the window starts at index 0.
+        return total[..., :height, :width] / len(transforms)
+
+    @torch.no_grad()
+    def predict_probs(self, image: torch.Tensor, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """image (C,H,W), normalised as in training -> probabilities (K,H,W), float32, on the CPU."""
+        if image.dim() != 3:
+            raise ValueError(f"expected one image (C,H,W), got shape {tuple(image.shape)}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._predict(image.to(self.device))
+        finally:
+            self.model.train(was_training)
+
+    def _windows(self, H: int, W: int) -> tuple[int, int, list[tuple[int, int]]]:
+        if self.tile is None:
+            return H, W, [(0, 0)]
+        th, tw = min(self.tile, H), min(self.tile, W)
+        step = self.tile - self.overlap
+        return th, tw, [(y, x) for y in _positions(H, th, step) for x in _positions(W, tw, step)]
+
+    def _predict(self, image: torch.Tensor) -> torch.Tensor:
+        H, W = image.shape[-2:]
+        th, tw, positions = self._windows(H, W)
+        in_h, m_h = _geometry(self.model, th)
+        in_w, m_w = _geometry(self.model, tw)
+        if self.tta and (in_h != in_w or m_h != m_w):
+            # Rotations swap height and width; use a square window so every rotation is valid.
+            side = max(th, tw)
+            in_h = in_w = _input_size_for(self.model, side)
+            m_h = m_w = (in_h - _output_size(self.model, in_h)) // 2
+        batch = image.unsqueeze(0)
+        canvas = count = None
+        for chunk in _chunks(positions, self.batch_size):
+            windows = torch.cat([gather_window(batch, y - m_h, x - m_w, in_h, in_w) for y, x in chunk])
+            probs = self._probs(windows, th, tw).cpu()
+            if canvas is None:
+                canvas = torch.zeros(probs.shape[1], H, W)
+                count = torch.zeros(1, H, W)
+            for (y, x), p in zip(chunk, probs):
+                canvas[:, y : y + th, x : x + tw] += p
+                count[:, y : y + th, x : x + tw] += 1
+        return canvas / count
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def probs_to_labels(probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """probs (K,H,W) -> labels (H,W) int64. A threshold applies to class 1 of a two-class model."""
+    if threshold is None:
+        return probs.argmax(0)
+    if probs.shape[0] != 2:
+        raise ValueError(f"infer.threshold needs a two-class model, this one has {probs.shape[0]} classes")
+    return (probs[1] >= threshold).long()

@@ -1,0 +1,334 @@
+"""Training: thin functions plus hooks.
+
+`train(cfg)` builds everything from the config, then runs the step loop: seeded resumable data
+order, optional mixed precision, gradient clipping, LR schedule, periodic validation keeping the
+best checkpoint, CSV and TensorBoard logs, a progress bar with ETA, checkpoints written atomically,
+and a checkpoint saved before exiting on Ctrl-C or SIGTERM. Under torchrun it runs DDP; rank 0
+alone writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pixelwise.config import Config, save_config, to_dict
+from pixelwise.data import build_dataset
+from pixelwise.data.transforms import build_transforms
+from pixelwise.engine import distributed as D
+from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from pixelwise.engine.data import SeededSamples, StepBatchSampler, collate
+from pixelwise.engine.evaluator import evaluate
+from pixelwise.engine.predictor import forward_aligned
+from pixelwise.losses import cross_entropy
+from pixelwise.registry import create_model
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    total_steps: int = 0
+    steps_per_epoch: int = 1
+    best_metric: float | None = None
+    best_step: int | None = None
+    last_loss: float = math.nan
+    stopped: str | None = None  # "signal", "time_limit" or None
+    stop_requested: bool = False  # a hook may set it: the loop saves and stops as on SIGTERM
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+
+class Hook(Protocol):
+    def after_step(self, state: TrainState, logs: dict[str, float]) -> None: ...
+    def after_validation(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def lr_factor(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of train.lr at `step`: linear warmup, then the schedule."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "step":
+        return t.gamma ** (step // t.step_size)
+    if t.schedule == "poly":
+        return max(0.0, 1 - step / max(1, total_steps)) ** t.power
+    if t.schedule == "exponential":  # decay per epoch, as in FC-DenseNet section 4
+        return t.gamma ** (step // steps_per_epoch)
+    return 1.0
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type == "cpu":
+        raise TrainingError("train.amp=fp16 needs a GPU; on the CPU use train.amp=bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the loop can save and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Logger:
+    """CSV (one row per logged step or validation) and TensorBoard, on rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, resume_step: int) -> None:
+        self.enabled, self.path, self.rows = enabled, out / "log.csv", []
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # keep the rows up to the resumed step, drop the ones to be redone
+            with self.path.open() as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        except ImportError:
+            self.tb = None
+        self._flush()
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: v for k, v in values.items() if isinstance(v, (int, float))}}
+        self.rows.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, step)
+        self._flush()
+
+    def _flush(self) -> None:
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys or ["step"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def build_datasets(cfg: Config):
+    train_ds = build_dataset(cfg.data, "train")
+    train_ds.transforms = build_transforms(cfg.data, train=True, ignore_index=train_ds.ignore_index)
+    val_ds = build_dataset(cfg.data, "val")
+    val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
+    return train_ds, val_ds
+
+
+def build_model(cfg: Config, dataset=None) -> nn.Module:
+    num_classes = cfg.model.num_classes
+    if dataset is not None and num_classes != dataset.num_classes:
+        raise TrainingError(
+            f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {dataset.num_classes} classes "
+            f"({', '.join(dataset.class_names)}); set model.num_classes={dataset.num_classes}"
+        )
+    return create_model(cfg.model.name, num_classes=num_classes, **cfg.model.args)
+
+
+def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
+    return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * steps_per_epoch
+
+
+def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = None, hooks: tuple[Hook, ...] = (),
+          progress: bool = True) -> TrainState:
+    """Train as configured; returns the final state. Writes everything under cfg.output_dir.
+
+    `model` replaces the one cfg.model describes (for models from elsewhere, e.g. a peer library).
+    """
+    info, device = D.init_distributed(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+    out = Path(cfg.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    train_ds, val_ds = build_datasets(cfg)
+    model = (model if model is not None else build_model(cfg, train_ds)).to(device)
+    optimizer = build_optimizer(model, cfg)
+    sampler_probe = StepBatchSampler(len(train_ds), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                                     total_steps=0, world_size=info.world_size)
+    state = TrainState(steps_per_epoch=sampler_probe.steps_per_epoch)
+    state.total_steps = total_steps_for(cfg, state.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(cfg, s, state.total_steps, state.steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+
+    if resume:
+        ckpt = load_checkpoint(resume, map_location=device)
+        load_model_weights(model, ckpt, resume)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.step, state.best_metric, state.best_step = ckpt["step"], ckpt.get("best_metric"), ckpt.get("best_step")
+        set_rng_state(ckpt["rng"])
+    if info.rank > 0:  # decorrelate dropout across ranks (rank 0's state is the checkpointed one)
+        torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank + state.step)
+
+    ddp_model = model
+    if info.enabled:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = StepBatchSampler(len(train_ds), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                               total_steps=state.total_steps, start_step=state.step, rank=info.rank,
+                               world_size=info.world_size)
+    loader = DataLoader(SeededSamples(train_ds, cfg.train.seed), batch_sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    logger = _Logger(out, info.is_main, state.step)
+    class_weights = torch.tensor(cfg.train.class_weights, device=device) if cfg.train.class_weights else None
+    val_every = cfg.train.val_every or state.steps_per_epoch
+    ckpt_every = cfg.train.ckpt_every or state.steps_per_epoch
+
+    saved_step = -1
+
+    def checkpoint(name: str) -> None:
+        nonlocal saved_step
+        if name == "last.pt":
+            if saved_step == state.step:
+                return
+            saved_step = state.step
+        if not info.is_main:
+            return
+        save_checkpoint({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "step": state.step, "best_metric": state.best_metric,
+            "best_step": state.best_step, "rng": rng_state(), "config": to_dict(cfg),
+        }, out / name)
+
+    def validate() -> None:
+        metrics = None
+        if info.is_main:
+            metrics = evaluate(model, val_ds, cfg, device, progress=False)
+            value = metrics.get(cfg.train.best_metric)
+            if value is None:
+                raise TrainingError(f"train.best_metric={cfg.train.best_metric!r} is not a validation metric; "
+                                    f"choose one of {', '.join(k for k, v in metrics.items() if isinstance(v, float))}")
+            if state.best_metric is None or value > state.best_metric:
+                state.best_metric, state.best_step = value, state.step
+                checkpoint("best.pt")
+            logger.log(state.step, {f"val_{k}": v for k, v in metrics.items()})
+            (out / "val_metrics.json").write_text(json.dumps({"step": state.step, **metrics}, indent=2))
+        D.barrier(info)
+        for h in hooks:
+            h.after_validation(state, metrics or {})
+
+    bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and info.is_main))
+    start = time.monotonic()
+    model.train()
+    with _StopRequests() as stop:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            masks = targets["mask"].to(device, non_blocking=True)
+            weights = targets["weight"].to(device, non_blocking=True) if "weight" in targets else None
+            with _autocast(device, cfg.train.amp):
+                logits = forward_aligned(ddp_model, images)
+                loss = cross_entropy(logits, masks, weight_map=weights, class_weights=class_weights,
+                                     ignore_index=train_ds.ignore_index)
+            if not torch.isfinite(loss):
+                last = out / "last.pt"
+                raise TrainingError(
+                    f"loss is {loss.item()} at step {state.step}; stopping. The last good checkpoint is {last} "
+                    f"({'present' if last.exists() else 'none saved yet'}). Lower train.lr, add train.warmup_steps "
+                    f"or set train.grad_clip.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state.step += 1
+            state.last_loss = D.mean_over_ranks(loss.detach(), info).item()
+            logs = {"loss": state.last_loss, "lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch}
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{logs['lr']:.2e}")
+            if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:
+                logger.log(state.step, logs)
+            for h in hooks:
+                h.after_step(state, logs)
+
+            timed_out = cfg.train.time_limit is not None and time.monotonic() - start > cfg.train.time_limit
+            interrupted = D.any_true(stop.signal is not None or state.stop_requested, info, device)
+            if interrupted or timed_out:
+                state.stopped = "signal" if interrupted else "time_limit"
+                break
+            if state.step % val_every == 0 and state.step < state.total_steps:
+                validate()
+            if state.step % ckpt_every == 0:
+                checkpoint("last.pt")
+    bar.close()
+    checkpoint("last.pt")
+    if state.stopped != "signal":
+        validate()
+    logger.close()
+    if info.is_main:
+        (out / "train_state.json").write_text(json.dumps({
+            "step": state.step, "total_steps": state.total_steps, "best_metric": state.best_metric,
+            "best_step": state.best_step, "stopped": state.stopped, "last_loss": state.last_loss,
+            "train_seconds": time.monotonic() - start,
+        }, indent=2))
+    D.barrier(info)
+    return state
+

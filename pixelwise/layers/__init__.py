@@ -1,0 +1,1 @@
+from pixelwise.layers.conv import ConvBNReLU, DoubleConv  # noqa: F401

@@ -1,0 +1,1 @@
+from pixelwise.losses.semantic import cross_entropy  # noqa: F401

@@ -1,0 +1,2 @@
+"""Model builders; importing this package registers them."""
+from pixelwise.models import unet  # noqa: F401

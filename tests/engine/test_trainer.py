@@ -1,0 +1,172 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixelwise.config import load_config
+from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
+from pixelwise.engine.data import StepBatchSampler
+from pixelwise.engine.trainer import TrainingError, lr_factor, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(tmp_path, data_root, *extra):
+    """A U-Net small enough to train in seconds on real ISBI crops."""
+    return load_config(None, [
+        f"output_dir={tmp_path / 'run'}", f"data.root={data_root}", "data.train_split=0-7", "data.val_split=25",
+        "model.args={base_width: 4, depth: 2}", "data.augment.crop_size=48", "data.augment.elastic=true",
+        "data.augment.rot90=true", "data.weight_map=true", "train.optimizer=adam", "train.lr=1e-3",
+        "train.batch_size=2", "train.max_steps=6", "train.log_every=1", "train.val_every=3",
+        "train.device=cpu", "infer.tile=64", *extra,
+    ])
+
+
+def losses(run: Path) -> list[float]:
+    with (run / "log.csv").open() as f:
+        return [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")]
+
+
+class StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def after_step(self, state, logs):
+        if state.step == self.step:
+            state.stop_requested = True
+
+    def after_validation(self, state, metrics):
+        pass
+
+
+def test_resume_continues_exactly(tmp_path, data_root):
+    full = train(tiny_config(tmp_path / "a", data_root), progress=False)
+    cfg = tiny_config(tmp_path / "b", data_root)
+    part = train(cfg, hooks=(StopAt(4),), progress=False)
+    assert part.step == 4 and part.stopped == "signal"
+    resumed = train(cfg, resume=str(tmp_path / "b" / "run" / "last.pt"), progress=False)
+    assert full.step == resumed.step == 6
+    a, b = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
+    assert len(a) == len(b) == 6
+    assert a == b  # bit-identical losses, step for step
+    wa = load_checkpoint(tmp_path / "a" / "run" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_run_folder_contents_and_best_checkpoint(tmp_path, data_root):
+    state = train(tiny_config(tmp_path, data_root, "train.best_metric=membrane_iou"), progress=False)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.csv", "last.pt", "best.pt", "val_metrics.json", "train_state.json"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    best = load_checkpoint(run / "best.pt")
+    assert best["step"] == state.best_step and best["best_metric"] == state.best_metric
+    with (run / "log.csv").open() as f:
+        vals = [float(r["val_membrane_iou"]) for r in csv.DictReader(f) if r.get("val_membrane_iou")]
+    assert len(vals) == 2 and state.best_metric == max(vals)
+
+
+def test_bf16_autocast_on_cpu_and_gradient_clipping(tmp_path, data_root):
+    state = train(tiny_config(tmp_path, data_root, "train.amp=bf16", "train.grad_clip=0.5", "train.max_steps=2",
+                              "train.optimizer=rmsprop"), progress=False)
+    assert state.step == 2 and torch.isfinite(torch.tensor(state.last_loss))
+
+
+def test_non_finite_loss_stops_with_clear_message(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, "train.class_weights=[.nan, 1.0]")
+    with pytest.raises(TrainingError, match="loss is nan at step 0.*last good checkpoint"):
+        train(cfg, progress=False)
+
+
+def test_lr_schedules():
+    cfg = load_config(None, ["train.schedule=step", "train.step_size=10", "train.gamma=0.5", "train.warmup_steps=4"])
+    assert [lr_factor(cfg, s, 100, 5) for s in (0, 3, 4, 10, 25)] == [0.25, 1.0, 1.0, 0.5, 0.25]
+    cfg = load_config(None, ["train.schedule=poly", "train.power=1.0"])
+    assert lr_factor(cfg, 50, 100, 5) == pytest.approx(0.5)
+    cfg = load_config(None, ["train.schedule=exponential", "train.gamma=0.995"])
+    assert lr_factor(cfg, 12, 100, 5) == pytest.approx(0.995**2)
+
+
+def test_step_sampler_shards_the_global_batch():
+    single = list(StepBatchSampler(10, batch_size=4, seed=3, total_steps=5))
+    r0 = list(StepBatchSampler(10, batch_size=2, seed=3, total_steps=5, rank=0, world_size=2))
+    r1 = list(StepBatchSampler(10, batch_size=2, seed=3, total_steps=5, rank=1, world_size=2))
+    assert [a + b for a, b in zip(r0, r1)] == single
+    resumed = list(StepBatchSampler(10, batch_size=4, seed=3, total_steps=5, start_step=3))
+    assert resumed == single[3:]
+    # 2 steps per epoch; keys encode the epoch so augmentation differs between epochs
+    assert all(k < 10 for k in single[0] + single[1]) and all(10 <= k < 20 for k in single[2])
+    with pytest.raises(ValueError, match="larger than the training set"):
+        StepBatchSampler(3, batch_size=2, seed=0, total_steps=1, world_size=2)
+
+
+def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"model": {}, "x": Boom()}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, data_root):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "pixelwise", "train", str(REPO / "configs" / "unet_isbi2012_cpu.yaml"),
+            "--data-root", str(data_root), "--output-dir", str(run), "-o", "model.args.base_width=4",
+            "-o", "model.args.depth=2", "-o", "data.augment.crop_size=48", "-o", "train.max_steps=100000",
+            "-o", "train.log_every=1", "-o", "train.threads=1", "-o", "train.batch_size=1"]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "log.csv").exists() or len(losses(run)) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert step >= 2
+    state = json.loads((run / "train_state.json").read_text())
+    assert state["stopped"] == "signal" and state["step"] == step
+
+
+def test_distributed_two_processes_match_one_process(tmp_path, data_root):
+    # Dropout off: its masks depend on how the batch is split, in any DDP implementation.
+    common = ["--data-root", str(data_root), "-o", "model.args={base_width: 4, depth: 2, dropout: 0.0}", "-o",
+              "data.augment.crop_size=48", "-o", "train.max_steps=3", "-o", "train.optimizer=sgd", "-o",
+              "train.lr=0.05", "-o", "train.momentum=0.9", "-o", "data.val_split=25", "-o", "infer.tile=64",
+              "-o", "train.threads=1", "-o", "data.train_split=0-7", "-o", "train.log_every=1"]
+    cfg = str(REPO / "configs" / "unet_isbi2012_cpu.yaml")
+    one = subprocess.run([sys.executable, "-m", "pixelwise", "train", cfg, "--output-dir", str(tmp_path / "one"),
+                          "-o", "train.batch_size=4", *common], env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "-m", "pixelwise", "train", cfg, "--output-dir", str(tmp_path / "two"), "-o",
+                          "train.batch_size=2", *common], env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    la, lb = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(la) == 3 and la[0] != la[-1]  # it trained
+    assert la == pytest.approx(lb, rel=1e-5)

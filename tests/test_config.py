@@ -1,0 +1,55 @@
+import pytest
+
+from pixelwise.config import Config, ConfigError, apply_override, load_config, save_config
+
+
+def test_defaults_and_roundtrip(tmp_path):
+    cfg = load_config(None, ["train.lr=1e-3", "model.args.base_width=8", "data.augment.elastic=true"])
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.model.args == {"base_width": 8}
+    assert cfg.data.augment.elastic is True
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+
+
+def test_yaml_scientific_notation_string_becomes_float(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-4\n  max_steps: 10\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 10
+
+
+def test_misspelt_key_in_file_names_file_and_suggests(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  learning_rate: 0.1\n  btach_size: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "c.yaml")
+    assert "c.yaml" in str(e.value) and "train.learning_rate" in str(e.value)
+
+
+def test_misspelt_override_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"did you mean train\.batch_size"):
+        apply_override(Config(), "train.btach_size=2")
+
+
+def test_wrong_type_and_choice_are_reported():
+    with pytest.raises(ConfigError, match=r"train\.batch_size.*'two'.*expected int"):
+        apply_override(Config(), "train.batch_size=two")
+    with pytest.raises(ConfigError, match=r"'adamw'.*expected one of 'sgd', 'adam', 'rmsprop'"):
+        apply_override(Config(), "train.optimizer=adamw")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_override(Config(), "train.lr")
+
+
+def test_null_override_for_optional():
+    cfg = Config()
+    apply_override(cfg, "train.max_steps=5")
+    apply_override(cfg, "train.max_steps=null")
+    assert cfg.train.max_steps is None
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
