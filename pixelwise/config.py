@@ -46,10 +46,12 @@ class DataConfig:
     dataset: str = "isbi2012"  # isbi2012 | camvid | folder
     root: Optional[str] = None  # data root; else $PIXELWISE_DATA; else ~/.cache/pixelwise/data
     path: Optional[str] = None  # dataset folder under the root (default: the dataset's own name)
-    train_split: str = "0-24"  # isbi2012: slice ranges "0-24" or "0,3,5"; camvid/folder: split name
-    val_split: str = "25-29"
-    num_classes: Optional[int] = None  # folder dataset only; other datasets know their classes
-    ignore_index: int = 255
+    # isbi2012: slice lists such as "0-24" or "0,3,5-7" (default 0-24 / 25-29); camvid/folder: split names
+    # (default train / val)
+    train_split: Optional[str] = None
+    val_split: Optional[str] = None
+    num_classes: Optional[int] = None  # folder dataset only; the others know their classes
+    ignore_index: int = 255  # folder dataset only (isbi2012 has no void, camvid's void is 11)
     mean: list = field(default_factory=lambda: [0.5])
     std: list = field(default_factory=lambda: [0.5])
     weight_map: bool = False  # U-Net section 3: class balance + border term from instance labels

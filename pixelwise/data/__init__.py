@@ -11,10 +11,25 @@ from pixelwise.data.paths import DatasetNotFoundError, dataset_dir, resolve_root
 
 __all__ = [
     "CamVid", "FolderDataset", "ISBI2012", "DataError", "DatasetNotFoundError", "DATASETS",
-    "build_dataset", "dataset_dir", "default_palette", "parse_indices", "read_image", "read_mask", "resolve_root",
+    "build_dataset", "dataset_dir", "dataset_meta", "default_palette", "parse_indices", "read_image", "read_mask", "resolve_root",
 ]
 
 DATASETS = ("isbi2012", "camvid", "folder")
+# Splits used when data.train_split / data.val_split are not set.
+DEFAULT_SPLITS = {"isbi2012": ("0-24", "25-29"), "camvid": ("train", "val"), "folder": ("train", "val")}
+
+
+def dataset_meta(data_cfg) -> dict:
+    """Classes, palette and channels of the configured dataset, without reading any of its files."""
+    if data_cfg.dataset not in DATASETS:
+        raise ValueError(f"data.dataset={data_cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}")
+    if data_cfg.dataset == "folder":
+        k = data_cfg.num_classes or 2
+        return {"num_classes": k, "class_names": [f"class{i}" for i in range(k)], "palette": default_palette(k),
+                "in_channels": len(data_cfg.mean), "ignore_index": data_cfg.ignore_index}
+    cls = ISBI2012 if data_cfg.dataset == "isbi2012" else CamVid
+    return {"num_classes": cls.num_classes, "class_names": list(cls.class_names), "palette": list(cls.palette),
+            "in_channels": cls.in_channels, "ignore_index": cls.ignore_index}
 
 
 def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
@@ -29,6 +44,8 @@ def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
     if data_cfg.dataset not in DATASETS:
         raise ValueError(f"data.dataset={data_cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}")
     spec = data_cfg.train_split if split == "train" else data_cfg.val_split
+    if spec is None:
+        spec = DEFAULT_SPLITS[data_cfg.dataset][split == "val"]
     root = dataset_dir(data_cfg)
     if data_cfg.dataset == "isbi2012":
         try:

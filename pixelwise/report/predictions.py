@@ -51,13 +51,16 @@ def predict_to_folder(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours = palette_for(num_classes, palette)
+    # Binary masks: draw only the positive class, in a colour that shows on grey images.
+    binary = num_classes == 2
+    overlay_colours = palette_for(num_classes) if binary else colours
     written = []
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
         image = read_image(path, channels=in_channels)
         probs = predictor.predict_probs(normalize(image, mean, std))
         labels = probs_to_labels(probs, threshold).numpy().astype(np.uint8)
         save_index_png(labels, colours, out / f"{path.stem}.png")
-        Image.fromarray(overlay(image, labels, colours, skip_class=0 if num_classes == 2 else None)).save(out / f"{path.stem}_overlay.png")
+        Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None)).save(out / f"{path.stem}_overlay.png")
         if save_probs:
             np.save(out / f"{path.stem}_probs.npy", probs.numpy().astype(np.float16))
         written.append(out / f"{path.stem}.png")

@@ -1,0 +1,96 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelwise.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["-o", "model.args={base_width: 4, depth: 2}", "-o", "data.augment.crop_size=48", "-o", "train.max_steps=4",
+        "-o", "train.val_every=2", "-o", "data.train_split=0-3", "-o", "data.val_split=25-26", "-o", "train.device=cpu",
+        "-o", "infer.tile=128"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "models", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out) > 200
+
+
+def test_models_lists_and_describes(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "unet " in out and "unet_padded" in out
+    assert main(["models", "unet"]) == 0
+    assert "base_width = 64" in capsys.readouterr().out
+
+
+def test_train_eval_predict_end_to_end(tmp_path, data_root, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "unet_isbi2012_cpu", "--data-root", str(data_root), "--output-dir", str(run), *TINY]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+
+    assert main(["eval", "unet_isbi2012_cpu", "--data-root", str(data_root), "--output-dir", str(run),
+                 "--checkpoint", str(run / "best.pt"), *TINY]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("pixel_acc", "mean_acc", "miou", "fwiou", "per_class_iou", "dice", "membrane_iou",
+                "adapted_rand_error", "vi", "pixel_error"):
+        assert key in metrics, key
+    assert metrics["num_images"] == 2 and 0 <= metrics["pixel_error"] <= 1
+    assert metrics["pixel_error"] == pytest.approx(1 - metrics["pixel_acc"])
+
+    out = tmp_path / "pred"
+    images = data_root / "isbi2012" / "test" / "image"
+    odd = tmp_path / "odd.png"  # a size the network cannot take whole
+    Image.fromarray(np.array(Image.open(images / "00.png"))[:301, :157]).save(odd)
+    assert main(["predict", "unet_isbi2012_cpu", "--data-root", str(data_root), "--checkpoint",
+                 str(run / "last.pt"), str(images / "00.png"), str(odd), "--out", str(out), *TINY,
+                 "-o", "infer.save_probs=true", "-o", "infer.tta=true"]) == 0
+    labels = Image.open(out / "odd.png")
+    assert labels.mode == "P" and labels.size == (157, 301)
+    assert set(np.unique(np.array(labels))) <= {0, 1}
+    assert Image.open(out / "00_overlay.png").size == (512, 512)
+    probs = np.load(out / "odd_probs.npy")
+    assert probs.shape == (2, 301, 157) and np.allclose(probs.sum(0), 1, atol=1e-2)
+
+
+def test_clear_errors_exit_2(tmp_path, data_root, capsys):
+    assert main(["train", "unet_isbi2012_cpu", "-o", "train.btach_size=2"]) == 2
+    assert "did you mean train.batch_size" in capsys.readouterr().err
+    assert main(["train", "unet_isbi2012_cpu", "--data-root", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "isbi" in err.lower()
+    assert main(["train", "no_such_recipe"]) == 2
+    assert "unet_isbi2012_cpu" in capsys.readouterr().err
+    assert main(["eval", "unet_isbi2012_cpu", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["train", "unet_isbi2012_cpu", "-o", "model.args.base_widht=4"]) == 2
+    assert "base_width" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    ckpt = tmp_path / "c.pt"
+    assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(ckpt), str(tmp_path / "nope.png"),
+                 "--out", str(tmp_path)]) == 2
+    assert "nope.png" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_reported(tmp_path, data_root, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "unet_isbi2012_cpu", "--data-root", str(data_root), "--output-dir", str(run), *TINY,
+                 "-o", "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "unet_isbi2012_cpu", "--data-root", str(data_root), "--checkpoint", str(run / "last.pt"),
+                 *TINY, "-o", "model.args.base_width=8"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).parent / "pixelwise"
+    out = subprocess.run([str(exe), "models"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "unet" in out.stdout
