@@ -22,6 +22,7 @@ __all__ = [
     "RandomRot90",
     "RandomIntensity",
     "RandomCrop",
+    "MirrorPad",
     "Normalize",
     "build_transforms",
 ]
@@ -216,14 +217,38 @@ class Normalize(v2.Normalize):
                 break  # only the first pure tensor is treated as the image
 
 
-def build_transforms(data_cfg: DataConfig, *, train: bool, ignore_index: int) -> Callable:
+class MirrorPad(v2.Transform):
+    """Extend image and masks by `margin` pixels on every side by mirroring (U-Net section 2, Fig. 2).
+
+    Before a random crop of a valid-convolution network's input size, this lets every pixel of the
+    image be a target while the context around it is real image wherever the image has it.
+    image: (..., H, W) -> (..., H + 2 margin, W + 2 margin)
+    """
+
+    def __init__(self, margin: int) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)) and not is_pure_tensor(inpt):
+            raise _refuse(self, inpt)
+        m = self.margin
+        return tv_tensors.wrap(_reflect_pad(_as_tensor(inpt), m, m, m, m), like=inpt)
+
+
+def build_transforms(
+    data_cfg: DataConfig, *, train: bool, ignore_index: int, crop_size: int | None = None, context: int = 0
+) -> Callable:
     """The sample pipeline `(image, target) -> (image, target)` for training or evaluation.
 
     Training: flips, rot90, elastic deformation, random crop, intensity jitter (each as enabled in
     `data_cfg.augment`), then normalisation by `data_cfg.mean/std`. Evaluation: normalisation only.
-    Targets with or without a "weight" map are accepted.
+    Targets with or without a "weight" map are accepted. The engine passes `crop_size` (the model's
+    input side for data.augment.crop_size) and `context` (the margin a valid-convolution model loses
+    on each side): the image is then mirror-extended by `context` before the crop.
     """
     aug = data_cfg.augment
+    crop_size = crop_size or aug.crop_size
     steps: list[v2.Transform] = []
     if train:
         if aug.hflip:
@@ -235,8 +260,10 @@ def build_transforms(data_cfg: DataConfig, *, train: bool, ignore_index: int) ->
         if aug.elastic:
             steps.append(ElasticDeformation(grid=aug.elastic_grid, sigma=aug.elastic_sigma))
         # Deform before cropping so that the crop border sees real context, not reflections.
-        if aug.crop_size is not None:
-            steps.append(RandomCrop(aug.crop_size, ignore_index=ignore_index))
+        if context:
+            steps.append(MirrorPad(context))
+        if crop_size is not None:
+            steps.append(RandomCrop(crop_size, ignore_index=ignore_index))
         if aug.brightness or aug.contrast:
             steps.append(RandomIntensity(brightness=aug.brightness, contrast=aug.contrast))
     steps.append(Normalize(data_cfg.mean, data_cfg.std))

@@ -40,7 +40,7 @@ def mirror_index(index: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(index >= n, period - index, index)
 
 
-def _geometry(model: nn.Module, size: int) -> tuple[int, int]:
+def geometry(model: nn.Module, size: int) -> tuple[int, int]:
     """(input side, top margin) so the model's output starting at the margin covers `size` pixels."""
     in_size = _input_size_for(model, size)
     out_size = _output_size(model, in_size)
@@ -63,8 +63,8 @@ def forward_aligned(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     smaller) output covers exactly the image.
     """
     H, W = images.shape[-2:]
-    in_h, m_h = _geometry(model, H)
-    in_w, m_w = _geometry(model, W)
+    in_h, m_h = geometry(model, H)
+    in_w, m_w = geometry(model, W)
     if (in_h, in_w, m_h, m_w) != (H, W, 0, 0):
         images = gather_window(images, -m_h, -m_w, in_h, in_w)
     logits = model(images)
@@ -160,8 +160,8 @@ class Predictor:
     def _predict(self, image: torch.Tensor) -> torch.Tensor:
         H, W = image.shape[-2:]
         th, tw, positions = self._windows(H, W)
-        in_h, m_h = _geometry(self.model, th)
-        in_w, m_w = _geometry(self.model, tw)
+        in_h, m_h = geometry(self.model, th)
+        in_w, m_w = geometry(self.model, tw)
         if self.tta and (in_h != in_w or m_h != m_w):
             # Rotations swap height and width; use a square window so every rotation is valid.
             side = max(th, tw)

@@ -24,13 +24,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixelwise.config import Config, save_config, to_dict
-from pixelwise.data import build_dataset
+from pixelwise.data import build_dataset, dataset_meta
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine import distributed as D
 from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from pixelwise.engine.data import SeededSamples, StepBatchSampler, collate
 from pixelwise.engine.evaluator import evaluate
-from pixelwise.engine.predictor import forward_aligned
+from pixelwise.engine.predictor import forward_aligned, geometry
 from pixelwise.losses import cross_entropy
 from pixelwise.registry import create_model
 
@@ -164,20 +164,46 @@ class _Logger:
             self.tb.close()
 
 
-def build_datasets(cfg: Config):
-    train_ds = build_dataset(cfg.data, "train")
-    train_ds.transforms = build_transforms(cfg.data, train=True, ignore_index=train_ds.ignore_index)
-    val_ds = build_dataset(cfg.data, "val")
+def build_datasets(cfg: Config, model: nn.Module | None = None):
+    """Train and val datasets with their transforms.
+
+    With data.augment.crop_size and a model whose output is smaller than its input, training crops
+    are the model's input size, cut from the mirror-extended image, so that the output covers
+    crop_size target pixels with real context around them (U-Net section 2).
+    """
+    train_ds, val_ds = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
+    crop, context = training_crop(model, cfg.data.augment.crop_size)
+    train_ds.transforms = build_transforms(cfg.data, train=True, ignore_index=train_ds.ignore_index,
+                                           crop_size=crop, context=context)
     val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
     return train_ds, val_ds
 
 
-def build_model(cfg: Config, dataset=None) -> nn.Module:
+def training_crop(model: nn.Module | None, crop_size: int | None) -> tuple[int | None, int]:
+    """(input crop side, context margin) for an output crop of `crop_size` pixels."""
+    if crop_size is None or model is None:
+        return crop_size, 0
+    in_size, margin = geometry(model, crop_size)
+    return in_size, margin
+
+
+def center_crop_like(targets: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Crop (B,H,W) targets to the centre region that (B,K,h,w) logits predict."""
+    h, w = logits.shape[-2:]
+    out = {}
+    for k, t in targets.items():
+        top, left = (t.shape[-2] - h) // 2, (t.shape[-1] - w) // 2
+        out[k] = t[..., top : top + h, left : left + w]
+    return out
+
+
+def build_model(cfg: Config, meta: dict | None = None) -> nn.Module:
+    """The model cfg.model describes; `meta` (from data.dataset_meta) checks the number of classes."""
     num_classes = cfg.model.num_classes
-    if dataset is not None and num_classes != dataset.num_classes:
+    if meta is not None and num_classes != meta["num_classes"]:
         raise TrainingError(
-            f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {dataset.num_classes} classes "
-            f"({', '.join(dataset.class_names)}); set model.num_classes={dataset.num_classes}"
+            f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {meta['num_classes']} classes "
+            f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
         )
     return create_model(cfg.model.name, num_classes=num_classes, **cfg.model.args)
 
@@ -202,8 +228,11 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
 
-    train_ds, val_ds = build_datasets(cfg)
-    model = (model if model is not None else build_model(cfg, train_ds)).to(device)
+    if model is None:
+        model = build_model(cfg, dataset_meta(cfg.data))
+    train_ds, val_ds = build_datasets(cfg, model)
+    model = model.to(device)
+    cropped = cfg.data.augment.crop_size is not None
     optimizer = build_optimizer(model, cfg)
     sampler_probe = StepBatchSampler(len(train_ds), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                      total_steps=0, world_size=info.world_size)
@@ -272,17 +301,23 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         for h in hooks:
             h.after_validation(state, metrics or {})
 
-    bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (progress and info.is_main))
+    # With a time limit the bar counts seconds, so its ETA is the real one.
+    limit = cfg.train.time_limit
+    bar = tqdm(total=int(limit) if limit else state.total_steps, initial=0 if limit else state.step,
+               desc="train", unit="s" if limit else "step", dynamic_ncols=True, disable=not (progress and info.is_main))
     start = time.monotonic()
     model.train()
     with _StopRequests() as stop:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
-            masks = targets["mask"].to(device, non_blocking=True)
-            weights = targets["weight"].to(device, non_blocking=True) if "weight" in targets else None
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             with _autocast(device, cfg.train.amp):
-                logits = forward_aligned(ddp_model, images)
+                if cropped:  # crops carry their context: the output predicts their centre
+                    logits = ddp_model(images)
+                    targets = center_crop_like(targets, logits)
+                else:
+                    logits = forward_aligned(ddp_model, images)
+                masks, weights = targets["mask"], targets.get("weight")
                 loss = cross_entropy(logits, masks, weight_map=weights, class_weights=class_weights,
                                      ignore_index=train_ds.ignore_index)
             if not torch.isfinite(loss):
@@ -302,8 +337,8 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
             state.step += 1
             state.last_loss = D.mean_over_ranks(loss.detach(), info).item()
             logs = {"loss": state.last_loss, "lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch}
-            bar.update(1)
-            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{logs['lr']:.2e}")
+            bar.update(min(int(time.monotonic() - start), int(limit)) - bar.n if limit else 1)
+            bar.set_postfix(step=state.step, loss=f"{state.last_loss:.4f}", lr=f"{logs['lr']:.2e}")
             if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:
                 logger.log(state.step, logs)
             for h in hooks:

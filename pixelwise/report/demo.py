@@ -25,7 +25,7 @@ def run_demo(cfg: Config) -> dict:
     device = resolve_device(cfg.train.device)
     val_ds = build_dataset(cfg.data, "val")
     val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
-    model = build_model(cfg, val_ds).to(device)
+    model = build_model(cfg, dataset_meta(cfg.data)).to(device)
     best = out / "best.pt"
     load_model_weights(model, load_checkpoint(best, map_location=device), str(best))
     metrics = evaluate(model, val_ds, cfg, device)

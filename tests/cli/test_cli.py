@@ -94,3 +94,15 @@ def test_console_script_runs():
     exe = Path(sys.executable).parent / "pixelwise"
     out = subprocess.run([str(exe), "models"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "unet" in out.stdout
+
+
+def test_demo_writes_a_complete_run_folder(tmp_path, data_root, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--data-root", str(data_root), "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "adapted Rand error" in text and str(out) in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2
+    for name in ("curves.png", "log.csv", "best.pt", "predictions/25.png", "predictions/26_overlay.png"):
+        assert (out / name).exists(), name
+    assert Image.open(out / "curves.png").size[0] > 500

@@ -113,7 +113,9 @@ def test_camvid_splits(camvid_dir):
 
 
 def test_camvid_bad_split_hints_at_config(camvid_dir):
-    cfg = DataConfig(dataset="camvid", root=str(camvid_dir.parent))  # isbi-style default split "0-24"
+    cfg = DataConfig(dataset="camvid", root=str(camvid_dir.parent))  # default splits: train / val
+    assert len(build_dataset(cfg, "val")) == 101
+    cfg.train_split = "0-24"  # an ISBI-style split given to CamVid
     with pytest.raises(ValueError, match=r"'0-24'.*data.train_split=train"):
         build_dataset(cfg, "train")
     with pytest.raises(DataError, match=r"test.*not a folder.*splits present: \['train', 'val'\]"):

@@ -240,3 +240,15 @@ def test_boundary_errors() -> None:
     boxes = tv_tensors.BoundingBoxes(torch.tensor([[0, 0, 4, 4]]), format="XYXY", canvas_size=(8, 8))
     with pytest.raises(TypeError, match="BoundingBoxes"):
         RandomRot90()(tv_tensors.Image(torch.rand(1, 8, 8)), boxes)
+
+
+def test_mirror_pad_extends_image_and_masks_by_reflection():
+    from pixelwise.data.transforms import MirrorPad
+
+    image = tv_tensors.Image(torch.arange(12.0).view(1, 3, 4))
+    mask = tv_tensors.Mask(torch.arange(12).view(3, 4))
+    out_image, out_target = MirrorPad(2)(image, {"mask": mask})
+    expected = np.pad(np.arange(12).reshape(3, 4), 2, mode="reflect")
+    np.testing.assert_array_equal(out_image[0].numpy(), expected)
+    np.testing.assert_array_equal(out_target["mask"].numpy(), expected)
+    assert isinstance(out_target["mask"], tv_tensors.Mask)
