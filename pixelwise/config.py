@@ -57,6 +57,7 @@ class DataConfig:
     weight_map: bool = False  # U-Net section 3: class balance + border term from instance labels
     w0: float = 10.0
     sigma: float = 5.0
+    class_balance: bool = True  # the weight map's w_c term; false keeps only the border term (w_c = 1)
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

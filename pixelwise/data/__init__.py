@@ -54,7 +54,8 @@ def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
             raise ValueError(f"data.{split}_split: {e}") from None
         weight_map = data_cfg.weight_map and split == "train"
         return ISBI2012(
-            root, indices=indices, transforms=transforms, weight_map=weight_map, w0=data_cfg.w0, sigma=data_cfg.sigma
+            root, indices=indices, transforms=transforms, weight_map=weight_map, w0=data_cfg.w0, sigma=data_cfg.sigma,
+            balance=data_cfg.class_balance,
         )
     if data_cfg.dataset == "camvid":
         return CamVid(root, split=spec, transforms=transforms)

@@ -77,6 +77,7 @@ class ISBI2012(torch.utils.data.Dataset):
         weight_map: bool = False,
         w0: float = 10.0,
         sigma: float = 5.0,
+        balance: bool = True,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"ISBI2012: split={split!r}; expected 'train' (labelled slices) or 'test' (unlabelled)")
@@ -101,6 +102,7 @@ class ISBI2012(torch.utils.data.Dataset):
         self.weight_map = weight_map
         self.w0 = w0
         self.sigma = sigma
+        self.balance = balance
         self._weights: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -120,7 +122,7 @@ class ISBI2012(torch.utils.data.Dataset):
         if i not in self._weights:
             m = mask.numpy()
             cells, _ = ndimage.label(m == 0)  # default structure = 4-connectivity
-            w = unet_weight_map(cells, m, num_classes=2, w0=self.w0, sigma=self.sigma)
+            w = unet_weight_map(cells, m, num_classes=2, w0=self.w0, sigma=self.sigma, balance=self.balance)
             self._weights[i] = torch.from_numpy(w)
         return self._weights[i]
 

@@ -25,12 +25,12 @@ def run_demo(cfg: Config) -> dict:
     device = resolve_device(cfg.train.device)
     val_ds = build_dataset(cfg.data, "val")
     val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
-    model = build_model(cfg, dataset_meta(cfg.data)).to(device)
+    meta = dataset_meta(cfg.data)
+    model = build_model(cfg, meta).to(device)
     best = out / "best.pt"
     load_model_weights(model, load_checkpoint(best, map_location=device), str(best))
     metrics = evaluate(model, val_ds, cfg, device)
     (out / "metrics.json").write_text(json.dumps({"checkpoint": str(best), "split": "val", **metrics}, indent=2))
-    meta = dataset_meta(cfg.data)
     predict_to_folder(make_predictor(model, cfg, device), val_ds.image_paths, out / "predictions",
                       in_channels=meta["in_channels"], num_classes=cfg.model.num_classes, mean=cfg.data.mean,
                       std=cfg.data.std, palette=meta["palette"], threshold=cfg.infer.threshold)
@@ -38,7 +38,8 @@ def run_demo(cfg: Config) -> dict:
     minutes = (time.monotonic() - t0) / 60
     print(f"""
 Done in {minutes:.1f} min ({state.step} training steps, best checkpoint from step {state.best_step}).
-Results on the held-out slices {cfg.data.val_split} (membrane = positive class):
+Results on slices {cfg.data.val_split}, held out from training (they also picked the best checkpoint);
+membrane is the positive class, and Rand / VI score the cells after thinning membranes to 1 pixel:
   pixel error            {metrics['pixel_error']:.4f}   fraction of pixels labelled wrongly (lower is better)
   membrane IoU           {metrics['membrane_iou']:.4f}   overlap of predicted and true membrane (higher is better)
   adapted Rand error     {metrics['adapted_rand_error']:.4f}   ISBI 2012's main score on the cells the membranes
@@ -50,6 +51,7 @@ Wrote to {out}:
   predictions/           index PNGs (1 = membrane) and *_overlay.png (membranes in colour over the slice)
   curves.png             training loss and validation scores against steps
   log.csv, tensorboard/  logs (tensorboard --logdir {out / 'tensorboard'})
-  best.pt, last.pt       checkpoints: pixelwise predict {cfg.model.name} ... --checkpoint {best}
+  best.pt, last.pt       checkpoints; segment your own slices with
+                         pixelwise predict unet_isbi2012_cpu --checkpoint {best} IMAGES... --out DIR
 """)
     return metrics

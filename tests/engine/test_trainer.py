@@ -136,8 +136,9 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, data_root):
             "-o", "train.log_every=1", "-o", "train.threads=1", "-o", "train.batch_size=1"]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (run / "log.csv").exists() or len(losses(run)) < 2:
+    while not ((run / "log.csv").exists() and len(losses(run)) >= 2):
         assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "training did not log two steps in time"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
