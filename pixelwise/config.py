@@ -71,7 +71,7 @@ class TrainConfig:
     schedule: Literal["constant", "step", "poly", "exponential"] = "constant"
     step_size: int = 1000  # step schedule: steps between decays
     gamma: float = 0.1  # step: factor per decay; exponential: factor per epoch
-    power: float = 0.9  # poly schedule
+    power: float = 0.9  # poly schedule (decays over max_steps, or over time_limit if that ends first)
     warmup_steps: int = 0
     epochs: int = 10
     max_steps: Optional[int] = None  # overrides epochs when set

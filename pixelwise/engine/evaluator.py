@@ -10,16 +10,18 @@ from pixelwise.engine.predictor import Predictor, probs_to_labels
 from pixelwise.metrics import ConfusionMatrix, isbi_scores, mean_isbi_scores
 
 
-def make_predictor(model: nn.Module, cfg: Config, device: torch.device) -> Predictor:
+def make_predictor(model: nn.Module, cfg: Config, device: torch.device, *, tta: bool | None = None) -> Predictor:
+    """The predictor cfg.infer describes; `tta` overrides infer.tta (validation during training skips it)."""
     i = cfg.infer
-    return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta, batch_size=i.batch_size,
-                     amp=cfg.train.amp)
+    return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta if tta is None else tta,
+                     batch_size=i.batch_size, amp=cfg.train.amp)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, *, progress: bool = True) -> dict:
+def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, *, progress: bool = True,
+             tta: bool | None = None) -> dict:
     """Metrics of `model` on every sample of `dataset` (whole images, as configured in cfg.infer)."""
-    predictor = make_predictor(model, cfg, device)
+    predictor = make_predictor(model, cfg, device, tta=tta)
     cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
     isbi = cfg.data.dataset == "isbi2012"
     scores = []

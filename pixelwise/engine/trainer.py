@@ -71,15 +71,19 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
-def lr_factor(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of train.lr at `step`: linear warmup, then the schedule."""
+def lr_factor(cfg: Config, step: int, total_steps: int, steps_per_epoch: int, time_fraction: float = 0.0) -> float:
+    """Multiplier of train.lr at `step`: linear warmup, then the schedule.
+
+    `time_fraction` is the share of train.time_limit used so far: a poly schedule decays over
+    whichever budget, steps or time, runs out first.
+    """
     t = cfg.train
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.schedule == "step":
         return t.gamma ** (step // t.step_size)
     if t.schedule == "poly":
-        return max(0.0, 1 - step / max(1, total_steps)) ** t.power
+        return max(0.0, 1 - max(step / max(1, total_steps), time_fraction)) ** t.power
     if t.schedule == "exponential":  # decay per epoch, as in FC-DenseNet section 4
         return t.gamma ** (step // steps_per_epoch)
     return 1.0
@@ -238,8 +242,14 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
                                      total_steps=0, world_size=info.world_size)
     state = TrainState(steps_per_epoch=sampler_probe.steps_per_epoch)
     state.total_steps = total_steps_for(cfg, state.steps_per_epoch)
+    clock: dict[str, float] = {}  # training start, for schedules that follow train.time_limit
+
+    def time_fraction() -> float:
+        limit = cfg.train.time_limit
+        return (time.monotonic() - clock["start"]) / limit if limit and "start" in clock else 0.0
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(cfg, s, state.total_steps, state.steps_per_epoch))
+        optimizer, lambda s: lr_factor(cfg, s, state.total_steps, state.steps_per_epoch, time_fraction()))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
     if resume:
@@ -287,7 +297,7 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
     def validate() -> None:
         metrics = None
         if info.is_main:
-            metrics = evaluate(model, val_ds, cfg, device, progress=False)
+            metrics = evaluate(model, val_ds, cfg, device, progress=False, tta=False)  # TTA only for final evals
             value = metrics.get(cfg.train.best_metric)
             if value is None:
                 raise TrainingError(f"train.best_metric={cfg.train.best_metric!r} is not a validation metric; "
@@ -305,7 +315,7 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
     limit = cfg.train.time_limit
     bar = tqdm(total=int(limit) if limit else state.total_steps, initial=0 if limit else state.step,
                desc="train", unit="s" if limit else "step", dynamic_ncols=True, disable=not (progress and info.is_main))
-    start = time.monotonic()
+    start = clock["start"] = time.monotonic()
     model.train()
     with _StopRequests() as stop:
         for images, targets in loader:

@@ -92,6 +92,7 @@ def test_lr_schedules():
     assert [lr_factor(cfg, s, 100, 5) for s in (0, 3, 4, 10, 25)] == [0.25, 1.0, 1.0, 0.5, 0.25]
     cfg = load_config(None, ["train.schedule=poly", "train.power=1.0"])
     assert lr_factor(cfg, 50, 100, 5) == pytest.approx(0.5)
+    assert lr_factor(cfg, 10, 100, 5, time_fraction=0.75) == pytest.approx(0.25)  # the time budget runs out first
     cfg = load_config(None, ["train.schedule=exponential", "train.gamma=0.995"])
     assert lr_factor(cfg, 12, 100, 5) == pytest.approx(0.995**2)
 
