@@ -5,9 +5,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torchvision import tv_tensors
 
-from pixelwise.data.io import DataError, read_image, read_mask
+from pixelwise.data.io import DataError, read_sample
 
 __all__ = ["FolderDataset", "default_palette", "IMAGE_SUFFIXES"]
 
@@ -91,15 +90,8 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, i: int):
-        image = read_image(self.image_paths[i], channels=self.in_channels)
-        mask = read_mask(
-            self.mask_paths[i],
-            num_classes=self.num_classes,
-            ignore_index=self.ignore_index,
-            size=tuple(image.shape[-2:]),
-            image_path=self.image_paths[i],
-        )
-        image, target = tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)}
+        image, target = read_sample(self.image_paths[i], self.mask_paths[i], channels=self.in_channels,
+                                    num_classes=self.num_classes, ignore_index=self.ignore_index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target

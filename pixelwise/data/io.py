@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
 from PIL import Image
 
 __all__ = ["DataError", "read_image", "read_mask"]
@@ -119,3 +120,12 @@ def read_mask(
             " Check num_classes / ignore_index, or re-encode the mask"
         )
     return torch.from_numpy(array.astype(np.int64))
+
+
+def read_sample(image_path: str | Path, mask_path: str | Path, *, channels: int, num_classes: int,
+                ignore_index: int | None) -> tuple[tv_tensors.Image, dict[str, tv_tensors.Mask]]:
+    """An image and its index mask, checked against each other: (Image (C,H,W), {"mask": Mask (H,W)})."""
+    image = read_image(image_path, channels=channels)
+    mask = read_mask(mask_path, num_classes=num_classes, ignore_index=ignore_index, size=tuple(image.shape[-2:]),
+                     image_path=image_path)
+    return tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)}
