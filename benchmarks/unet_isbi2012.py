@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_unet_isbi2012"))
     ap.add_argument("-o", "--override", action="append", default=[])
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--title", default="U-Net on ISBI 2012 vs segmentation_models_pytorch",
+                    help="BENCHMARKS.md section to write (one per budget or recipe you want to keep)")
     args = ap.parse_args()
 
     results = []
@@ -113,7 +115,7 @@ def main() -> None:
               "ours_better": verdict, "date": time.strftime("%Y-%m-%d")}
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "unet_isbi2012.json").write_text(json.dumps(record, indent=2))
+    (out / f"unet_isbi2012_{args.budget:g}s.json").write_text(json.dumps(record, indent=2))
     print(table(results))
     print("ours better on:", verdict)
     if not args.no_write:
@@ -127,7 +129,7 @@ def main() -> None:
             f"Ours better on: {', '.join(k for k, v in verdict.items() if v) or 'none'}; "
             f"not better on: {', '.join(k for k, v in verdict.items() if not v) or 'none'}.\n"
         )
-        replace_section(ROOT / "BENCHMARKS.md", "U-Net on ISBI 2012 vs segmentation_models_pytorch", body)
+        replace_section(ROOT / "BENCHMARKS.md", args.title, body)
 
 
 if __name__ == "__main__":
