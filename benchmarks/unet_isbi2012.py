@@ -60,6 +60,8 @@ def peer_model() -> nn.Module:
 def run(name: str, cfg, net: nn.Module) -> dict:
     t0 = time.monotonic()
     state = train(cfg, model=net, progress=True)  # trains `net` in place
+    if state.stopped == "signal":  # Ctrl-C / SIGTERM stops the whole comparison, not just this model
+        sys.exit(130)
     seconds = time.monotonic() - t0
     device = resolve_device(cfg.train.device)
     val = build_dataset(cfg.data, "val")
