@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -26,6 +26,9 @@ class ModelConfig:
     num_classes: int = 2
     # Further keyword arguments of the model's builder (see `pixelwise models NAME`).
     args: dict = field(default_factory=dict)
+    # Weights to start from: a checkpoint or state dict file. For FCN-16s/8s, the trained coarser
+    # FCN of the previous stage (FCN section 4.2); its new skip layers keep their initialisation.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -43,13 +46,15 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "isbi2012"  # isbi2012 | camvid | folder
+    dataset: str = "isbi2012"  # isbi2012 | camvid | voc | folder
     root: Optional[str] = None  # data root; else $PIXELWISE_DATA; else ~/.cache/pixelwise/data
     path: Optional[str] = None  # dataset folder under the root (default: the dataset's own name)
     # isbi2012: slice lists such as "0-24" or "0,3,5-7" (default 0-24 / 25-29); camvid/folder: split names
     # (default train / val)
     train_split: Optional[str] = None
     val_split: Optional[str] = None
+    # voc only: an SBD folder with SegmentationClassAug/<id>.png (and train_aug.txt) added to the train split
+    sbd_root: Optional[str] = None
     num_classes: Optional[int] = None  # folder dataset only; the others know their classes
     ignore_index: int = 255  # folder dataset only (isbi2012 has no void, camvid's void is 11)
     mean: list = field(default_factory=lambda: [0.5])
@@ -77,12 +82,18 @@ class TrainConfig:
     max_steps: Optional[int] = None  # overrides epochs when set
     time_limit: Optional[float] = None  # seconds of training after which the run stops and saves
     batch_size: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step (FCN: 20 whole images of different sizes, one at a time)
     grad_clip: Optional[float] = None  # max global gradient norm
     amp: Literal["none", "bf16", "fp16"] = "none"
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     seed: int = 0
     deterministic: bool = False
-    class_weights: Optional[list] = None  # per-class loss weights
+    # Per-class loss weights: a list, or "median_frequency" (computed from the training masks).
+    class_weights: Union[list, Literal["median_frequency"], None] = None
+    loss_sampling_p: Optional[float] = None  # FCN section 3.4: keep each pixel's loss term with probability p
+    loss_reduction: Literal["mean", "sum"] = "mean"  # "sum": unnormalised loss (FCN PAMI, batch 1)
+    bias_lr_mult: float = 1.0  # learning rate multiplier for biases (2 in FCN section 4.3)
+    aux_loss_weight: float = 0.5  # for models returning {"out", "aux"} in training (fcn_resnet aux_loss)
     val_every: int = 0  # steps between validations; 0 = once per epoch
     ckpt_every: int = 0  # steps between checkpoints; 0 = once per epoch
     log_every: int = 10
@@ -136,7 +147,9 @@ def _coerce(value: Any, tp, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(e)
-        raise errors[0]
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -235,7 +248,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     cfg = from_dict(values, source)
     for o in overrides:
         apply_override(cfg, o)
+    check_ranges(cfg, source)
     return cfg
+
+
+def check_ranges(cfg: Config, source: str = "config") -> None:
+    """Values of the right type but outside their range, named with the key and what is expected."""
+    t = cfg.train
+    checks = [
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1"),
+        ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, "an integer >= 1"),
+        ("train.lr", t.lr, t.lr > 0, "a positive number"),
+        ("train.bias_lr_mult", t.bias_lr_mult, t.bias_lr_mult > 0, "a positive number"),
+        ("train.loss_sampling_p", t.loss_sampling_p, t.loss_sampling_p is None or 0 < t.loss_sampling_p <= 1,
+         "a probability in (0, 1] or null"),
+    ]
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {key}={value!r}, expected {expected}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -41,6 +41,11 @@ def camvid_dir() -> Path:
     return require_dataset("camvid")
 
 
+@pytest.fixture
+def voc_dir() -> Path:
+    return require_dataset("voc-example")
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Datasets returning (image, target) with torchvision tv_tensors, and `build_dataset` from a DataConfig."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from pixelwise.data.camvid import CamVid
@@ -8,15 +9,21 @@ from pixelwise.data.folder import FolderDataset, default_palette
 from pixelwise.data.io import DataError, read_image, read_mask
 from pixelwise.data.isbi2012 import ISBI2012, parse_indices
 from pixelwise.data.paths import DatasetNotFoundError, dataset_dir, resolve_root
+from pixelwise.data.stats import class_frequencies, median_frequency_weights
+from pixelwise.data.voc import VOCSegmentation
 
 __all__ = [
-    "CamVid", "FolderDataset", "ISBI2012", "DataError", "DatasetNotFoundError", "DATASETS",
-    "build_dataset", "dataset_dir", "dataset_meta", "default_palette", "parse_indices", "read_image", "read_mask", "resolve_root",
+    "CamVid", "FolderDataset", "ISBI2012", "VOCSegmentation", "DataError", "DatasetNotFoundError", "DATASETS",
+    "build_dataset", "class_frequencies", "dataset_dir", "dataset_meta", "default_palette", "median_frequency_weights",
+    "parse_indices", "read_image", "read_mask", "resolve_root",
 ]
 
-DATASETS = ("isbi2012", "camvid", "folder")
+DATASETS = ("isbi2012", "camvid", "folder", "voc")
 # Splits used when data.train_split / data.val_split are not set.
-DEFAULT_SPLITS = {"isbi2012": ("0-24", "25-29"), "camvid": ("train", "val"), "folder": ("train", "val")}
+DEFAULT_SPLITS = {
+    "isbi2012": ("0-24", "25-29"), "camvid": ("train", "val"), "voc": ("train", "val"), "folder": ("train", "val"),
+}
+_CLASSES = {"isbi2012": ISBI2012, "camvid": CamVid, "voc": VOCSegmentation}
 
 
 def dataset_meta(data_cfg) -> dict:
@@ -27,7 +34,7 @@ def dataset_meta(data_cfg) -> dict:
         k = data_cfg.num_classes or 2
         return {"num_classes": k, "class_names": [f"class{i}" for i in range(k)], "palette": default_palette(k),
                 "in_channels": len(data_cfg.mean), "ignore_index": data_cfg.ignore_index}
-    cls = ISBI2012 if data_cfg.dataset == "isbi2012" else CamVid
+    cls = _CLASSES[data_cfg.dataset]
     return {"num_classes": cls.num_classes, "class_names": list(cls.class_names), "palette": list(cls.palette),
             "in_channels": cls.in_channels, "ignore_index": cls.ignore_index}
 
@@ -36,7 +43,8 @@ def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
     """The "train" or "val" dataset described by `data_cfg` (a pixelwise.config.DataConfig).
 
     The split's name or slice spec comes from data_cfg.train_split / data_cfg.val_split. U-Net weight
-    maps (data_cfg.weight_map, w0, sigma) are made for the ISBI 2012 train split only. The folder
+    maps (data_cfg.weight_map, w0, sigma) are made for the ISBI 2012 train split only. VOC's train split
+    takes SBD's extra labels from data_cfg.sbd_root when the config has that field. The folder
     dataset takes num_classes and ignore_index from data_cfg, and its channel count from len(data_cfg.mean).
     """
     if split not in ("train", "val"):
@@ -59,6 +67,12 @@ def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
         )
     if data_cfg.dataset == "camvid":
         return CamVid(root, split=spec, transforms=transforms)
+    if data_cfg.dataset == "voc":
+        # SBD's extra labels augment training only; a relative sbd_root is under the data root, like data.path.
+        sbd_root = getattr(data_cfg, "sbd_root", None) if split == "train" else None
+        if sbd_root is not None:
+            sbd_root = resolve_root(data_cfg.root) / Path(sbd_root).expanduser()
+        return VOCSegmentation(root, split=spec, sbd_root=sbd_root, transforms=transforms)
     if data_cfg.num_classes is None:
         raise ValueError("data.dataset='folder' needs data.num_classes (the number of classes in the masks)")
     if len(data_cfg.mean) not in (1, 3):

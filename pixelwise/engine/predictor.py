@@ -56,7 +56,7 @@ def gather_window(images: torch.Tensor, top: int, left: int, height: int, width:
     return images.index_select(-2, rows).index_select(-1, cols)
 
 
-def forward_aligned(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def forward_aligned(model: nn.Module, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
     """Logits (B,K,H,W) aligned with images (B,C,H,W), whatever sizes the model can take.
 
     Used for training and whole-image inference: the input is mirror-extended so the (possibly
@@ -68,6 +68,8 @@ def forward_aligned(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if (in_h, in_w, m_h, m_w) != (H, W, 0, 0):
         images = gather_window(images, -m_h, -m_w, in_h, in_w)
     logits = model(images)
+    if isinstance(logits, dict):  # {"out", "aux"} from a model with an auxiliary head, in training
+        return {k: v[..., :H, :W] for k, v in logits.items()}
     return logits[..., :H, :W]
 
 

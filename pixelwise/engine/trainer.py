@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pixelwise.config import Config, save_config, to_dict
 from pixelwise.data import build_dataset, dataset_meta
+from pixelwise.data.stats import class_frequencies, median_frequency_weights
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine import distributed as D
 from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
@@ -32,6 +33,7 @@ from pixelwise.engine.data import SeededSamples, StepBatchSampler, collate
 from pixelwise.engine.evaluator import evaluate
 from pixelwise.engine.predictor import forward_aligned, geometry
 from pixelwise.losses import cross_entropy
+from pixelwise.models.weights import fit_state_dict, load_state_dict
 from pixelwise.registry import create_model
 
 
@@ -63,7 +65,12 @@ class Hook(Protocol):
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params: list = [p for _, p in named]
+    if t.bias_lr_mult != 1.0:  # FCN section 4.3: "doubled learning rate for biases"
+        biases = [p for n, p in named if n.endswith(".bias")]
+        others = [p for n, p in named if not n.endswith(".bias")]
+        params = [{"params": others}, {"params": biases, "lr": t.lr * t.bias_lr_mult}]
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
@@ -201,6 +208,15 @@ def center_crop_like(targets: dict[str, torch.Tensor], logits: torch.Tensor) -> 
     return out
 
 
+def init_weights(model: nn.Module, path: str) -> None:
+    """Load model.init_from: a coarser FCN's weights for staged training, else a whole-model state dict."""
+    state = load_state_dict(path, what="model.init_from")
+    if hasattr(model, "load_staged"):
+        model.load_staged(state, source=f"model.init_from {path!r}")
+    else:
+        fit_state_dict(model, state, what=f"model.init_from {path!r}")
+
+
 def build_model(cfg: Config, meta: dict | None = None) -> nn.Module:
     """The model cfg.model describes; `meta` (from data.dataset_meta) checks the number of classes."""
     num_classes = cfg.model.num_classes
@@ -210,6 +226,34 @@ def build_model(cfg: Config, meta: dict | None = None) -> nn.Module:
             f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
         )
     return create_model(cfg.model.name, num_classes=num_classes, **cfg.model.args)
+
+
+def resolve_class_weights(cfg: Config, train_ds, progress: bool = False) -> torch.Tensor | None:
+    """train.class_weights as a (K,) tensor; "median_frequency" counts the training masks (FCN section 4.3)."""
+    spec, k = cfg.train.class_weights, cfg.model.num_classes
+    if spec is None:
+        return None
+    if spec == "median_frequency":
+        counts = class_frequencies(train_ds, k, train_ds.ignore_index, progress=progress)
+        return torch.as_tensor(median_frequency_weights(counts), dtype=torch.float32)
+    if len(spec) != k:
+        raise TrainingError(f"train.class_weights has {len(spec)} values, expected one per class ({k})")
+    return torch.tensor(spec, dtype=torch.float32)
+
+
+def compute_loss(cfg: Config, logits, targets: dict[str, torch.Tensor], class_weights: torch.Tensor | None,
+                 ignore_index: int) -> torch.Tensor:
+    """Cross-entropy with the configured weights, loss sampling and reduction. `logits` may be a
+    {"out", "aux"} dict (auxiliary head), whose aux term is weighted by train.aux_loss_weight."""
+    t = cfg.train
+
+    def ce(x: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(x, targets["mask"], weight_map=targets.get("weight"), class_weights=class_weights,
+                             ignore_index=ignore_index, sample_p=t.loss_sampling_p, reduction=t.loss_reduction)
+
+    if isinstance(logits, dict):
+        return ce(logits["out"]) + t.aux_loss_weight * ce(logits["aux"])
+    return ce(logits)
 
 
 def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
@@ -234,13 +278,16 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
 
     if model is None:
         model = build_model(cfg, dataset_meta(cfg.data))
+        if cfg.model.init_from and not resume:
+            init_weights(model, cfg.model.init_from)
     train_ds, val_ds = build_datasets(cfg, model)
     model = model.to(device)
     cropped = cfg.data.augment.crop_size is not None
     optimizer = build_optimizer(model, cfg)
     sampler_probe = StepBatchSampler(len(train_ds), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                      total_steps=0, world_size=info.world_size)
-    state = TrainState(steps_per_epoch=sampler_probe.steps_per_epoch)
+    accum = cfg.train.grad_accum  # micro-batches per optimizer step
+    state = TrainState(steps_per_epoch=max(1, sampler_probe.steps_per_epoch // accum))
     state.total_steps = total_steps_for(cfg, state.steps_per_epoch)
     clock: dict[str, float] = {}  # training start, for schedules that follow train.time_limit
 
@@ -268,13 +315,15 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = StepBatchSampler(len(train_ds), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-                               total_steps=state.total_steps, start_step=state.step, rank=info.rank,
+                               total_steps=state.total_steps * accum, start_step=state.step * accum, rank=info.rank,
                                world_size=info.world_size)
     loader = DataLoader(SeededSamples(train_ds, cfg.train.seed), batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     logger = _Logger(out, info.is_main, state.step)
-    class_weights = torch.tensor(cfg.train.class_weights, device=device) if cfg.train.class_weights else None
+    class_weights = resolve_class_weights(cfg, train_ds, progress=progress and info.is_main)
+    if class_weights is not None:
+        class_weights = class_weights.to(device)
     val_every = cfg.train.val_every or state.steps_per_epoch
     ckpt_every = cfg.train.ckpt_every or state.steps_per_epoch
 
@@ -318,26 +367,34 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
     start = clock["start"] = time.monotonic()
     model.train()
     with _StopRequests() as stop:
+        micro, step_loss = 0, None
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             with _autocast(device, cfg.train.amp):
                 if cropped:  # crops carry their context: the output predicts their centre
                     logits = ddp_model(images)
-                    targets = center_crop_like(targets, logits)
+                    targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
                 else:
                     logits = forward_aligned(ddp_model, images)
-                masks, weights = targets["mask"], targets.get("weight")
-                loss = cross_entropy(logits, masks, weight_map=weights, class_weights=class_weights,
-                                     ignore_index=train_ds.ignore_index)
+                loss = compute_loss(cfg, logits, targets, class_weights, train_ds.ignore_index)
             if not torch.isfinite(loss):
                 last = out / "last.pt"
                 raise TrainingError(
                     f"loss is {loss.item()} at step {state.step}; stopping. The last good checkpoint is {last} "
                     f"({'present' if last.exists() else 'none saved yet'}). Lower train.lr, add train.warmup_steps "
                     f"or set train.grad_clip.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if micro == 0:
+                optimizer.zero_grad(set_to_none=True)
+            micro += 1
+            # Gradient accumulation: DDP synchronises gradients on the last micro-batch only.
+            sync = micro == accum or not info.enabled
+            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
+            step_loss = loss.detach() if micro == 1 else step_loss + loss.detach()
+            if micro < accum:
+                continue
+            loss, micro = step_loss / accum, 0
             if cfg.train.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

@@ -1,6 +1,8 @@
 """Per-pixel semantic segmentation losses."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +16,9 @@ def cross_entropy(
     weight_map: torch.Tensor | None = None,
     class_weights: torch.Tensor | None = None,
     ignore_index: int = 255,
+    sample_p: float | None = None,
+    generator: torch.Generator | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """Pixel-wise weighted softmax cross-entropy (Ronneberger et al. 2015, eq. 1).
 
@@ -25,6 +30,14 @@ def cross_entropy(
     weight map scales each pixel's term exactly and the loss scale does not depend on the weights'
     total. All pixels ignored -> 0, still attached to the graph. Computed in float32, also under
     autocast. A pixel whose label equals ignore_index is ignored even if ignore_index < K.
+
+    sample_p: loss sampling (Long et al. 2015, section 3.4, "patchwise training is loss sampling"):
+        each non-ignored pixel's term is kept with probability sample_p, independently per pixel, the
+        draw coming from `generator` (or torch's global RNG on the logits' device). "mean" then divides
+        by the number of KEPT pixels, so the loss scale does not depend on sample_p. None or 1 keeps
+        every pixel and draws nothing. FCN found whole-image training (p = 1) as effective and faster.
+    reduction: "mean" as above; "sum" returns the unnormalised sum of the (kept) pixel terms, FCN's
+        setting with batch 1 and momentum 0.99 (Shelhamer, Long & Darrell, PAMI 2017).
     """
     if logits.dim() != 4:
         raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)}, expected (B, K, H, W)")
@@ -44,6 +57,13 @@ def cross_entropy(
         raise ValueError(
             f"cross_entropy: class_weights of shape {tuple(class_weights.shape)}, expected ({k},) for {k} classes"
         )
+    if sample_p is not None and not 0 < sample_p <= 1:
+        raise ValueError(
+            f"cross_entropy: sample_p={sample_p}; expected the probability of keeping a pixel's term, in (0, 1]"
+            " (None or 1 keeps every pixel)"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"cross_entropy: reduction={reduction!r}; expected 'mean' or 'sum'")
 
     targets = targets.long()
     valid = targets != ignore_index
@@ -55,6 +75,10 @@ def cross_entropy(
         raise ValueError(
             f"cross_entropy: target values {shown} are outside [0, {k}) and are not ignore_index={ignore_index}"
         )
+    if sample_p is not None and sample_p < 1:
+        device = generator.device if generator is not None else logits.device
+        keep = torch.rand(targets.shape, generator=generator, device=device).to(logits.device) < sample_p
+        valid = valid & keep
 
     safe_targets = targets.masked_fill(~valid, 0)
     with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -67,4 +91,6 @@ def cross_entropy(
             weight_map = weight_map.to(device=logits.device, dtype=torch.float32)
             losses = losses * torch.where(valid, weight_map, weight_map.new_zeros(()))
         losses = torch.where(valid, losses, losses.new_zeros(()))
+        if reduction == "sum":
+            return losses.sum()
         return losses.sum() / valid.sum().clamp(min=1)

@@ -189,3 +189,40 @@ def test_valid_unet_trains_on_input_sized_crops_with_context(tmp_path, data_root
     cropped = center_crop_like({k: v[None] for k, v in target.items()}, logits)
     assert cropped["mask"].shape[-2:] == logits.shape[-2:] == (out, out)
     assert torch.equal(cropped["mask"][0], target["mask"][margin:margin + out, margin:margin + out])
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path, data_root):
+    # No batch norm, no dropout, no weight map: 2 micro-batches of 1 give the gradient of 1 batch of 2.
+    common = ["model.name=unet_padded", "model.args={base_width: 4, depth: 2, dropout: 0.0}",
+              "data.weight_map=false", "train.max_steps=3", "train.val_every=100"]
+    a = tiny_config(tmp_path / "a", data_root, *common, "train.batch_size=2")
+    b = tiny_config(tmp_path / "b", data_root, *common, "train.batch_size=1", "train.grad_accum=2")
+    train(a, progress=False)
+    train(b, progress=False)
+    la, lb = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
+    assert len(la) == len(lb) == 3
+    assert la == pytest.approx(lb, rel=1e-5)
+    wa = load_checkpoint(tmp_path / "a" / "run" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bias_learning_rate_multiplier(tmp_path, data_root):
+    from pixelwise.engine.trainer import build_model, build_optimizer
+
+    cfg = tiny_config(tmp_path, data_root, "train.bias_lr_mult=2", "train.lr=0.01")
+    model = build_model(cfg)
+    groups = build_optimizer(model, cfg).param_groups
+    assert [g["lr"] for g in groups] == [0.01, 0.02]
+    biases = {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
+    assert {id(p) for p in groups[1]["params"]} == biases
+
+
+def test_config_rejects_out_of_range_values():
+    from pixelwise.config import ConfigError
+
+    for override, match in (("train.grad_accum=0", "grad_accum"), ("train.loss_sampling_p=0", "loss_sampling_p"),
+                            ("train.loss_sampling_p=1.5", "probability"), ("train.class_weights=median", "median_frequency")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, [override])

@@ -113,3 +113,71 @@ def test_float32_under_autocast() -> None:
     assert torch.allclose(loss, expected, atol=1e-6)
     loss.backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def _known_terms(b: int = 2, h: int = 16, w: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-class logits whose per-pixel loss is the pixel's index counted from 1: -log softmax = v when
+    the target logit is 0 and the other is log(e^v - 1)."""
+    values = torch.arange(1, b * h * w + 1, dtype=torch.float64).reshape(b, h, w)
+    logits = torch.zeros(b, 2, h, w, dtype=torch.float64)
+    logits[:, 1] = torch.log(torch.expm1(values))
+    return logits.float().requires_grad_(), torch.zeros(b, h, w, dtype=torch.long), values.float()
+
+
+def test_known_terms() -> None:
+    logits, targets, values = _known_terms()
+    torch.testing.assert_close(F.cross_entropy(logits, targets, reduction="none"), values)
+
+
+def test_sample_p_one_is_the_full_loss() -> None:
+    logits, targets = _sample()
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert torch.equal(cross_entropy(logits, targets, sample_p=1.0, generator=g), cross_entropy(logits, targets))
+    assert torch.equal(g.get_state(), state)  # nothing drawn
+    assert torch.equal(cross_entropy(logits, targets, sample_p=None), cross_entropy(logits, targets))
+
+
+def test_loss_sampling_keeps_about_half_and_averages_the_kept() -> None:
+    logits, targets, values = _known_terms()
+    targets[0, 0] = 255  # an ignored row is never counted, kept or not
+    valid = targets != 255
+    loss = cross_entropy(logits, targets, sample_p=0.5, generator=torch.Generator().manual_seed(1))
+    keep = (torch.rand(targets.shape, generator=torch.Generator().manual_seed(1)) < 0.5) & valid
+    n_valid = int(valid.sum())
+    assert abs(int(keep.sum()) - n_valid / 2) < 4 * (n_valid * 0.25) ** 0.5
+    torch.testing.assert_close(loss, values[keep].mean())
+    assert not torch.allclose(loss, values[valid].mean(), rtol=1e-3)
+    total = cross_entropy(logits, targets, sample_p=0.5, generator=torch.Generator().manual_seed(1), reduction="sum")
+    torch.testing.assert_close(total, values[keep].sum())
+    loss.backward()
+    grad = logits.grad.permute(0, 2, 3, 1)  # (B, H, W, K)
+    assert torch.count_nonzero(grad[~keep]) == 0
+    assert (grad[keep].abs().sum(-1) > 0).all()
+
+
+def test_loss_sampling_nothing_kept_gives_zero_with_grad() -> None:
+    logits, targets = _sample()
+    loss = cross_entropy(logits, targets, sample_p=1e-12, generator=torch.Generator().manual_seed(0))
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
+def test_sample_p_out_of_range(bad: float) -> None:
+    logits, targets = _sample()
+    with pytest.raises(ValueError, match=r"sample_p=.*expected the probability of keeping a pixel's term, in \(0, 1\]"):
+        cross_entropy(logits, targets, sample_p=bad)
+
+
+def test_sum_reduction_is_mean_times_valid_pixels() -> None:
+    logits, targets = _sample()
+    targets = targets.clone()
+    targets[1, 2:4] = 255
+    weight = torch.rand(targets.shape) * 3
+    class_weights = torch.tensor([0.5, 2.0, 4.0])
+    kwargs = dict(weight_map=weight, class_weights=class_weights)
+    mean = cross_entropy(logits, targets, **kwargs)
+    total = cross_entropy(logits, targets, reduction="sum", **kwargs)
+    torch.testing.assert_close(total, mean * int((targets != 255).sum()))
+    with pytest.raises(ValueError, match=r"reduction='none'.*'mean' or 'sum'"):
+        cross_entropy(logits, targets, reduction="none")

@@ -1,0 +1,157 @@
+"""PASCAL VOC 2012 segmentation (the FCN benchmark), optionally with SBD's extra training labels.
+
+Layout under root_dir (VOCdevkit/VOC2012):
+  JPEGImages/<id>.jpg
+  SegmentationClass/<id>.png        palette PNGs: the palette INDEX is the class (0..20, 255 = void);
+                                    the colours are only the VOC colour map and are never read
+  ImageSets/Segmentation/<split>.txt   one id per line (train, val, trainval)
+
+SBD extra labels (Hariharan et al. 2011; FCN section 4 trains on SBD's 8498 train images): `sbd_root`
+is a folder holding
+  SegmentationClassAug/<id>.png     8-bit class-index PNGs (mode L or P), the usual conversion of SBD's
+                                    cls/<id>.mat (GTcls.Segmentation), as distributed with DeepLab
+  <split>.txt                       optional lists, e.g. train_aug.txt (10582 ids: VOC train + SBD
+                                    minus VOC val) or SBD's train.txt; a line is an id or DeepLab's
+                                    "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
+With `sbd_root` the split's list is taken from sbd_root/<split>.txt when it exists, else from
+ImageSets/Segmentation; each id's mask is VOC's own SegmentationClass PNG when there is one (the official
+labels, with void borders), else SegmentationClassAug/<id>.png; images always come from JPEGImages
+(VOC 2012's JPEGImages holds every SBD image). FCN validates on a VOC val subset disjoint from SBD train
+(seg11valid); give it as a list file and use it without `sbd_root`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pixelwise.data.folder import default_palette
+from pixelwise.data.io import DataError, read_sample
+
+__all__ = ["VOCSegmentation"]
+
+_CONVERT_SBD = (
+    "convert them to PNGs first, for example: from scipy.io import loadmat; from PIL import Image;"
+    " Image.fromarray(loadmat(f'cls/{id}.mat')['GTcls']['Segmentation'][0][0])"
+    ".save(f'SegmentationClassAug/{id}.png')"
+)
+
+
+def _read_list(path: Path) -> list[str]:
+    """Ids from a split list: one per line, or the first path of a line (its file name without suffix)."""
+    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"VOCSegmentation: split list {str(path)!r} is empty; expected one image id per line")
+    twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if twice:
+        raise DataError(f"VOCSegmentation: split list {str(path)!r} names {twice[:5]} twice; expected each id once")
+    return ids
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """PASCAL VOC 2012 segmentation as (image, target).
+
+    image: tv_tensors.Image float32 (3, H, W) in [0, 1];
+    target: {"mask": tv_tensors.Mask int64 (H, W)} with values 0..20 and 255 = void (ignored).
+
+    split: a list name under ImageSets/Segmentation (or under sbd_root, see the module docstring);
+    "all", when no all.txt list exists, is every id with a SegmentationClass PNG (and, with sbd_root,
+    every SegmentationClassAug PNG), sorted.
+    """
+
+    num_classes = 21
+    ignore_index = 255
+    class_names = [
+        "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+        "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    ]
+    palette = default_palette(21)
+    in_channels = 3
+
+    def __init__(
+        self,
+        root_dir: str | Path,
+        *,
+        split: str,
+        sbd_root: str | Path | None = None,
+        transforms: Callable | None = None,
+    ) -> None:
+        self.root_dir = Path(root_dir)
+        self.sbd_root = Path(sbd_root) if sbd_root is not None else None
+        image_dir, mask_dir = self.root_dir / "JPEGImages", self.root_dir / "SegmentationClass"
+        list_dir = self.root_dir / "ImageSets" / "Segmentation"
+        if not image_dir.is_dir():
+            raise DataError(
+                f"VOCSegmentation: {str(image_dir)!r} is not a folder; expected JPEGImages/, SegmentationClass/"
+                f" and ImageSets/Segmentation/ under {str(self.root_dir)!r} (the VOC2012 folder of VOCdevkit)"
+            )
+        aug_dir = None
+        list_dirs = [list_dir]
+        if self.sbd_root is not None:
+            aug_dir = self.sbd_root / "SegmentationClassAug"
+            if not aug_dir.is_dir():
+                hint = (
+                    f"; it has cls/ with SBD's .mat labels, which are not read: {_CONVERT_SBD}"
+                    if (self.sbd_root / "cls").is_dir() else ""
+                )
+                raise DataError(
+                    f"VOCSegmentation: sbd_root {str(self.sbd_root)!r} has no SegmentationClassAug/ folder;"
+                    f" expected SegmentationClassAug/<id>.png class-index masks{hint}"
+                )
+            list_dirs.insert(0, self.sbd_root)
+
+        lists = [d / f"{split}.txt" for d in list_dirs]
+        found = next((p for p in lists if p.is_file()), None)
+        if found is not None:
+            ids = _read_list(found)
+        elif split == "all":
+            stems = {p.stem for p in mask_dir.glob("*.png")}
+            if aug_dir is not None:
+                stems |= {p.stem for p in aug_dir.glob("*.png")}
+            ids = sorted(stems)
+            if not ids:
+                raise DataError(f"VOCSegmentation: split 'all' but no PNG masks in {str(mask_dir)!r}")
+        else:
+            present = sorted({p.stem for d in list_dirs if d.is_dir() for p in d.glob("*.txt")})
+            raise DataError(
+                f"VOCSegmentation: no list for split {split!r}: looked for {', '.join(repr(str(p)) for p in lists)}"
+                f" (lists present: {present or 'none'}; split 'all' uses every SegmentationClass PNG)"
+            )
+
+        image_paths = [image_dir / f"{i}.jpg" for i in ids]
+        mask_paths = []
+        for i in ids:
+            mask = mask_dir / f"{i}.png"
+            if aug_dir is not None and not mask.is_file():
+                mask = aug_dir / f"{i}.png"
+            mask_paths.append(mask)
+        where = f" in {str(found)!r}" if found is not None else ""
+        for what, paths in (("image", image_paths), ("mask", mask_paths)):
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                also = f" (nor in {str(aug_dir)!r})" if what == "mask" and aug_dir is not None else ""
+                raise DataError(
+                    f"VOCSegmentation: {len(missing)} of {len(ids)} ids{where} have no {what} file;"
+                    f" first missing: {str(missing[0])!r}{also}"
+                )
+        self.split = split
+        self.names = ids
+        self.image_paths = image_paths
+        self.mask_paths = mask_paths
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, i: int):
+        image, target = read_sample(self.image_paths[i], self.mask_paths[i], channels=self.in_channels,
+                                    num_classes=self.num_classes, ignore_index=self.ignore_index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        sbd = f", sbd_root={str(self.sbd_root)!r}" if self.sbd_root is not None else ""
+        return f"VOCSegmentation(root_dir={str(self.root_dir)!r}, split={self.split!r}{sbd}, images={len(self)})"
