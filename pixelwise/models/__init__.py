@@ -1,2 +1,4 @@
 """Model builders; importing this package registers them."""
 from pixelwise.models import unet  # noqa: F401
+from pixelwise.models import fcn  # noqa: F401
+from pixelwise.models import tiramisu  # noqa: F401
