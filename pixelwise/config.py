@@ -64,6 +64,7 @@ class DataConfig:
     sigma: float = 5.0
     class_balance: bool = True  # the weight map's w_c term; false keeps only the border term (w_c = 1)
     num_workers: int = 0
+    limit: Optional[int] = None  # use only the first N images of each split (quick checks)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -40,6 +40,19 @@ def dataset_meta(data_cfg) -> dict:
 
 
 def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
+    """The "train" or "val" dataset described by `data_cfg`, cut to its first data_cfg.limit images if set."""
+    dataset = _build_dataset(data_cfg, split, transforms)
+    limit = getattr(data_cfg, "limit", None)
+    if limit is not None and limit < len(dataset):
+        n = len(dataset)
+        for attr in ("indices", "image_paths", "label_paths", "mask_paths", "names"):
+            items = getattr(dataset, attr, None)
+            if isinstance(items, list) and len(items) == n:
+                setattr(dataset, attr, items[:limit])
+    return dataset
+
+
+def _build_dataset(data_cfg, split: str, transforms: Callable | None = None):
     """The "train" or "val" dataset described by `data_cfg` (a pixelwise.config.DataConfig).
 
     The split's name or slice spec comes from data_cfg.train_split / data_cfg.val_split. U-Net weight

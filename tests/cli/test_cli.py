@@ -106,3 +106,20 @@ def test_demo_writes_a_complete_run_folder(tmp_path, data_root, capsys):
     for name in ("curves.png", "log.csv", "best.pt", "predictions/25.png", "predictions/26_overlay.png"):
         assert (out / name).exists(), name
     assert Image.open(out / "curves.png").size[0] > 500
+
+
+def test_fcn8s_camvid_train_eval_predict(tmp_path, camvid_dir, capsys):
+    run, root = tmp_path / "fcn", str(camvid_dir.parent)
+    tiny = ["-o", "model.args.width=0.125", "-o", "model.args.fc_channels=32", "-o", "data.augment.crop_size=64",
+            "-o", "data.limit=4", "-o", "train.batch_size=2", "-o", "train.max_steps=2", "-o", "train.val_every=2"]
+    assert main(["train", "configs/fcn8s_camvid_cpu.yaml", "--data-root", root, "--output-dir", str(run), *tiny]) == 0
+    assert main(["eval", "fcn8s_camvid_cpu", "--data-root", root, "--output-dir", str(run),
+                 "--checkpoint", str(run / "best.pt"), *tiny]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and len(metrics["per_class_iou"]) == 11
+    assert {"pixel_acc", "mean_acc", "miou", "fwiou"} <= set(metrics)
+    image = sorted((camvid_dir / "val").glob("*.png"))[0]
+    assert main(["predict", "fcn8s_camvid_cpu", "--data-root", root, "--checkpoint", str(run / "last.pt"),
+                 str(image), "--out", str(tmp_path / "pred"), *tiny]) == 0
+    labels = Image.open(tmp_path / "pred" / f"{image.stem}.png")
+    assert labels.size == (480, 360) and set(np.unique(np.array(labels))) <= set(range(11))
