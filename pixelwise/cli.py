@@ -64,7 +64,9 @@ def cmd_train(args) -> int:
               f"resume with: pixelwise train {args.config} --resume {out / 'last.pt'}", file=sys.stderr)
         return 130
     best = f"{cfg.train.best_metric}={state.best_metric:.4f} at step {state.best_step}" if state.best_metric is not None else "n/a"
-    print(f"trained {state.step} steps; best {best}; run folder: {out}")
+    why = {"early_stop": f" (stopped early: no better {cfg.train.best_metric} in {cfg.train.patience} validations)",
+           "time_limit": f" (time limit of {cfg.train.time_limit:g} s reached)" if cfg.train.time_limit else ""}
+    print(f"trained {state.step} steps{why.get(state.stopped, '')}; best {best}; run folder: {out}")
     return 0
 
 

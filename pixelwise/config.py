@@ -99,6 +99,7 @@ class TrainConfig:
     ckpt_every: int = 0  # steps between checkpoints; 0 = once per epoch
     log_every: int = 10
     best_metric: str = "miou"  # higher is better
+    patience: Optional[int] = None  # early stopping: validations without a new best_metric before stopping
     threads: Optional[int] = None  # torch CPU threads
 
 

@@ -49,7 +49,7 @@ class TrainState:
     best_metric: float | None = None
     best_step: int | None = None
     last_loss: float = math.nan
-    stopped: str | None = None  # "signal", "time_limit" or None
+    stopped: str | None = None  # "signal", "time_limit", "early_stop" or None
     stop_requested: bool = False  # a hook may set it: the loop saves and stops as on SIGTERM
     history: list[dict] = field(default_factory=list)
 
@@ -343,7 +343,8 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
             "best_step": state.best_step, "rng": rng_state(), "config": to_dict(cfg),
         }, out / name)
 
-    def validate() -> None:
+    def validate() -> bool:
+        """Validate, keep best.pt; True when train.patience validations passed without a new best."""
         metrics = None
         if info.is_main:
             metrics = evaluate(model, val_ds, cfg, device, progress=False, tta=False)  # TTA only for final evals
@@ -359,6 +360,10 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         D.barrier(info)
         for h in hooks:
             h.after_validation(state, metrics or {})
+        # Early stopping (FC-DenseNet section 4). Counted from best_step, so a resumed run agrees.
+        patience = cfg.train.patience
+        stale = info.is_main and patience is not None and state.step - (state.best_step or 0) >= patience * val_every
+        return D.any_true(stale, info, device)
 
     # With a time limit the bar counts seconds, so its ETA is the real one.
     limit = cfg.train.time_limit
@@ -416,13 +421,14 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
             if interrupted or timed_out:
                 state.stopped = "signal" if interrupted else "time_limit"
                 break
-            if state.step % val_every == 0 and state.step < state.total_steps:
-                validate()
+            if state.step % val_every == 0 and state.step < state.total_steps and validate():
+                state.stopped = "early_stop"
+                break
             if state.step % ckpt_every == 0:
                 checkpoint("last.pt")
     bar.close()
     checkpoint("last.pt")
-    if state.stopped != "signal":
+    if state.stopped not in ("signal", "early_stop"):
         validate()
     logger.close()
     if info.is_main:

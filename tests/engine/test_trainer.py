@@ -226,3 +226,12 @@ def test_config_rejects_out_of_range_values():
                             ("train.loss_sampling_p=1.5", "probability"), ("train.class_weights=median", "median_frequency")):
         with pytest.raises(ConfigError, match=match):
             load_config(None, [override])
+
+
+def test_early_stopping_on_the_validation_metric(tmp_path, data_root):
+    # A zero learning rate never improves on the first validation: with patience 2 the run stops
+    # at the second validation after it.
+    cfg = tiny_config(tmp_path, data_root, "train.lr=1e-12", "train.max_steps=20", "train.val_every=2",
+                      "train.patience=2", "train.optimizer=sgd")
+    state = train(cfg, progress=False)
+    assert state.stopped == "early_stop" and state.best_step == 2 and state.step == 6
