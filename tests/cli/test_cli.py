@@ -123,3 +123,20 @@ def test_fcn8s_camvid_train_eval_predict(tmp_path, camvid_dir, capsys):
                  str(image), "--out", str(tmp_path / "pred"), *tiny]) == 0
     labels = Image.open(tmp_path / "pred" / f"{image.stem}.png")
     assert labels.size == (480, 360) and set(np.unique(np.array(labels))) <= set(range(11))
+
+
+def test_fc_densenet56_camvid_train_eval_predict(tmp_path, camvid_dir):
+    run, root = tmp_path / "tiramisu", str(camvid_dir.parent)
+    tiny = ["-o", "model.args={growth_rate: 4, layers_per_block: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], first_channels: 8}",
+            "-o", "data.augment.crop_size=64", "-o", "data.limit=3", "-o", "train.max_steps=2",
+            "-o", "train.val_every=2", "-o", "train.time_limit=null"]
+    assert main(["train", "configs/fc_densenet56_camvid_cpu.yaml", "--data-root", root, "--output-dir", str(run),
+                 *tiny]) == 0
+    assert main(["eval", "fc_densenet56_camvid_cpu", "--data-root", root, "--output-dir", str(run),
+                 "--checkpoint", str(run / "best.pt"), *tiny]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_images"] == 3 and len(metrics["per_class_iou"]) == 11
+    image = sorted((camvid_dir / "val").glob("*.png"))[0]  # 360x480: not a multiple of 32
+    assert main(["predict", "fc_densenet56_camvid_cpu", "--data-root", root, "--checkpoint", str(run / "last.pt"),
+                 str(image), "--out", str(tmp_path / "pred"), *tiny]) == 0
+    assert Image.open(tmp_path / "pred" / f"{image.stem}.png").size == (480, 360)
