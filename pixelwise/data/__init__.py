@@ -5,15 +5,18 @@ from pathlib import Path
 from typing import Callable
 
 from pixelwise.data.camvid import CamVid
+from pixelwise.data.coco import CocoInstances, instance_fields
 from pixelwise.data.folder import FolderDataset, default_palette
 from pixelwise.data.io import DataError, read_image, read_mask
 from pixelwise.data.isbi2012 import ISBI2012, parse_indices
+from pixelwise.data.isbi_instances import ISBIInstances, to_coco
 from pixelwise.data.paths import DatasetNotFoundError, dataset_dir, resolve_root
 from pixelwise.data.stats import class_frequencies, median_frequency_weights
 from pixelwise.data.voc import VOCSegmentation
 
 __all__ = [
-    "CamVid", "FolderDataset", "ISBI2012", "VOCSegmentation", "DataError", "DatasetNotFoundError", "DATASETS",
+    "CamVid", "CocoInstances", "FolderDataset", "ISBI2012", "ISBIInstances", "VOCSegmentation", "DataError",
+    "DatasetNotFoundError", "DATASETS", "instance_fields", "to_coco",
     "build_dataset", "class_frequencies", "dataset_dir", "dataset_meta", "default_palette", "median_frequency_weights",
     "parse_indices", "read_image", "read_mask", "resolve_root",
 ]
