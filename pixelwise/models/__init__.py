@@ -2,3 +2,4 @@
 from pixelwise.models import unet  # noqa: F401
 from pixelwise.models import fcn  # noqa: F401
 from pixelwise.models import tiramisu  # noqa: F401
+from pixelwise.models import mask_rcnn  # noqa: F401
