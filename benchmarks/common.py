@@ -29,3 +29,31 @@ def replace_section(path: Path, title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text.rstrip() + "\n")
+
+
+def train_and_evaluate(cfg, model=None) -> tuple:
+    """Train (cfg.model, or `model` in place), then evaluate the final weights on the val split.
+
+    Returns (train state, trained model, val metrics, inference seconds per image). A Ctrl-C or
+    SIGTERM during training stops the whole benchmark.
+    """
+    import sys
+    import time
+
+    from pixelwise.data import build_dataset
+    from pixelwise.data.transforms import build_transforms
+    from pixelwise.engine import build_model, evaluate, train
+    from pixelwise.engine.distributed import resolve_device
+
+    state = train(cfg, model=model, progress=True)
+    if state.stopped == "signal":
+        sys.exit(130)
+    if model is None:
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(Path(cfg.output_dir) / "last.pt", map_location="cpu", weights_only=False)["model"])
+    val = build_dataset(cfg.data, "val")
+    val.transforms = build_transforms(cfg.data, train=False, ignore_index=val.ignore_index)
+    device = resolve_device(cfg.train.device)
+    t0 = time.monotonic()
+    metrics = evaluate(model.to(device), val, cfg, device, progress=False)
+    return state, model, metrics, (time.monotonic() - t0) / len(val)

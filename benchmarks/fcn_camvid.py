@@ -26,37 +26,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_summary, replace_section  # noqa: E402
+from benchmarks.common import machine_summary, replace_section, train_and_evaluate  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
-from pixelwise.data import build_dataset, dataset_meta  # noqa: E402
-from pixelwise.data.transforms import build_transforms  # noqa: E402
-from pixelwise.engine import build_model, evaluate, train  # noqa: E402
-from pixelwise.engine.distributed import resolve_device  # noqa: E402
+from pixelwise.data import dataset_meta  # noqa: E402
 
 KEYS = ("miou", "pixel_acc", "mean_acc", "fwiou")
 
 
-def train_and_evaluate(label: str, cfg, budget: float) -> dict:
+def run(label: str, cfg, budget: float) -> dict:
     cfg.train.time_limit = budget
-    state = train(cfg, progress=True)
-    if state.stopped == "signal":
-        sys.exit(130)
-    model = build_model(cfg)
-    model.load_state_dict(torch.load(Path(cfg.output_dir) / "last.pt", map_location="cpu", weights_only=False)["model"])
-    val = build_dataset(cfg.data, "val")
-    val.transforms = build_transforms(cfg.data, train=False, ignore_index=val.ignore_index)
-    device = resolve_device(cfg.train.device)
-    t0 = time.monotonic()
-    metrics = evaluate(model.to(device), val, cfg, device, progress=False)
+    state, model, metrics, seconds = train_and_evaluate(cfg)
     return {"run": label, "model": cfg.model.name, "steps": state.step,
             "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "infer_seconds_per_image": round((time.monotonic() - t0) / len(val), 3),
+            "infer_seconds_per_image": round(seconds, 3),
             **{k: metrics[k] for k in KEYS}, "per_class_iou": metrics["per_class_iou"]}
 
 
 def training_comparison(args) -> list[dict]:
     results = []
-    base = [f"train.max_steps=1000000", "train.val_every=1000000", "train.ckpt_every=1000000", *args.override]
+    base = ["train.max_steps=1000000", "train.val_every=1000000", "train.ckpt_every=1000000", *args.override]
 
     def config(name: str, out: str, extra=()):
         cfg = load_config(args.config, [*base, f"model.name={name}", f"output_dir={args.out}/{out}", *extra])
@@ -65,7 +53,7 @@ def training_comparison(args) -> list[dict]:
         return cfg
 
     for name in ("fcn32s", "fcn16s", "fcn8s"):
-        results.append(train_and_evaluate("at once", config(name, f"once_{name}"), args.budget))
+        results.append(run("at once", config(name, f"once_{name}"), args.budget))
         print(json.dumps(results[-1]))
     previous, lr = None, None
     for name in ("fcn32s", "fcn16s", "fcn8s"):
@@ -73,7 +61,7 @@ def training_comparison(args) -> list[dict]:
         lr = cfg.train.lr if lr is None else lr / args.stage_lr_div
         cfg.train.lr = lr
         cfg.model.init_from = previous
-        results.append(train_and_evaluate("staged", cfg, args.budget / 3))
+        results.append(run("staged", cfg, args.budget / 3))
         results[-1]["lr"] = lr
         previous = str(Path(cfg.output_dir) / "last.pt")
         print(json.dumps(results[-1]))
@@ -97,9 +85,9 @@ def inference_comparison(args) -> dict:
     with torch.inference_mode():
         ours(images[0]), tv(images[0])  # warm-up
         for x in images:
-            for name, run in (("ours", lambda: ours(x)), ("torchvision", lambda: tv(x)["out"])):
+            for name, forward in (("ours", lambda: ours(x)), ("torchvision", lambda: tv(x)["out"])):
                 t0 = time.perf_counter()
-                out = run()
+                out = forward()
                 times[name].append(time.perf_counter() - t0)
                 if name == "ours":
                     mine = out
@@ -142,11 +130,11 @@ def main() -> None:
     print(json.dumps(record["inference"], indent=2))
     if not args.skip_training:
         record["training"] = training_comparison(args)
+    if args.no_write:  # a trial run: leave the recorded results alone
+        return
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "fcn_camvid.json").write_text(json.dumps(record, indent=2))
-    if args.no_write:
-        return
     cmd = f"python benchmarks/fcn_camvid.py --budget {args.budget:g}" + "".join(f" -o {o}" for o in args.override)
     inf = record["inference"]
     body = (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -26,13 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_summary, replace_section  # noqa: E402
+from benchmarks.common import machine_summary, replace_section, train_and_evaluate  # noqa: E402
 from benchmarks.unet_isbi2012 import SizeMultiple  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
-from pixelwise.data import build_dataset, dataset_meta  # noqa: E402
-from pixelwise.data.transforms import build_transforms  # noqa: E402
-from pixelwise.engine import build_model, evaluate, train  # noqa: E402
-from pixelwise.engine.distributed import resolve_device  # noqa: E402
+from pixelwise.data import dataset_meta  # noqa: E402
 
 KEYS = ("miou", "pixel_acc", "mean_acc")
 
@@ -57,7 +55,7 @@ def memory_probe(memory_efficient: bool, steps: int) -> None:
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"memory_efficient": memory_efficient, "built_MB": round(built), "peak_MB": round(peak),
-                      "seconds_per_step": round(sorted(times[1:])[len(times[1:]) // 2], 2)}))
+                      "seconds_per_step": round(statistics.median(times[1:] or times), 2)}))
 
 
 def memory_comparison(steps: int) -> list[dict]:
@@ -71,19 +69,9 @@ def memory_comparison(steps: int) -> list[dict]:
 
 
 def run(label: str, cfg, model=None) -> dict:
-    state = train(cfg, model=model, progress=True)
-    if state.stopped == "signal":
-        sys.exit(130)
-    if model is None:
-        model = build_model(cfg)
-        model.load_state_dict(torch.load(Path(cfg.output_dir) / "last.pt", map_location="cpu", weights_only=False)["model"])
-    val = build_dataset(cfg.data, "val")
-    val.transforms = build_transforms(cfg.data, train=False, ignore_index=val.ignore_index)
-    device = resolve_device(cfg.train.device)
-    t0 = time.monotonic()
-    metrics = evaluate(model.to(device), val, cfg, device, progress=False)
+    state, model, metrics, seconds = train_and_evaluate(cfg, model)
     return {"model": label, "steps": state.step, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "infer_seconds_per_image": round((time.monotonic() - t0) / len(val), 3),
+            "infer_seconds_per_image": round(seconds, 3),
             **{k: metrics[k] for k in KEYS}, "per_class_iou": metrics["per_class_iou"]}
 
 
@@ -128,11 +116,11 @@ def main() -> None:
               "overrides": args.override, "memory": memory_comparison(args.mem_steps)}
     if not args.skip_training:
         record["training"] = training_comparison(args)
+    if args.no_write:  # a trial run: leave the recorded results alone
+        return
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "tiramisu_camvid.json").write_text(json.dumps(record, indent=2))
-    if args.no_write:
-        return
     plain, efficient = record["memory"]
     cmd = f"python benchmarks/tiramisu_camvid.py --budget {args.budget:g}" + "".join(f" -o {o}" for o in args.override)
     body = (
