@@ -57,3 +57,14 @@ def train_and_evaluate(cfg, model=None) -> tuple:
     t0 = time.monotonic()
     metrics = evaluate(model.to(device), val, cfg, device, progress=False)
     return state, model, metrics, (time.monotonic() - t0) / len(val)
+
+
+def save_record(name: str, record: dict) -> Path:
+    """Write a benchmark's results to benchmarks/results/<name>.json."""
+    import json
+
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2))
+    return path

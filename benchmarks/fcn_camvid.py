@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_summary, replace_section, train_and_evaluate  # noqa: E402
+from benchmarks.common import machine_summary, replace_section, save_record, train_and_evaluate  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
 from pixelwise.data import dataset_meta  # noqa: E402
 
@@ -132,9 +132,7 @@ def main() -> None:
         record["training"] = training_comparison(args)
     if args.no_write:  # a trial run: leave the recorded results alone
         return
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "fcn_camvid.json").write_text(json.dumps(record, indent=2))
+    save_record("fcn_camvid", record)
     cmd = f"python benchmarks/fcn_camvid.py --budget {args.budget:g}" + "".join(f" -o {o}" for o in args.override)
     inf = record["inference"]
     body = (

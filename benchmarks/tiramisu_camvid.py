@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_summary, replace_section, train_and_evaluate  # noqa: E402
+from benchmarks.common import machine_summary, replace_section, save_record, train_and_evaluate  # noqa: E402
 from benchmarks.unet_isbi2012 import SizeMultiple  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
 from pixelwise.data import dataset_meta  # noqa: E402
@@ -118,9 +118,7 @@ def main() -> None:
         record["training"] = training_comparison(args)
     if args.no_write:  # a trial run: leave the recorded results alone
         return
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "tiramisu_camvid.json").write_text(json.dumps(record, indent=2))
+    save_record("tiramisu_camvid", record)
     plain, efficient = record["memory"]
     cmd = f"python benchmarks/tiramisu_camvid.py --budget {args.budget:g}" + "".join(f" -o {o}" for o in args.override)
     body = (

@@ -21,7 +21,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_summary, replace_section  # noqa: E402
+from benchmarks.common import machine_summary, replace_section, save_record  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
 from pixelwise.data import build_dataset  # noqa: E402
 from pixelwise.data.transforms import build_transforms  # noqa: E402
@@ -115,12 +115,10 @@ def main() -> None:
     record = {"budget_seconds": args.budget, "config": str(Path(args.config).relative_to(ROOT)),
               "overrides": args.override, "machine": machine_summary(), "results": results,
               "ours_better": verdict, "date": time.strftime("%Y-%m-%d")}
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"unet_isbi2012_{args.budget:g}s.json").write_text(json.dumps(record, indent=2))
     print(table(results))
     print("ours better on:", verdict)
-    if not args.no_write:
+    if not args.no_write:  # a trial run leaves the recorded results alone
+        save_record(f"unet_isbi2012_{args.budget:g}s", record)
         body = (
             f"Command: `python benchmarks/unet_isbi2012.py --budget {args.budget:g}"
             f"{''.join(' -o ' + o for o in args.override)}` ({record['date']}, {record['machine']}).\n\n"

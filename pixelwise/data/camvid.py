@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
 
-from pixelwise.data.io import DataError, read_sample
+from pixelwise.data.base import ImageMaskDataset
+from pixelwise.data.io import DataError
 
 __all__ = ["CamVid"]
 
 
-class CamVid(torch.utils.data.Dataset):
+class CamVid(ImageMaskDataset):
     """CamVid images as (image, target).
 
     image: tv_tensors.Image float32 (3, H, W) in [0, 1];
@@ -61,16 +61,6 @@ class CamVid(torch.utils.data.Dataset):
         self.mask_paths = [annot_dir / p.name for p in image_paths]
         self.names = [p.stem for p in image_paths]
         self.transforms = transforms
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, i: int):
-        image, target = read_sample(self.image_paths[i], self.mask_paths[i], channels=self.in_channels,
-                                    num_classes=self.num_classes, ignore_index=self.ignore_index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
     def __repr__(self) -> str:
         return f"CamVid(root_dir={str(self.root_dir)!r}, split={self.split!r}, images={len(self)})"

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
 
-from pixelwise.data.io import DataError, read_sample
+from pixelwise.data.base import ImageMaskDataset
+from pixelwise.data.io import DataError
 
 __all__ = ["FolderDataset", "default_palette", "IMAGE_SUFFIXES"]
 
@@ -28,7 +28,7 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     return palette
 
 
-class FolderDataset(torch.utils.data.Dataset):
+class FolderDataset(ImageMaskDataset):
     """Images with class-index PNG masks as (image, target).
 
     image: tv_tensors.Image float32 (in_channels, H, W) in [0, 1];
@@ -85,16 +85,6 @@ class FolderDataset(torch.utils.data.Dataset):
         self.class_names = [f"class{k}" for k in range(num_classes)]
         self.palette = default_palette(num_classes)
         self.transforms = transforms
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, i: int):
-        image, target = read_sample(self.image_paths[i], self.mask_paths[i], channels=self.in_channels,
-                                    num_classes=self.num_classes, ignore_index=self.ignore_index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
     def __repr__(self) -> str:
         return (

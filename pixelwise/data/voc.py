@@ -25,10 +25,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from pixelwise.data.folder import default_palette
-from pixelwise.data.io import DataError, read_sample
+from pixelwise.data.base import ImageMaskDataset
+from pixelwise.data.io import DataError
 
 __all__ = ["VOCSegmentation"]
 
@@ -50,7 +50,7 @@ def _read_list(path: Path) -> list[str]:
     return ids
 
 
-class VOCSegmentation(torch.utils.data.Dataset):
+class VOCSegmentation(ImageMaskDataset):
     """PASCAL VOC 2012 segmentation as (image, target).
 
     image: tv_tensors.Image float32 (3, H, W) in [0, 1];
@@ -141,16 +141,6 @@ class VOCSegmentation(torch.utils.data.Dataset):
         self.image_paths = image_paths
         self.mask_paths = mask_paths
         self.transforms = transforms
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, i: int):
-        image, target = read_sample(self.image_paths[i], self.mask_paths[i], channels=self.in_channels,
-                                    num_classes=self.num_classes, ignore_index=self.ignore_index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
     def __repr__(self) -> str:
         sbd = f", sbd_root={str(self.sbd_root)!r}" if self.sbd_root is not None else ""
