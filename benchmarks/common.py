@@ -52,7 +52,7 @@ def train_and_evaluate(cfg, model=None) -> tuple:
         model = build_model(cfg)
         model.load_state_dict(torch.load(Path(cfg.output_dir) / "last.pt", map_location="cpu", weights_only=False)["model"])
     val = build_dataset(cfg.data, "val")
-    val.transforms = build_transforms(cfg.data, train=False, ignore_index=val.ignore_index)
+    val.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(val, "ignore_index", None))
     device = resolve_device(cfg.train.device)
     t0 = time.monotonic()
     metrics = evaluate(model.to(device), val, cfg, device, progress=False)

@@ -43,8 +43,9 @@ def _model_and_device(cfg: Config, checkpoint: str):
 
     device = resolve_device(cfg.train.device)
     model = build_model(cfg).to(device)
-    load_model_weights(model, load_checkpoint(checkpoint, map_location=device), checkpoint)
-    return model.eval(), device
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    load_model_weights(model, ckpt, checkpoint)
+    return model.eval(), device, ckpt
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -76,9 +77,9 @@ def cmd_eval(args) -> int:
     from pixelwise.engine.evaluator import evaluate
 
     cfg = _load(args)
-    model, device = _model_and_device(cfg, args.checkpoint)
+    model, device, _ = _model_and_device(cfg, args.checkpoint)
     ds = build_dataset(cfg.data, args.split)
-    ds.transforms = build_transforms(cfg.data, train=False, ignore_index=ds.ignore_index)
+    ds.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(ds, "ignore_index", None))
     metrics = evaluate(model, ds, cfg, device)
     metrics = {"checkpoint": str(args.checkpoint), "split": args.split, "dataset": cfg.data.dataset, **metrics}
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "metrics.json"
@@ -91,14 +92,21 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from pixelwise.data import dataset_meta
+    from pixelwise.data import INSTANCE_DATASETS, dataset_meta
     from pixelwise.engine.evaluator import make_predictor
-    from pixelwise.report.predictions import expand_inputs, predict_to_folder
+    from pixelwise.report.predictions import expand_inputs, predict_instances_to_folder, predict_to_folder
 
     cfg = _load(args)
     paths = expand_inputs(args.inputs)
-    model, device = _model_and_device(cfg, args.checkpoint)
+    model, device, ckpt = _model_and_device(cfg, args.checkpoint)
     meta = dataset_meta(cfg.data)
+    if cfg.data.dataset in INSTANCE_DATASETS:
+        names = ckpt.get("class_names") or meta["class_names"]
+        written = predict_instances_to_folder(model, paths, args.out, device, class_names=names,
+                                              score_threshold=cfg.infer.score_threshold)
+        print(f"wrote {len(written)} predictions (.json with boxes, scores and RLE masks + _instances.png + "
+              f"_overlay.png) to {args.out}")
+        return 0
     written = predict_to_folder(
         make_predictor(model, cfg, device), paths, args.out, in_channels=meta["in_channels"],
         num_classes=cfg.model.num_classes, mean=cfg.data.mean, std=cfg.data.std, palette=meta["palette"],

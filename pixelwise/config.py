@@ -46,11 +46,12 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "isbi2012"  # isbi2012 | camvid | voc | folder
+    dataset: str = "isbi2012"  # isbi2012 | camvid | voc | folder; instances (Mask R-CNN): coco | isbi_instances
     root: Optional[str] = None  # data root; else $PIXELWISE_DATA; else ~/.cache/pixelwise/data
     path: Optional[str] = None  # dataset folder under the root (default: the dataset's own name)
-    # isbi2012: slice lists such as "0-24" or "0,3,5-7" (default 0-24 / 25-29); camvid/folder: split names
-    # (default train / val)
+    # isbi2012, isbi_instances: slice lists such as "0-24" or "0,3,5-7" (default 0-24 / 25-29); camvid/folder:
+    # split names (default train / val); coco: "train2017" (annotations/instances_train2017.json, images in
+    # train2017/) or "FILE.json:IMAGE_FOLDER" (default train2017 / val2017)
     train_split: Optional[str] = None
     val_split: Optional[str] = None
     # voc only: an SBD folder with SegmentationClassAug/<id>.png (and train_aug.txt) added to the train split
@@ -111,6 +112,7 @@ class InferConfig:
     batch_size: int = 4  # tiles per forward pass
     save_probs: bool = False  # predict: also write probability maps (.npy, float16)
     threshold: Optional[float] = None  # binary models: foreground if p(class 1) >= threshold
+    score_threshold: float = 0.5  # Mask R-CNN predict: instances drawn and in <name>_instances.png (JSON keeps all)
 
 
 @dataclass

@@ -10,29 +10,38 @@ from pixelwise.data.folder import FolderDataset, default_palette
 from pixelwise.data.io import DataError, read_image, read_mask
 from pixelwise.data.isbi2012 import ISBI2012, parse_indices
 from pixelwise.data.isbi_instances import ISBIInstances, to_coco
-from pixelwise.data.paths import DatasetNotFoundError, dataset_dir, resolve_root
+from pixelwise.data.paths import INSTANCE_DATASETS, DatasetNotFoundError, dataset_dir, resolve_root
 from pixelwise.data.stats import class_frequencies, median_frequency_weights
 from pixelwise.data.voc import VOCSegmentation
 
 __all__ = [
     "CamVid", "CocoInstances", "FolderDataset", "ISBI2012", "ISBIInstances", "VOCSegmentation", "DataError",
-    "DatasetNotFoundError", "DATASETS", "instance_fields", "to_coco",
+    "DatasetNotFoundError", "DATASETS", "INSTANCE_DATASETS", "instance_fields", "to_coco",
     "build_dataset", "class_frequencies", "dataset_dir", "dataset_meta", "default_palette", "median_frequency_weights",
     "parse_indices", "read_image", "read_mask", "resolve_root",
 ]
 
-DATASETS = ("isbi2012", "camvid", "folder", "voc")
+DATASETS = ("isbi2012", "camvid", "folder", "voc", *INSTANCE_DATASETS)
 # Splits used when data.train_split / data.val_split are not set.
 DEFAULT_SPLITS = {
     "isbi2012": ("0-24", "25-29"), "camvid": ("train", "val"), "voc": ("train", "val"), "folder": ("train", "val"),
+    "isbi_instances": ("0-24", "25-29"), "coco": ("train2017", "val2017"),
 }
 _CLASSES = {"isbi2012": ISBI2012, "camvid": CamVid, "voc": VOCSegmentation}
 
 
 def dataset_meta(data_cfg) -> dict:
-    """Classes, palette and channels of the configured dataset, without reading any of its files."""
+    """Classes, palette and channels of the configured dataset, without reading any of its files.
+
+    For the instance datasets num_classes counts the object classes (background excluded, as Mask
+    R-CNN's num_classes); COCO's is None, since only its JSON knows it.
+    """
     if data_cfg.dataset not in DATASETS:
         raise ValueError(f"data.dataset={data_cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}")
+    if data_cfg.dataset in INSTANCE_DATASETS:
+        isbi = data_cfg.dataset == "isbi_instances"
+        return {"num_classes": 1 if isbi else None, "class_names": ISBIInstances.class_names if isbi else None,
+                "palette": None, "in_channels": 3, "ignore_index": None}
     if data_cfg.dataset == "folder":
         k = data_cfg.num_classes or 2
         return {"num_classes": k, "class_names": [f"class{i}" for i in range(k)], "palette": default_palette(k),
@@ -48,11 +57,20 @@ def build_dataset(data_cfg, split: str, transforms: Callable | None = None):
     limit = getattr(data_cfg, "limit", None)
     if limit is not None and limit < len(dataset):
         n = len(dataset)
-        for attr in ("indices", "image_paths", "label_paths", "mask_paths", "names"):
+        for attr in ("indices", "image_paths", "label_paths", "mask_paths", "names", "image_ids", "sizes"):
             items = getattr(dataset, attr, None)
             if isinstance(items, list) and len(items) == n:
                 setattr(dataset, attr, items[:limit])
     return dataset
+
+
+def coco_files(root: Path, spec: str) -> tuple[Path, Path]:
+    """(annotation JSON, image folder) of a COCO split: "NAME" is COCO 2017's annotations/instances_NAME.json
+    with images in NAME/; "FILE.json:IMAGE_FOLDER" names both (relative to the dataset folder)."""
+    if ":" in spec:
+        ann, images = spec.split(":", 1)
+        return root / ann, root / images
+    return root / "annotations" / f"instances_{spec}.json", root / spec
 
 
 def _build_dataset(data_cfg, split: str, transforms: Callable | None = None):
@@ -81,6 +99,13 @@ def _build_dataset(data_cfg, split: str, transforms: Callable | None = None):
             root, indices=indices, transforms=transforms, weight_map=weight_map, w0=data_cfg.w0, sigma=data_cfg.sigma,
             balance=data_cfg.class_balance,
         )
+    if data_cfg.dataset == "isbi_instances":  # 3 channels: Mask R-CNN's backbones take RGB
+        try:
+            return ISBIInstances(root, indices=parse_indices(spec), channels=3, transforms=transforms)
+        except ValueError as e:
+            raise ValueError(f"data.{split}_split: {e}") from None
+    if data_cfg.dataset == "coco":
+        return CocoInstances(*coco_files(root, spec), transforms=transforms)
     if data_cfg.dataset == "camvid":
         return CamVid(root, split=spec, transforms=transforms)
     if data_cfg.dataset == "voc":

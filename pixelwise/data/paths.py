@@ -4,10 +4,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR"]
+__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR", "INSTANCE_DATASETS"]
 
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
+# Datasets of object instances (boxes, labels, one mask per object) for Mask R-CNN; the others are semantic.
+INSTANCE_DATASETS = ("coco", "isbi_instances")
+# Folder under the data root when data.path is not set (default: the dataset's name).
+_FOLDERS = {"isbi_instances": "isbi2012"}
 
 _LAYOUTS = {
     "isbi2012": (
@@ -26,6 +30,11 @@ _LAYOUTS = {
         " ImageSets/Segmentation/<split>.txt; set data.path to VOCdevkit/VOC2012 for the official archive",
         "PASCAL VOC 2012, http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (SBD augmentation:"
         " http://home.bharathh.info/pubs/codes/SBD/download.html, see data.sbd_root)",
+    ),
+    "coco": (
+        "annotations/instances_<split>.json and <split>/ with its images (COCO 2017: train2017, val2017), or any"
+        " JSON and image folder named in data.train_split / data.val_split as 'FILE.json:IMAGE_FOLDER'",
+        "https://cocodataset.org/#download",
     ),
     "folder": (
         "<split>/images/*.png|jpg|jpeg|tif and <split>/masks/<same name>.png (8-bit class-index PNGs)",
@@ -60,15 +69,17 @@ def dataset_dir(data_cfg) -> Path:
             layout and where to get the data.
     """
     root, source = _resolve(data_cfg.root)
-    folder = root / (data_cfg.path or data_cfg.dataset)
+    name = data_cfg.path or _FOLDERS.get(data_cfg.dataset, data_cfg.dataset)
+    folder = root / name
     if folder.is_dir():
         return folder
-    layout, origin = _LAYOUTS.get(data_cfg.dataset, ("see the dataset's documentation", "the dataset's authors"))
+    layout, origin = _LAYOUTS.get(_FOLDERS.get(data_cfg.dataset, data_cfg.dataset),
+                                  ("see the dataset's documentation", "the dataset's authors"))
     raise DatasetNotFoundError(
         f"dataset {data_cfg.dataset!r} not found: {str(folder.absolute())!r} is not a folder"
         f" (data root {str(root)!r} from {source}; sub-folder from "
         f"{'data.path' if data_cfg.path else 'data.dataset'}).\n"
         f"Expected layout inside it: {layout}.\n"
         f"Get the data from {origin}, then set data.root (or --data-root, or ${ENV_VAR}) to the folder"
-        f" that contains {(data_cfg.path or data_cfg.dataset)!r}."
+        f" that contains {name!r}."
     )

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import is_pure_tensor
 
 from pixelwise.config import DataConfig
+from pixelwise.data.paths import INSTANCE_DATASETS
 
 __all__ = [
     "ElasticDeformation",
@@ -248,6 +249,8 @@ def build_transforms(
     on each side): the image is then mirror-extended by `context` before the crop.
     """
     aug = data_cfg.augment
+    if data_cfg.dataset in INSTANCE_DATASETS:
+        return _instance_transforms(data_cfg, train=train)
     crop_size = crop_size or aug.crop_size
     steps: list[v2.Transform] = []
     if train:
@@ -268,3 +271,23 @@ def build_transforms(
             steps.append(RandomIntensity(brightness=aug.brightness, contrast=aug.contrast))
     steps.append(Normalize(data_cfg.mean, data_cfg.std))
     return v2.Compose(steps)
+
+
+def _instance_transforms(data_cfg: DataConfig, *, train: bool) -> Callable:
+    """Flips that move boxes and masks with the image (Mask R-CNN section 3.1 trains with horizontal flips
+    only). No normalisation: Mask R-CNN normalises and resizes inside the model."""
+    aug = data_cfg.augment
+    unsupported = [k for k in ("crop_size", "rot90", "elastic", "brightness", "contrast") if getattr(aug, k)]
+    if unsupported:
+        raise ValueError(f"data.augment.{unsupported[0]}={getattr(aug, unsupported[0])!r} is not supported for the "
+                         f"instance dataset {data_cfg.dataset!r}; it offers data.augment.hflip and vflip")
+    steps: list[v2.Transform] = []
+    if train and aug.hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if train and aug.vflip:
+        steps.append(v2.RandomVerticalFlip(p=0.5))
+    return v2.Compose(steps) if steps else _identity
+
+
+def _identity(image: Any, target: Any) -> tuple[Any, Any]:
+    return image, target

@@ -1,4 +1,5 @@
-"""Evaluation of a semantic model on a dataset: confusion-matrix metrics, plus ISBI scores on ISBI data."""
+"""Evaluation on a dataset: confusion-matrix metrics (plus ISBI scores on ISBI data) for semantic models,
+COCO box and mask AP for instance models on instance datasets."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +7,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pixelwise.config import Config
+from pixelwise.data import INSTANCE_DATASETS
+from pixelwise.engine.instances import evaluate_instances
 from pixelwise.engine.predictor import Predictor, probs_to_labels
 from pixelwise.metrics import ConfusionMatrix, isbi_scores, mean_isbi_scores
 
@@ -21,6 +24,8 @@ def make_predictor(model: nn.Module, cfg: Config, device: torch.device, *, tta: 
 def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, *, progress: bool = True,
              tta: bool | None = None) -> dict:
     """Metrics of `model` on every sample of `dataset` (whole images, as configured in cfg.infer)."""
+    if cfg.data.dataset in INSTANCE_DATASETS:
+        return evaluate_instances(model, dataset, device, batch_size=cfg.infer.batch_size, progress=progress)
     predictor = make_predictor(model, cfg, device, tta=tta)
     cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
     isbi = cfg.data.dataset == "isbi2012"

@@ -24,13 +24,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pixelwise.config import Config, save_config, to_dict
-from pixelwise.data import build_dataset, dataset_meta
+from pixelwise.data import INSTANCE_DATASETS, build_dataset, dataset_meta
 from pixelwise.data.stats import class_frequencies, median_frequency_weights
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine import distributed as D
 from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from pixelwise.engine.data import SeededSamples, StepBatchSampler, collate
 from pixelwise.engine.evaluator import evaluate
+from pixelwise.engine.instances import collate_instances, instances_to_device
 from pixelwise.engine.predictor import forward_aligned, geometry
 from pixelwise.losses import cross_entropy
 from pixelwise.models.weights import fit_state_dict, load_state_dict
@@ -184,9 +185,9 @@ def build_datasets(cfg: Config, model: nn.Module | None = None):
     """
     train_ds, val_ds = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
     crop, context = training_crop(model, cfg.data.augment.crop_size)
-    train_ds.transforms = build_transforms(cfg.data, train=True, ignore_index=train_ds.ignore_index,
+    train_ds.transforms = build_transforms(cfg.data, train=True, ignore_index=getattr(train_ds, "ignore_index", None),
                                            crop_size=crop, context=context)
-    val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
+    val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(val_ds, "ignore_index", None))
     return train_ds, val_ds
 
 
@@ -220,12 +221,35 @@ def init_weights(model: nn.Module, path: str) -> None:
 def build_model(cfg: Config, meta: dict | None = None) -> nn.Module:
     """The model cfg.model describes; `meta` (from data.dataset_meta) checks the number of classes."""
     num_classes = cfg.model.num_classes
-    if meta is not None and num_classes != meta["num_classes"]:
+    if meta is not None and meta["num_classes"] is not None and num_classes != meta["num_classes"]:
         raise TrainingError(
             f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {meta['num_classes']} classes "
             f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
         )
     return create_model(cfg.model.name, num_classes=num_classes, **cfg.model.args)
+
+
+def check_task(cfg: Config, model: nn.Module, train_ds) -> None:
+    """Instance datasets go with detection models (one class per object category, no semantic loss
+    options), semantic datasets with semantic models."""
+    detector = hasattr(model, "roi_heads")
+    if cfg.data.dataset not in INSTANCE_DATASETS:
+        if detector:
+            raise TrainingError(f"model.name={cfg.model.name!r} detects object instances; data.dataset="
+                                f"{cfg.data.dataset!r} is semantic. Use one of {', '.join(INSTANCE_DATASETS)}")
+        return
+    if not detector:
+        raise TrainingError(f"data.dataset={cfg.data.dataset!r} holds object instances; model.name={cfg.model.name!r} "
+                            "is a semantic model. Use a Mask R-CNN model (see `pixelwise models`)")
+    k = model.num_classes
+    if k != train_ds.num_classes - 1:
+        raise TrainingError(f"model.num_classes={k} but dataset {cfg.data.dataset!r} has {train_ds.num_classes - 1} "
+                            f"object classes (background excluded); set model.num_classes={train_ds.num_classes - 1}")
+    t = cfg.train
+    for key, value, default in (("class_weights", t.class_weights, None), ("loss_sampling_p", t.loss_sampling_p, None),
+                                ("loss_reduction", t.loss_reduction, "mean")):
+        if value != default:
+            raise TrainingError(f"train.{key}={value!r} applies to semantic models; Mask R-CNN's losses are the paper's")
 
 
 def resolve_class_weights(cfg: Config, train_ds, progress: bool = False) -> torch.Tensor | None:
@@ -281,6 +305,8 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         if cfg.model.init_from and not resume:
             init_weights(model, cfg.model.init_from)
     train_ds, val_ds = build_datasets(cfg, model)
+    instances = cfg.data.dataset in INSTANCE_DATASETS
+    check_task(cfg, model, train_ds)
     model = model.to(device)
     cropped = cfg.data.augment.crop_size is not None
     optimizer = build_optimizer(model, cfg)
@@ -317,11 +343,12 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
     sampler = StepBatchSampler(len(train_ds), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                total_steps=state.total_steps * accum, start_step=state.step * accum, rank=info.rank,
                                world_size=info.world_size)
-    loader = DataLoader(SeededSamples(train_ds, cfg.train.seed), batch_sampler=sampler, collate_fn=collate,
+    loader = DataLoader(SeededSamples(train_ds, cfg.train.seed), batch_sampler=sampler,
+                        collate_fn=collate_instances if instances else collate,
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     logger = _Logger(out, info.is_main, state.step)
-    class_weights = resolve_class_weights(cfg, train_ds, progress=progress and info.is_main)
+    class_weights = None if instances else resolve_class_weights(cfg, train_ds, progress=progress and info.is_main)
     if class_weights is not None:
         class_weights = class_weights.to(device)
     val_every = cfg.train.val_every or state.steps_per_epoch
@@ -341,6 +368,7 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": state.step, "best_metric": state.best_metric,
             "best_step": state.best_step, "rng": rng_state(), "config": to_dict(cfg),
+            "class_names": getattr(train_ds, "class_names", None),
         }, out / name)
 
     def validate() -> bool:
@@ -372,21 +400,31 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
     start = clock["start"] = time.monotonic()
     model.train()
     with _StopRequests() as stop:
-        micro, step_loss = 0, None
+        micro, step_loss, step_parts = 0, None, {}
         for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+            parts: dict[str, torch.Tensor] = {}
+            if instances:
+                images, targets = instances_to_device(images, targets, device, non_blocking=True)
+            else:
+                images = images.to(device, non_blocking=True)
+                targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             with _autocast(device, cfg.train.amp):
-                if cropped:  # crops carry their context: the output predicts their centre
+                if instances:  # Mask R-CNN: the sum of its RPN and RoI head losses (section 3, L = Lcls + Lbox + Lmask)
+                    parts = ddp_model(images, targets, detect=False)["losses"]
+                    loss = sum(parts.values())
+                elif cropped:  # crops carry their context: the output predicts their centre
                     logits = ddp_model(images)
                     targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
                 else:
                     logits = forward_aligned(ddp_model, images)
-                loss = compute_loss(cfg, logits, targets, class_weights, train_ds.ignore_index)
+                if not instances:
+                    loss = compute_loss(cfg, logits, targets, class_weights, train_ds.ignore_index)
             if not torch.isfinite(loss):
                 last = out / "last.pt"
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
                 raise TrainingError(
-                    f"loss is {loss.item()} at step {state.step}; stopping. The last good checkpoint is {last} "
+                    f"loss is {loss.item()}{f' ({terms})' if terms else ''} at step {state.step}; stopping. "
+                    f"The last good checkpoint is {last} "
                     f"({'present' if last.exists() else 'none saved yet'}). Lower train.lr, add train.warmup_steps "
                     f"or set train.grad_clip.")
             if micro == 0:
@@ -397,6 +435,7 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
                 scaler.scale(loss / accum if accum > 1 else loss).backward()
             step_loss = loss.detach() if micro == 1 else step_loss + loss.detach()
+            step_parts = {k: v.detach() + (step_parts[k] if micro > 1 else 0) for k, v in parts.items()}
             if micro < accum:
                 continue
             loss, micro = step_loss / accum, 0
@@ -408,7 +447,8 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
             scheduler.step()
             state.step += 1
             state.last_loss = D.mean_over_ranks(loss.detach(), info).item()
-            logs = {"loss": state.last_loss, "lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch}
+            logs = {"loss": state.last_loss, "lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch,
+                    **{k: D.mean_over_ranks(v / accum, info).item() for k, v in step_parts.items()}}
             bar.update(min(int(time.monotonic() - start), int(limit)) - bar.n if limit else 1)
             bar.set_postfix(step=state.step, loss=f"{state.last_loss:.4f}", lr=f"{logs['lr']:.2e}")
             if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:

@@ -163,7 +163,7 @@ class MaskRCNN(nn.Module):
             sizes.append((image.shape[-2], image.shape[-1]))
             if targets is None:
                 continue
-            t = {k: _plain(v) for k, v in targets[i].items()}
+            t = {k: _plain(v) for k, v in targets[i].items() if isinstance(v, torch.Tensor)}
             boxes = resize_boxes(t["boxes"], images[i].shape[-2:], image.shape[-2:])
             masks = t["masks"]
             if len(masks):

@@ -38,9 +38,10 @@ def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: s
 
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """labels (H,W) -> RGB (H,W,3) uint8."""
-    table = np.zeros((256, 3), np.uint8)
+    n = max(256, len(palette))
+    table = np.zeros((n, 3), np.uint8)
     table[: len(palette)] = np.asarray(palette, np.uint8)
-    return table[labels.astype(np.int64).clip(0, 255)]
+    return table[labels.astype(np.int64).clip(0, n - 1)]
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:

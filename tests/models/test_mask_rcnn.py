@@ -333,14 +333,11 @@ def test_converted_torchvision_weights_give_the_same_detections(torchvision_pair
         assert (d["masks"] - e_probs).abs().max() < 1e-4
         ours_bin, tv_bin = d["masks"] >= 0.5, e_probs >= 0.5
         # With random weights the mask logits saturate, so a pasted mask's edge (1 next to the zero padding of
-        # the 28x28 mask) is exactly 0.5 in torchvision and 0.5 - 3e-8 in ours: those ties may binarise either way.
-        differ = ours_bin ^ tv_bin
-        tie = (e_probs - 0.5).abs() < 1e-4
-        assert not (differ & ~tie).any()
-        iou = _match_masks(ours_bin & ~tie, tv_bin & ~tie)
+        # the 28x28 mask) is exactly 0.5 in torchvision: paste_masks repeats its rounding, so these ties agree too.
+        iou = _match_masks(ours_bin, tv_bin)
         assert iou.min() >= 0.99, iou.min()
+        assert torch.equal(ours_bin, tv_bin)
         assert tv_bin.flatten(1).any(1).sum() >= 10
-        assert _match_masks(ours_bin, tv_bin).mean() >= 0.99
 
 
 def test_converted_torchvision_weights_give_the_same_training_losses(torchvision_pair):

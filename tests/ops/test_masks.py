@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 
 from pixelwise.ops.boxes import clip_boxes
-from pixelwise.ops.masks import mask_targets, paste_masks
+from pixelwise.ops.masks import _fma, mask_targets, paste_masks
 
 
 def blob_masks(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -39,14 +39,8 @@ def test_mask_targets_equal_torchvision_project_masks_on_boxes():
     assert mask_targets(gt_masks, matched[:0], proposals[:0]).shape == (0, 28, 28)
 
 
-def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    inter = (a & b).flatten(1).sum(1)
-    union = (a | b).flatten(1).sum(1)
-    return torch.where(union > 0, inter / union.clamp(min=1), 1.0)
-
-
 @pytest.mark.parametrize("size", [(512, 512), (97, 131)])
-def test_paste_masks_agrees_with_torchvision(size):
+def test_paste_masks_equal_torchvision(size):
     g = torch.Generator().manual_seed(sum(size))
     masks = blob_masks(100, 28, 28, g)
     boxes = random_boxes(100, *size, g)
@@ -54,11 +48,38 @@ def test_paste_masks_agrees_with_torchvision(size):
     expected = paste_masks_in_image(masks[:, None], boxes, size)[:, 0]
     probs = paste_masks(masks, boxes, size, threshold=None)
     assert probs.shape == (100, *size) and probs.dtype == torch.float32
-    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-5)
+    assert torch.equal(probs, expected)
     binary = paste_masks(masks, boxes, size)
-    assert binary.dtype == torch.bool
-    assert iou(binary, expected >= 0.5).min() >= 0.99
+    assert binary.dtype == torch.bool and torch.equal(binary, expected >= 0.5)
     assert paste_masks(masks[:0], boxes[:0], size).shape == (0, *size)
+
+
+def test_paste_masks_equal_torchvision_on_saturated_masks_and_kernel_boundaries():
+    """Saturated masks (exact 0.5 ties at their edges) and tiny or negative values; boxes whose pasted
+    h + w is around 128, where F.interpolate changes kernels, and whose size is M + 2 (a copy)."""
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    side = torch.rand(n, generator=g) * 110 + 1
+    wh = torch.stack([side, 114 - side + torch.rand(n, generator=g) * 4], dim=1)
+    wh[:10] = 28 + torch.rand(10, 2, generator=g) * 0.5
+    xy = torch.rand(n, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    masks = (blob_masks(n, 28, 28, g) > 0.5).float()
+    masks[::3] = torch.rand(n // 3, 28, 28, generator=g) * 2.0 ** -130 - 2.0 ** -131
+    for m in [masks, masks[:0]]:
+        expected = paste_masks_in_image(m[:, None], boxes[:len(m)], (200, 210))[:, 0]
+        assert torch.equal(paste_masks(m, boxes[:len(m)], (200, 210), threshold=None), expected)
+        assert torch.equal(paste_masks(m, boxes[:len(m)], (200, 210)), expected >= 0.5)
+
+
+def test_fma_rounds_once():
+    """Ties of the float32 rounding after an inexact float64 sum: rounding twice would give 1 + 2 ** -22."""
+    k = torch.arange(1, 100, dtype=torch.float64)
+    a, b = (2.0 ** -12 * (1 + k * 2.0 ** -23)).float(), (2.0 ** -12 * (1 - k * 2.0 ** -23)).float()
+    c = torch.full_like(a, 1 + 2.0 ** -23)  # exact a * b + c = 1 + 2 ** -23 + 2 ** -24 - k ** 2 * 2 ** -70
+    assert torch.equal((a.double() * b.double() + c.double()).float(), torch.full_like(a, 1 + 2.0 ** -22))
+    assert torch.equal(_fma(a, b, c), c)
+    assert torch.equal(_fma(-a, b, -c), -c)
 
 
 def best_times(fns, repeats: int = 3) -> list[float]:

@@ -1,0 +1,240 @@
+"""Mask R-CNN: ours against torchvision's, and against U-Net + connected components on ISBI 2012 cells.
+
+1. step: time per training step of our R18-FPN and torchvision's (MaskRCNN on resnet_fpn_backbone
+   'resnet18', frozen BN, all 5 stages trainable, min/max size 512) on the same 2 ISBI slices (0 and 1,
+   130-136 cells each), SGD, alternating, in this process. The issue's bar: not slower than torchvision.
+2. inference: our mask_rcnn_r50_fpn loaded from a randomly initialised torchvision maskrcnn_resnet50_fpn
+   (score threshold 0, so 100 detections per image) against that torchvision model, on tiny-coco images at
+   the default 800/1333 size, alternating; the ratio of times, and how far the outputs agree.
+3. isbi: configs/mask_rcnn_r18_fpn_isbi_cpu.yaml trained from scratch for --budget seconds on slices 0-24,
+   against the U-Net of configs/unet_isbi2012_cpu.yaml trained for the same budget, whose cell
+   probability map (class 0 = cell interior) is cut into 4-connected regions at 0.5, each an instance scored
+   by its mean cell probability. COCO mask AP of both on slices 25-29, the same ground truth (data.ISBIInstances)
+   and the same 300 detections per image at most.
+
+    python benchmarks/maskrcnn.py --budget 600
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_summary, replace_section, save_record, train_and_evaluate  # noqa: E402
+import pixelwise  # noqa: E402
+from pixelwise.config import load_config  # noqa: E402
+from pixelwise.data import ISBIInstances, build_dataset, dataset_dir, to_coco  # noqa: E402
+from pixelwise.data.transforms import build_transforms  # noqa: E402
+from pixelwise.engine.evaluator import make_predictor  # noqa: E402
+from pixelwise.engine.instances import collate_instances  # noqa: E402
+from pixelwise.metrics.coco import coco_evaluate, masks_to_rle  # noqa: E402
+from pixelwise.models.mask_rcnn import convert_torchvision_maskrcnn  # noqa: E402
+
+MAX_DETS = 300
+AP_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "bbox_AP", "bbox_AP50")
+
+
+def _isbi_root(data_root: str | None) -> Path:
+    return dataset_dir(load_config(ROOT / "configs" / "mask_rcnn_r18_fpn_isbi_cpu.yaml", [f"data.root={data_root}"]
+                                   if data_root else []).data)
+
+
+def step_time(args) -> dict:
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    ds = ISBIInstances(_isbi_root(args.data_root), indices=[0, 1], channels=3)
+    images, targets = collate_instances([ds[0], ds[1]])
+    torch.manual_seed(0)
+    tv = MaskRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=2,
+                  min_size=512, max_size=512)
+    ours = pixelwise.create_model("mask_rcnn_r18_fpn", num_classes=1, min_size=512, max_size=512)
+
+    def run(model, is_ours: bool, opt) -> float:
+        t0 = time.perf_counter()
+        losses = model(images, targets, detect=False)["losses"] if is_ours else model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    models = {"ours": (ours, True), "torchvision": (tv, False)}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, (m, _) in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for m, _ in models.values():
+        m.train()
+    for i in range(args.steps + 1):  # the first step of each warms up and is not counted
+        for k, (m, is_ours) in models.items():
+            t = run(m, is_ours, opts[k])
+            if i:
+                times[k].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"instances": [len(t["boxes"]) for t in targets], "steps": args.steps,
+            "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "median_seconds": {k: round(v, 2) for k, v in med.items()}, "ratio": round(med["ours"] / med["torchvision"], 3)}
+
+
+def inference(args) -> dict:
+    from torchvision.io import read_image
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    root = dataset_dir(load_config(None, ["data.dataset=coco", "data.path=tiny-coco"]
+                                   + ([f"data.root={args.data_root}"] if args.data_root else [])).data)
+    names = sorted(p.name for p in (root / "images").glob("*.jpg"))[: args.images]
+    images = [read_image(str(root / "images" / n)).float() / 255 for n in names]
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
+    tv.roi_heads.score_thresh = 0.0
+    ours = pixelwise.create_model("mask_rcnn_r50_fpn", num_classes=90, box_score_thresh=0.0).eval()
+    ours.load_state_dict(convert_torchvision_maskrcnn(tv.state_dict()))
+    times: dict[str, list[float]] = {"ours": [], "torchvision": []}
+    box_diff, ious, same_labels, counts = 0.0, [], True, []
+    with torch.no_grad():
+        for r in range(args.rounds + 1):
+            for img in images:
+                t0 = time.perf_counter()
+                d = ours([img])["detections"][0]
+                t1 = time.perf_counter()
+                e = tv([img])[0]
+                t2 = time.perf_counter()
+                if r:  # round 0 warms up
+                    times["ours"].append(t1 - t0)
+                    times["torchvision"].append(t2 - t1)
+                    continue
+                counts.append(len(e["boxes"]))
+                same_labels &= len(d["labels"]) == len(e["labels"]) and torch.equal(d["labels"], e["labels"])
+                if len(d["boxes"]) == len(e["boxes"]):
+                    box_diff = max(box_diff, float((d["boxes"] - e["boxes"]).abs().max()))
+                a, b = d["masks"], e["masks"][:, 0] >= 0.5
+                inter, union = (a & b).flatten(1).sum(1).float(), (a | b).flatten(1).sum(1).float()
+                ious += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).tolist()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"images": names, "detections": counts, "median_seconds": {k: round(v, 3) for k, v in med.items()},
+            "ratio": round(med["ours"] / med["torchvision"], 3), "box_max_abs_diff": box_diff,
+            "labels_identical": bool(same_labels), "mask_iou_min": round(min(ious), 4),
+            "mask_iou_mean": round(float(np.mean(ious)), 5), "masks_compared": len(ious)}
+
+
+def unet_instances(model, cfg, data_root: str | None) -> list[dict]:
+    """Slices 25-29 as U-Net cell regions: 4-connected components of p(cell) >= 0.5, scored by mean p(cell)."""
+    from pixelwise.engine.distributed import resolve_device
+
+    ds = build_dataset(cfg.data, "val")
+    ds.transforms = build_transforms(cfg.data, train=False, ignore_index=ds.ignore_index)
+    device = resolve_device(cfg.train.device)
+    predictor = make_predictor(model.to(device).eval(), cfg, device)
+    detections = []
+    for i in range(len(ds)):
+        image, _ = ds[i]
+        cell = predictor.predict_probs(image)[0].numpy()  # class 0 = cell interior, 1 = membrane
+        regions, n = ndimage.label(cell >= 0.5)
+        ids = np.arange(1, n + 1)
+        scores = ndimage.mean(cell, regions, ids) if n else np.zeros(0)
+        keep = ids[np.argsort(-scores, kind="stable")][:MAX_DETS]
+        masks = regions[None] == keep[:, None, None]
+        boxes = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl in ndimage.find_objects(regions)]
+        detections.append({"image_id": ds.indices[i], "boxes": np.array([boxes[k - 1] for k in keep]).reshape(-1, 4),
+                           "scores": scores[keep - 1], "labels": np.ones(len(keep), dtype=np.int64),
+                           "masks": masks_to_rle(masks) if len(keep) else []})
+    return detections
+
+
+def isbi(args) -> dict:
+    common = [f"train.time_limit={args.budget}"] + ([f"data.root={args.data_root}"] if args.data_root else [])
+    out = {"budget_seconds": args.budget}
+    cfg = load_config(ROOT / "configs" / "mask_rcnn_r18_fpn_isbi_cpu.yaml",
+                      common + [f"output_dir={args.out}/mask_rcnn"] + args.override)
+    state, model, metrics, seconds = train_and_evaluate(cfg)
+    out["mask_rcnn_r18_fpn"] = {"steps": state.step, "infer_seconds_per_image": round(seconds, 2),
+                                **{k: metrics[k] for k in AP_KEYS}}
+    cfg = load_config(ROOT / "configs" / "unet_isbi2012_cpu.yaml", common + [f"output_dir={args.out}/unet"])
+    state, model, _, _ = train_and_evaluate(cfg)
+    t0 = time.monotonic()
+    detections = unet_instances(model, cfg, args.data_root)
+    seconds = (time.monotonic() - t0) / len(detections)
+    gt = to_coco(ISBIInstances(_isbi_root(args.data_root), indices="25-29", channels=3))
+    metrics = coco_evaluate(gt, detections, ISBIInstances.category_ids, max_dets=MAX_DETS)
+    out["unet + connected components"] = {"steps": state.step, "infer_seconds_per_image": round(seconds, 2),
+                                          **{k: metrics[k] for k in AP_KEYS}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="step,inference,isbi", help="comma-separated: step, inference, isbi")
+    ap.add_argument("--budget", type=float, default=600, help="isbi: training seconds per model (default 600)")
+    ap.add_argument("--steps", type=int, default=3, help="step: timed training steps per model")
+    ap.add_argument("--images", type=int, default=4, help="inference: tiny-coco images")
+    ap.add_argument("--rounds", type=int, default=2, help="inference: timed passes over the images")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_maskrcnn"))
+    ap.add_argument("-o", "--override", action="append", default=[], help="isbi: overrides of the Mask R-CNN recipe")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md and results/ alone")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    record = {"machine": machine_summary(), "date": time.strftime("%Y-%m-%d"), "parts": parts}
+    for name, fn in (("step", step_time), ("inference", inference), ("isbi", isbi)):
+        if name in parts:
+            record[name] = fn(args)
+            print(name, record[name], flush=True)
+    if args.no_write:
+        return
+    path = ROOT / "benchmarks" / "results" / "maskrcnn.json"
+    if path.exists():  # keep the parts not rerun
+        import json
+
+        record = {**{k: v for k, v in json.loads(path.read_text()).items() if k not in parts}, **record}
+    save_record("maskrcnn", record)
+    write_section(record)
+
+
+def write_section(record: dict) -> None:
+    body = f"Script: `benchmarks/maskrcnn.py` ({record['date']}, {record['machine']}).\n"
+    if "step" in record:
+        s = record["step"]
+        body += (
+            f"\n**Training step, R18-FPN from scratch** (`--parts step`): 2 ISBI slices of 512x512 with "
+            f"{' and '.join(map(str, s['instances']))} cells, frozen BN, all stages trainable, SGD; median of "
+            f"{s['steps']} steps after one warm-up step each, alternating in one process.\n\n"
+            f"| model | s / step | steps (s) |\n|---|---|---|\n"
+            + "".join(f"| {k} | {s['median_seconds'][k]} | {', '.join(map(str, s['seconds'][k]))} |\n" for k in s["seconds"])
+            + f"\nOurs takes {s['ratio']:.2f}x torchvision's time per step.\n"
+        )
+    if "inference" in record:
+        r = record["inference"]
+        body += (
+            f"\n**Inference, R50-FPN with identical weights** (`--parts inference`): torchvision's "
+            f"maskrcnn_resnet50_fpn, randomly initialised, and ours converted from it; {len(r['images'])} tiny-coco "
+            f"images at 800/1333, score threshold 0 ({', '.join(map(str, r['detections']))} detections), median "
+            f"seconds per image.\n\n| model | s / image |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in r["median_seconds"].items())
+            + f"\nTime ratio ours / torchvision: {r['ratio']:.3f}. Agreement: boxes max abs diff {r['box_max_abs_diff']:.2e}, "
+              f"labels identical: {r['labels_identical']}, mask IoU (binarised at 0.5) min {r['mask_iou_min']} and mean "
+              f"{r['mask_iou_mean']} over {r['masks_compared']} masks.\n"
+        )
+    if "isbi" in record:
+        models = {k: v for k, v in record["isbi"].items() if k != "budget_seconds"}
+        rows = "".join(f"| {k} | {v['steps']} | {v['segm_AP']:.4f} | {v['segm_AP50']:.4f} | {v['segm_AP75']:.4f} | "
+                       f"{v['bbox_AP']:.4f} | {v['infer_seconds_per_image']} |\n" for k, v in models.items())
+        body += (
+            f"\n**ISBI 2012 cells as instances** (`--parts isbi --budget {record['isbi']['budget_seconds']:g}`): each "
+            f"trained from scratch on slices 0-24 for {record['isbi']['budget_seconds']:g} s, COCO AP on slices 25-29 (one class, at most 300 detections per slice). Mask R-CNN: "
+            "configs/mask_rcnn_r18_fpn_isbi_cpu.yaml; U-Net: configs/unet_isbi2012_cpu.yaml, its cell probability "
+            "cut into connected regions at 0.5, each scored by its mean probability.\n\n"
+            "| model | steps | mask AP | mask AP50 | mask AP75 | box AP | s / slice |\n|---|---|---|---|---|---|---|\n" + rows
+        )
+    replace_section(ROOT / "BENCHMARKS.md", "Mask R-CNN", body)
+
+
+if __name__ == "__main__":
+    main()
