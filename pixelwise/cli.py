@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="evaluate a checkpoint and write metrics.json", description=(
         "Evaluate a checkpoint on the validation split: pixel accuracy, mean accuracy, mean IoU, "
         "frequency-weighted IoU (FCN section 5), per-class IoU and Dice; on ISBI 2012 also the challenge's "
-        "adapted Rand error, variation of information and pixel error. Writes JSON."))
+        "adapted Rand error, variation of information and pixel error. Mask R-CNN recipes: COCO box and mask AP "
+        "(bbox_AP, segm_AP, AP50, AP75, APs/m/l, AR). Writes JSON."))
     common(sp)
     sp.add_argument("--checkpoint", required=True, metavar="CKPT")
     sp.add_argument("--split", default="val", choices=["train", "val"], help="which split of the recipe (default val)")
@@ -171,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("predict", help="segment images and write index PNGs and overlays", description=(
         "Segment image files (or folders of images) with a checkpoint: writes <name>.png (class indices with a "
         "palette), <name>_overlay.png and, with -o infer.save_probs=true, <name>_probs.npy. Large images are "
-        "tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations."))
+        "tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations. Mask R-CNN recipes write "
+        "<name>.json (every detection: label, class, score, box, COCO RLE mask), <name>_instances.png (16-bit ids of "
+        "the detections scoring at least infer.score_threshold) and <name>_overlay.png."))
     common(sp)
     sp.add_argument("--checkpoint", required=True, metavar="CKPT")
     sp.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files or folders")

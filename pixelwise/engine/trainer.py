@@ -412,12 +412,12 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
                 if instances:  # Mask R-CNN: the sum of its RPN and RoI head losses (section 3, L = Lcls + Lbox + Lmask)
                     parts = ddp_model(images, targets, detect=False)["losses"]
                     loss = sum(parts.values())
-                elif cropped:  # crops carry their context: the output predicts their centre
-                    logits = ddp_model(images)
-                    targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
                 else:
-                    logits = forward_aligned(ddp_model, images)
-                if not instances:
+                    if cropped:  # crops carry their context: the output predicts their centre
+                        logits = ddp_model(images)
+                        targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
+                    else:
+                        logits = forward_aligned(ddp_model, images)
                     loss = compute_loss(cfg, logits, targets, class_weights, train_ds.ignore_index)
             if not torch.isfinite(loss):
                 last = out / "last.pt"
