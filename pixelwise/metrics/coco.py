@@ -107,7 +107,8 @@ def detections_to_results(
             )
         if "segm" in results:
             rles = _rles(det.get("masks"), n, image_id, sizes[image_id])
-            areas = mask_utils.area(rles).tolist() if rles else []
+            # pycocotools' area() sizes a uint8 array by the number of RLEs: under numpy 2 it fails beyond 255.
+            areas = [a for i in range(0, len(rles), 255) for a in mask_utils.area(rles[i:i + 255]).tolist()]
             results["segm"].extend(
                 {"image_id": image_id, "category_id": c, "segmentation": r, "score": s, "area": a}
                 for c, r, s, a in zip(cats, rles, scores.tolist(), areas)

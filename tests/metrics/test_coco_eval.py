@@ -167,3 +167,20 @@ def test_isbi_ground_truth_scores_itself(isbi_dir, backend):
     assert scores[f"segm_AR{most}"] == pytest.approx(1.0)
     capped = coco_evaluate(gt, dets, ds.category_ids, backend=backend, iou_types=("segm",))
     assert capped["segm_AR100"] < 1.0 and capped["segm_AP"] < 1.0
+
+
+def test_more_than_255_detections_per_image():
+    # pycocotools' area() overflows a uint8 count beyond 255 RLEs under numpy 2; ISBI slices need up to 300.
+    masks = np.zeros((300, 64, 64), dtype=bool)
+    boxes = np.zeros((300, 4))
+    for i in range(300):
+        y, x = i % 60, (i // 60) * 10
+        masks[i, y:y + 4, x:x + 4] = True
+        boxes[i] = (x, y, x + 4, y + 4)
+    gt = {"images": [{"id": 1, "height": 64, "width": 64}], "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0,
+                           "segmentation": masks_to_rle(masks[:1])[0]}]}
+    det = {"image_id": 1, "boxes": boxes, "scores": np.linspace(1, 0.1, 300), "labels": np.ones(300, dtype=int),
+           "masks": masks_to_rle(masks)}
+    scores = coco_evaluate(gt, [det], {1: 1}, max_dets=300)
+    assert scores["segm_AP"] == pytest.approx(1.0) and scores["bbox_AP"] == pytest.approx(1.0)
