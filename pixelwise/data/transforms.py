@@ -274,7 +274,7 @@ def build_transforms(
 
 
 def _instance_transforms(data_cfg: DataConfig, *, train: bool) -> Callable:
-    """Flips that move boxes and masks with the image (Mask R-CNN section 3.1 trains with horizontal flips
+    """Flips that move boxes and masks with the image (Detectron trains Mask R-CNN with horizontal flips
     only). No normalisation: Mask R-CNN normalises and resizes inside the model."""
     aug = data_cfg.augment
     unsupported = [k for k in ("crop_size", "rot90", "elastic", "brightness", "contrast") if getattr(aug, k)]
