@@ -4,16 +4,19 @@
    'resnet18', frozen BN, all 5 stages trainable, min/max size 512) with identical weights and seeds on
    the same 2 ISBI slices (0 and 1, 130-136 cells each), SGD, alternating, in this process. The issue's
    bar: not slower than torchvision.
-2. inference: our mask_rcnn_r50_fpn loaded from a randomly initialised torchvision maskrcnn_resnet50_fpn
-   (score threshold 0, so 100 detections per image) against that torchvision model, on tiny-coco images at
-   the default 800/1333 size, alternating; the ratio of times, and how far the outputs agree.
+2. inference: our mask_rcnn_r50_fpn loaded from a randomly initialised torchvision maskrcnn_resnet50_fpn,
+   built as for its COCO weights (frozen BN), against that model; score threshold 0, so 100 detections per
+   image; tiny-coco images at the default 800/1333 size, alternating; the ratio of times, and how far the
+   outputs agree.
 3. isbi: configs/mask_rcnn_r18_fpn_isbi_cpu.yaml trained from scratch for --budget seconds on slices 0-24,
    against the U-Net of configs/unet_isbi2012_cpu.yaml trained for the same budget, whose cell
    probability map (class 0 = cell interior) is cut into 4-connected regions at 0.5, each an instance scored
    by its mean cell probability. COCO mask AP of both on slices 25-29, the same ground truth (data.ISBIInstances)
    and the same 300 detections per image at most.
+4. recipe: the CPU recipe's optimiser and normalisation, each variant trained for --recipe-budget seconds
+   as in part 3 (ablation behind configs/mask_rcnn_r18_fpn_isbi_cpu.yaml).
 
-    python benchmarks/maskrcnn.py --budget 600
+    python benchmarks/maskrcnn.py              # PIXELWISE_DATA or --data-root: the datasets
 """
 from __future__ import annotations
 
@@ -90,19 +93,46 @@ def step_time(args) -> dict:
     return {"instances": [len(t["boxes"]) for t in targets], "steps": args.steps,
             "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
             "median_seconds": {k: round(v, 2) for k, v in med.items()}, "ratio": round(med["ours"] / med["torchvision"], 3),
-            "loss_max_abs_diff": diff}
+            "loss_max_abs_diff": diff, "box_iou": box_iou_time(targets[0]["boxes"])}
+
+
+def box_iou_time(gt: torch.Tensor) -> dict:
+    """Median seconds of ours and torchvision's box_iou of one slice's cells against the anchors of a 512x512
+    FPN image (P2-P6: one size per level, 3 ratios), the matrix the RPN matches on at every step."""
+    from torchvision.ops import box_iou as tv_box_iou
+
+    from pixelwise.ops.anchors import FPN_RATIOS, FPN_SIZES, grid_anchors
+    from pixelwise.ops.boxes import box_iou
+
+    strides = (4, 8, 16, 32, 64)
+    anchors = torch.cat(grid_anchors(FPN_SIZES, FPN_RATIOS, [(512 // s, 512 // s) for s in strides], strides))
+    assert torch.equal(box_iou(gt, anchors), tv_box_iou(gt, anchors))
+    times: dict[str, list[float]] = {"ours": [], "torchvision": []}
+    for _ in range(10):
+        for k, fn in (("ours", box_iou), ("torchvision", tv_box_iou)):
+            t0 = time.perf_counter()
+            fn(gt, anchors)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"shape": [len(gt), len(anchors)], "median_seconds": {k: round(v, 4) for k, v in med.items()},
+            "ratio": round(med["ours"] / med["torchvision"], 3)}
 
 
 def inference(args) -> dict:
     from torchvision.io import read_image
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
 
     root = dataset_dir(load_config(None, ["data.dataset=coco", "data.path=tiny-coco"]
                                    + ([f"data.root={args.data_root}"] if args.data_root else [])).data)
     names = sorted(p.name for p in (root / "images").glob("*.jpg"))[: args.images]
     images = [read_image(str(root / "images" / n)).float() / 255 for n in names]
     torch.manual_seed(0)
-    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
+    # maskrcnn_resnet50_fpn(weights="DEFAULT") as built for COCO weights (FrozenBatchNorm2d, 3 trainable stages),
+    # randomly initialised: with weights=None torchvision would build plain BatchNorm2d instead.
+    tv = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91).eval()
     tv.roi_heads.score_thresh = 0.0
     ours = pixelwise.create_model("mask_rcnn_r50_fpn", num_classes=90, box_score_thresh=0.0).eval()
     ours.load_state_dict(convert_torchvision_maskrcnn(tv.state_dict()))
@@ -178,10 +208,53 @@ def isbi(args) -> dict:
     return out
 
 
+def _variant(optimizer: str, lr: float, norm: str, rois: int = 128, warmup: int = 20) -> list[str]:
+    """Overrides of configs/mask_rcnn_r18_fpn_isbi_cpu.yaml for one recipe variant; every key the variants
+    differ in is set, so that they do not change when the recipe does. BatchNorm is trained (from scratch
+    there are no statistics to freeze); GroupNorm ignores frozen_bn."""
+    return [f"train.optimizer={optimizer}", f"train.lr={lr}", f"train.warmup_steps={warmup}", f"model.args.norm={norm}",
+            "model.args.frozen_bn=false", f"model.args.box_batch_size_per_image={rois}"]
+
+
+RECIPE_VARIANTS = (  # (name, overrides)
+    ("SGD 0.01, GroupNorm, warmup 50", _variant("sgd", 0.01, "gn", warmup=50)),
+    ("SGD 0.02, GroupNorm, warmup 20", _variant("sgd", 0.02, "gn")),
+    ("Adam 1e-3, GroupNorm, warmup 20", _variant("adam", 1e-3, "gn")),
+    ("Adam 1e-3, BatchNorm (trained), warmup 20", _variant("adam", 1e-3, "bn")),
+    ("Adam 1e-3, BatchNorm (trained), warmup 20, 512 RoIs per image", _variant("adam", 1e-3, "bn", rois=512)),
+    ("Adam 2e-3, BatchNorm (trained), warmup 20", _variant("adam", 2e-3, "bn")),
+)
+
+
+def recipe(args) -> dict:
+    """Trains the variants numbered in --variants (all by default); the others keep their recorded results
+    when those were measured with the same budget."""
+    out = {"budget_seconds": args.recipe_budget}
+    path = ROOT / "benchmarks" / "results" / "maskrcnn.json"
+    if args.variants and path.exists():
+        import json
+
+        old = json.loads(path.read_text()).get("recipe", {})
+        if old.get("budget_seconds") == args.recipe_budget:
+            out.update({k: v for k, v in old.items() if k in {n for n, _ in RECIPE_VARIANTS}})
+    chosen = [int(i) for i in args.variants.split(",")] if args.variants else range(len(RECIPE_VARIANTS))
+    for i in chosen:
+        name, overrides = RECIPE_VARIANTS[i]
+        cfg = load_config(ROOT / "configs" / "mask_rcnn_r18_fpn_isbi_cpu.yaml",
+                          [f"train.time_limit={args.recipe_budget}", f"output_dir={args.out}/recipe{i}", *overrides]
+                          + ([f"data.root={args.data_root}"] if args.data_root else []))
+        state, _, metrics, _ = train_and_evaluate(cfg)
+        out[name] = {"steps": state.step, **{k: metrics[k] for k in AP_KEYS}}
+        print(name, out[name], flush=True)
+    return {k: out[k] for k in ["budget_seconds", *(n for n, _ in RECIPE_VARIANTS)] if k in out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="step,inference,isbi", help="comma-separated: step, inference, isbi")
-    ap.add_argument("--budget", type=float, default=600, help="isbi: training seconds per model (default 600)")
+    ap.add_argument("--parts", default="step,inference,isbi", help="comma-separated: step, inference, isbi, recipe")
+    ap.add_argument("--budget", type=float, default=900, help="isbi: training seconds per model (default 900)")
+    ap.add_argument("--recipe-budget", type=float, default=450, help="recipe: training seconds per variant")
+    ap.add_argument("--variants", default="", help="recipe: comma-separated variant numbers (0-based) to rerun")
     ap.add_argument("--steps", type=int, default=5, help="step: timed training steps per model")
     ap.add_argument("--images", type=int, default=4, help="inference: tiny-coco images")
     ap.add_argument("--rounds", type=int, default=2, help="inference: timed passes over the images")
@@ -192,7 +265,7 @@ def main() -> None:
     args = ap.parse_args()
     parts = args.parts.split(",")
     record = {"machine": machine_summary(), "date": time.strftime("%Y-%m-%d"), "parts": parts}
-    for name, fn in (("step", step_time), ("inference", inference), ("isbi", isbi)):
+    for name, fn in (("step", step_time), ("inference", inference), ("isbi", isbi), ("recipe", recipe)):
         if name in parts:
             record[name] = fn(args)
             print(name, record[name], flush=True)
@@ -219,14 +292,21 @@ def write_section(record: dict) -> None:
             f"{s['steps']} steps after one warm-up step each, alternating in one process.\n\n"
             f"| model | s / step | steps (s) |\n|---|---|---|\n"
             + "".join(f"| {k} | {s['median_seconds'][k]} | {', '.join(map(str, s['seconds'][k]))} |\n" for k in s["seconds"])
-            + f"\nOurs takes {s['ratio']:.2f}x torchvision's time per step.\n"
+            + f"\nTime ratio ours / torchvision: {s['ratio']:.3f}.\n"
+        )
+    if "box_iou" in record.get("step", {}):
+        b = record["step"]["box_iou"]
+        body += (
+            f"\nThe RPN's IoU matrix of a slice's cells against the anchors ({b['shape'][0]} x {b['shape'][1]}): "
+            f"`pixelwise.ops.box_iou` {b['median_seconds']['ours'] * 1e3:.0f} ms, torchvision's "
+            f"{b['median_seconds']['torchvision'] * 1e3:.0f} ms (ratio {b['ratio']:.3f}; equal values).\n"
         )
     if "inference" in record:
         r = record["inference"]
         body += (
             f"\n**Inference, R50-FPN with identical weights** (`--parts inference`): torchvision's "
-            f"maskrcnn_resnet50_fpn, randomly initialised, and ours converted from it; {len(r['images'])} tiny-coco "
-            f"images at 800/1333, score threshold 0 ({', '.join(map(str, r['detections']))} detections), median "
+            f"maskrcnn_resnet50_fpn built as for its COCO weights (FrozenBatchNorm2d), randomly initialised, and ours "
+            f"converted from it; {len(r['images'])} tiny-coco images at 800/1333, score threshold 0 ({', '.join(map(str, r['detections']))} detections), median "
             f"seconds per image.\n\n| model | s / image |\n|---|---|\n"
             + "".join(f"| {k} | {v} |\n" for k, v in r["median_seconds"].items())
             + f"\nTime ratio ours / torchvision: {r['ratio']:.3f}. Agreement: boxes max abs diff {r['box_max_abs_diff']:.2e}, "
@@ -243,6 +323,16 @@ def write_section(record: dict) -> None:
             "configs/mask_rcnn_r18_fpn_isbi_cpu.yaml; U-Net: configs/unet_isbi2012_cpu.yaml, its cell probability "
             "cut into connected regions at 0.5, each scored by its mean probability.\n\n"
             "| model | steps | mask AP | mask AP50 | mask AP75 | box AP | s / slice |\n|---|---|---|---|---|---|---|\n" + rows
+        )
+    if "recipe" in record:
+        r = record["recipe"]
+        rows = "".join(f"| {k} | {v['steps']} | {v['segm_AP']:.4f} | {v['segm_AP50']:.4f} | {v['bbox_AP']:.4f} |\n"
+                       for k, v in r.items() if k != "budget_seconds")
+        body += (
+            f"\n**CPU recipe ablation** (`--parts recipe --recipe-budget {r['budget_seconds']:g}`): "
+            f"configs/mask_rcnn_r18_fpn_isbi_cpu.yaml with each variant, {r['budget_seconds']:g} s of training from "
+            "scratch on slices 0-24, COCO AP on slices 25-29.\n\n"
+            "| variant | steps | mask AP | mask AP50 | box AP |\n|---|---|---|---|---|\n" + rows
         )
     replace_section(ROOT / "BENCHMARKS.md", "Mask R-CNN", body)
 

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
-from torchvision.ops import clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import box_iou as tv_box_iou, clip_boxes_to_image, remove_small_boxes
 
 from pixelwise.ops.boxes import (
-    BBOX_CLAMP, BOX_HEAD_WEIGHTS, RPN_WEIGHTS, clip_boxes, decode, encode, match, remove_small, sample_balanced,
+    BBOX_CLAMP, BOX_HEAD_WEIGHTS, RPN_WEIGHTS, box_iou, clip_boxes, decode, encode, match, remove_small,
+    sample_balanced,
 )
 
 
@@ -26,6 +27,22 @@ def test_encode_decode_round_trip_and_torchvision(weights):
     coder = BoxCoder(weights)
     assert torch.equal(deltas, coder.encode_single(boxes, proposals))
     assert torch.equal(decode(deltas, proposals, weights), coder.decode_single(deltas, proposals))
+
+
+@pytest.mark.parametrize("n, m, block", [(37, 500, 2 ** 18), (37, 500, 1000), (5, 7, 1), (0, 9, 64), (6, 0, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_equals_torchvision(n, m, block, dtype):
+    torch.manual_seed(n + m)
+    a, b = random_boxes(n).to(dtype), random_boxes(m).to(dtype)
+    if n and m:
+        a[0] = b[0]  # identical boxes: IoU 1
+        a[1, 2:] = a[1, :2]  # zero area, like torchvision: 0 (and NaN against another zero-area box)
+        b[1, 2:] = b[1, :2]
+    iou = box_iou(a, b, block=block)
+    assert iou.dtype == dtype and iou.shape == (n, m)
+    torch.testing.assert_close(iou, tv_box_iou(a, b), rtol=0, atol=0, equal_nan=True)
+    if n and m:
+        assert iou[0, 0] == 1 and iou[1, 1].isnan() and iou[1, 2] == 0
 
 
 def test_decode_per_class_deltas_matches_torchvision():

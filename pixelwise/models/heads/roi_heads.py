@@ -26,13 +26,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 from pixelwise.models.backbones.fpn import c2_xavier_fill, group_norm
 from pixelwise.models.heads.rpn import crowd_overlap
 from pixelwise.ops.boxes import (
-    BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BOX_HEAD_WEIGHTS, clip_boxes, decode, encode, match, remove_small,
-    sample_balanced,
+    BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BOX_HEAD_WEIGHTS, box_iou, clip_boxes, decode, encode, match,
+    remove_small, sample_balanced,
 )
 from pixelwise.ops.masks import mask_targets
 from pixelwise.ops.poolers import METHODS, roi_features
@@ -98,9 +98,9 @@ class BoxHead(nn.Module):
         _predictor_init(self.cls_score, self.bbox_pred)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.relu(self.fc6(self.convs(x).flatten(1)))
+        x = F.relu(self.fc6(self.convs(x).flatten(1)), inplace=True)
         if self.fc7 is not None:
-            x = F.relu(self.fc7(x))
+            x = F.relu(self.fc7(x), inplace=True)
         return self.cls_score(x), self.bbox_pred(x)
 
 
@@ -148,8 +148,8 @@ class MaskHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.num_convs):
-            x = F.relu(getattr(self, f"mask_fcn{i + 1}")(x))
-        return self.mask_fcn_logits(F.relu(self.conv5_mask(x)))
+            x = F.relu(getattr(self, f"mask_fcn{i + 1}")(x), inplace=True)
+        return self.mask_fcn_logits(F.relu(self.conv5_mask(x), inplace=True))
 
 
 class MLPMaskHead(nn.Module):
@@ -169,7 +169,7 @@ class MLPMaskHead(nn.Module):
         nn.init.zeros_(self.mask_fc_logits.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+        x = F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)), inplace=True)), inplace=True)
         return self.mask_fc_logits(x).view(-1, self.num_outputs, self.mask_size, self.mask_size)
 
 

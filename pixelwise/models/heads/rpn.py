@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 from pixelwise.ops.anchors import grid_anchors
 from pixelwise.ops.boxes import (
-    BELOW_LOW_THRESHOLD, RPN_WEIGHTS, clip_boxes, decode, encode, match, remove_small, sample_balanced,
+    BELOW_LOW_THRESHOLD, RPN_WEIGHTS, box_iou, clip_boxes, decode, encode, match, remove_small, sample_balanced,
 )
 
 __all__ = ["RPN", "RPNHead", "crowd_overlap", "flatten_predictions", "generate_proposals", "rpn_loss"]
@@ -40,7 +40,7 @@ class RPNHead(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         objectness, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = F.relu(self.conv(x), inplace=True)
             objectness.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
         return objectness, deltas
