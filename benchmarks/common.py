@@ -49,7 +49,7 @@ def train_and_evaluate(cfg, model=None) -> tuple:
     if state.stopped == "signal":
         sys.exit(130)
     if model is None:
-        model = build_model(cfg)
+        model = build_model(cfg, pretrained=False)
         model.load_state_dict(torch.load(Path(cfg.output_dir) / "last.pt", map_location="cpu", weights_only=False)["model"])
     val = build_dataset(cfg.data, "val")
     val.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(val, "ignore_index", None))

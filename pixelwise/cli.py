@@ -42,7 +42,7 @@ def _model_and_device(cfg: Config, checkpoint: str):
     from pixelwise.engine.trainer import build_model
 
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, pretrained=False).to(device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     load_model_weights(model, ckpt, checkpoint)
     return model.eval(), device, ckpt
@@ -202,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     from pixelwise.data.paths import DatasetNotFoundError
     from pixelwise.engine.checkpoint import CheckpointError
     from pixelwise.engine.trainer import TrainingError
+    from pixelwise.models.weights import WeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingError, ValueError) as e:
+    except (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingError, WeightsError,
+            ValueError) as e:
         if os.environ.get("PIXELWISE_DEBUG"):
             raise
         print(f"pixelwise {args.command}: error: {e}", file=sys.stderr)

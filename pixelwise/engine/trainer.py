@@ -218,15 +218,23 @@ def init_weights(model: nn.Module, path: str) -> None:
         fit_state_dict(model, state, what=f"model.init_from {path!r}")
 
 
-def build_model(cfg: Config, meta: dict | None = None) -> nn.Module:
-    """The model cfg.model describes; `meta` (from data.dataset_meta) checks the number of classes."""
+PRETRAINED_ARGS = ("weights", "backbone_weights")
+
+
+def build_model(cfg: Config, meta: dict | None = None, *, pretrained: bool = True) -> nn.Module:
+    """The model cfg.model describes; `meta` (from data.dataset_meta) checks the number of classes.
+
+    pretrained=False leaves out model.args.weights and backbone_weights, for a model whose weights
+    all come from a checkpoint next: nothing is downloaded or read only to be overwritten.
+    """
     num_classes = cfg.model.num_classes
     if meta is not None and meta["num_classes"] is not None and num_classes != meta["num_classes"]:
         raise TrainingError(
             f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {meta['num_classes']} classes "
             f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
         )
-    return create_model(cfg.model.name, num_classes=num_classes, **cfg.model.args)
+    args = {k: v for k, v in cfg.model.args.items() if pretrained or k not in PRETRAINED_ARGS}
+    return create_model(cfg.model.name, num_classes=num_classes, **args)
 
 
 def check_task(cfg: Config, model: nn.Module, train_ds) -> None:
@@ -301,7 +309,7 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         save_config(cfg, out / "config.yaml")
 
     if model is None:
-        model = build_model(cfg, dataset_meta(cfg.data))
+        model = build_model(cfg, dataset_meta(cfg.data), pretrained=not resume)
         if cfg.model.init_from and not resume:
             init_weights(model, cfg.model.init_from)
     train_ds, val_ds = build_datasets(cfg, model)

@@ -26,7 +26,7 @@ def run_demo(cfg: Config) -> dict:
     val_ds = build_dataset(cfg.data, "val")
     val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
     meta = dataset_meta(cfg.data)
-    model = build_model(cfg, meta).to(device)
+    model = build_model(cfg, meta, pretrained=False).to(device)
     best = out / "best.pt"
     load_model_weights(model, load_checkpoint(best, map_location=device), str(best))
     metrics = evaluate(model, val_ds, cfg, device)

@@ -248,14 +248,16 @@ def test_mask_rcnn_resume_continues_exactly(tmp_path):
 
     require_dataset("isbi2012")
 
-    def run(name: str, *hooks, resume=None):
+    def run(name: str, *hooks, resume=None, extra=()):
         cfg = _cfg("mask_rcnn_r18_fpn_isbi_cpu", tmp_path / name, "train.max_steps=4", "train.val_every=100",
-                   "train.log_every=1", "train.warmup_steps=2")
+                   "train.log_every=1", "train.warmup_steps=2", *extra)
         return train(cfg, hooks=hooks, resume=resume, progress=False)
 
     assert run("full").step == 4
     assert run("part", StopAt(2)).stopped == "signal"
-    assert run("part", resume=str(tmp_path / "part" / "last.pt")).step == 4
+    # Resuming takes every weight from last.pt, so pretrained weights named in the recipe are not read.
+    missing = f"model.args.backbone_weights={tmp_path / 'not_here.pth'}"
+    assert run("part", resume=str(tmp_path / "part" / "last.pt"), extra=[missing]).step == 4
 
     def log(name):
         with (tmp_path / name / "log.csv").open() as f:
@@ -265,3 +267,24 @@ def test_mask_rcnn_resume_continues_exactly(tmp_path):
     a = torch.load(tmp_path / "full" / "last.pt", map_location="cpu", weights_only=False)["model"]
     b = torch.load(tmp_path / "part" / "last.pt", map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_and_predict_do_not_load_pretrained_weights_the_checkpoint_replaces(tmp_path, capsys):
+    """eval and predict build the model without model.args.backbone_weights / weights (the checkpoint holds
+    every weight), so a recipe naming ImageNet weights works offline; train reports a missing file cleanly."""
+    root = require_dataset("isbi2012").parent
+    run = tmp_path / "run"
+    common = ["--data-root", str(root), *SMALL]
+    assert main(["train", "mask_rcnn_r18_fpn_isbi_cpu", "--output-dir", str(run), *common,
+                 "-o", "train.max_steps=1", "-o", "train.val_every=100"]) == 0
+    missing = ["-o", f"model.args.backbone_weights={tmp_path / 'resnet18_not_here.pth'}"]
+    assert main(["eval", "mask_rcnn_r18_fpn_isbi_cpu", "--checkpoint", str(run / "last.pt"), "--out",
+                 str(tmp_path / "metrics.json"), *common, *missing]) == 0
+    image = root / "isbi2012" / "train" / "image" / "25.png"
+    assert main(["predict", "mask_rcnn_r18_fpn_isbi_cpu", "--checkpoint", str(run / "last.pt"), str(image),
+                 "--out", str(tmp_path / "pred"), *common, *missing]) == 0
+    capsys.readouterr()
+    assert main(["train", "mask_rcnn_r18_fpn_isbi_cpu", "--output-dir", str(tmp_path / "run2"), *common,
+                 *missing]) == 2
+    err = capsys.readouterr().err
+    assert "pixelwise train: error:" in err and "resnet18_not_here.pth" in err and "Traceback" not in err
