@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -43,6 +44,7 @@ from pixelwise.engine.instances import collate_instances  # noqa: E402
 from pixelwise.metrics.coco import coco_evaluate, masks_to_rle  # noqa: E402
 from pixelwise.models.mask_rcnn import convert_torchvision_maskrcnn  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results" / "maskrcnn.json"
 MAX_DETS = 300
 AP_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "bbox_AP", "bbox_AP50")
 
@@ -226,17 +228,12 @@ RECIPE_VARIANTS = (  # (name, overrides)
 )
 
 
-def recipe(args) -> dict:
-    """Trains the variants numbered in --variants (all by default); the others keep their recorded results
-    when those were measured with the same budget."""
+def recipe(args, previous: dict) -> dict:
+    """Trains the variants numbered in --variants (all by default); the others keep their results from
+    `previous` (the recorded recipe part) when those were measured with the same budget."""
     out = {"budget_seconds": args.recipe_budget}
-    path = ROOT / "benchmarks" / "results" / "maskrcnn.json"
-    if args.variants and path.exists():
-        import json
-
-        old = json.loads(path.read_text()).get("recipe", {})
-        if old.get("budget_seconds") == args.recipe_budget:
-            out.update({k: v for k, v in old.items() if k in {n for n, _ in RECIPE_VARIANTS}})
+    if args.variants and previous.get("budget_seconds") == args.recipe_budget:
+        out.update({k: v for k, v in previous.items() if k in {n for n, _ in RECIPE_VARIANTS}})
     chosen = [int(i) for i in args.variants.split(",")] if args.variants else range(len(RECIPE_VARIANTS))
     for i in chosen:
         name, overrides = RECIPE_VARIANTS[i]
@@ -264,18 +261,16 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md and results/ alone")
     args = ap.parse_args()
     parts = args.parts.split(",")
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     record = {"machine": machine_summary(), "date": time.strftime("%Y-%m-%d"), "parts": parts}
-    for name, fn in (("step", step_time), ("inference", inference), ("isbi", isbi), ("recipe", recipe)):
+    for name, fn in (("step", step_time), ("inference", inference), ("isbi", isbi),
+                     ("recipe", lambda a: recipe(a, previous.get("recipe", {})))):
         if name in parts:
             record[name] = fn(args)
             print(name, record[name], flush=True)
     if args.no_write:
         return
-    path = ROOT / "benchmarks" / "results" / "maskrcnn.json"
-    if path.exists():  # keep the parts not rerun
-        import json
-
-        record = {**{k: v for k, v in json.loads(path.read_text()).items() if k not in parts}, **record}
+    record = {**{k: v for k, v in previous.items() if k not in parts}, **record}  # keep the parts not rerun
     save_record("maskrcnn", record)
     write_section(record)
 
@@ -294,8 +289,7 @@ def write_section(record: dict) -> None:
             + "".join(f"| {k} | {s['median_seconds'][k]} | {', '.join(map(str, s['seconds'][k]))} |\n" for k in s["seconds"])
             + f"\nTime ratio ours / torchvision: {s['ratio']:.3f}.\n"
         )
-    if "box_iou" in record.get("step", {}):
-        b = record["step"]["box_iou"]
+        b = s["box_iou"]
         body += (
             f"\nThe RPN's IoU matrix of a slice's cells against the anchors ({b['shape'][0]} x {b['shape'][1]}): "
             f"`pixelwise.ops.box_iou` {b['median_seconds']['ours'] * 1e3:.0f} ms, torchvision's "
@@ -306,8 +300,8 @@ def write_section(record: dict) -> None:
         body += (
             f"\n**Inference, R50-FPN with identical weights** (`--parts inference`): torchvision's "
             f"maskrcnn_resnet50_fpn built as for its COCO weights (FrozenBatchNorm2d), randomly initialised, and ours "
-            f"converted from it; {len(r['images'])} tiny-coco images at 800/1333, score threshold 0 ({', '.join(map(str, r['detections']))} detections), median "
-            f"seconds per image.\n\n| model | s / image |\n|---|---|\n"
+            f"converted from it; {len(r['images'])} tiny-coco images at 800/1333, score threshold 0 "
+            f"({', '.join(map(str, r['detections']))} detections), median seconds per image.\n\n| model | s / image |\n|---|---|\n"
             + "".join(f"| {k} | {v} |\n" for k, v in r["median_seconds"].items())
             + f"\nTime ratio ours / torchvision: {r['ratio']:.3f}. Agreement: boxes max abs diff {r['box_max_abs_diff']:.2e}, "
               f"labels identical: {r['labels_identical']}, mask IoU (binarised at 0.5) min {r['mask_iou_min']} and mean "
