@@ -1,34 +1,73 @@
-"""Command line: argument parsing only; everything else is built from the config and the engine."""
+"""Command line: argument parsing only; everything else is built from the config and the engine.
+
+Imports here are light (no torch) until a command runs, so `pixelwise --help` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
-import os
+from pixelwise.config import Config, ConfigError, check_ranges, from_dict, load_config, apply_override
+from pixelwise.errors import CheckpointError, OutputError, PixelwiseError
 
-from pixelwise.config import Config, ConfigError, load_config
-from pixelwise.registry import list_models, model_arguments, model_summary
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = "unet_isbi2012_cpu"
+
+DESCRIPTION = """\
+pixelwise trains, evaluates and applies the classic fully convolutional segmentation networks:
+FCN-32s/16s/8s, U-Net, FC-DenseNet 56/67/103 and Mask R-CNN, each as its paper describes it.
+A run is described by a recipe (a YAML config); `pixelwise recipes` lists the bundled ones."""
+
+EPILOG = """\
+examples:
+  pixelwise demo                                    train, evaluate and predict a U-Net on ISBI 2012 (CPU, ~10 min)
+  pixelwise recipes                                 the bundled recipes
+  pixelwise train unet_isbi2012_cpu --data-root ../shared/data
+  pixelwise train --resume runs/unet_isbi2012_cpu/last.pt
+  pixelwise eval unet_isbi2012_cpu --checkpoint runs/unet_isbi2012_cpu/best.pt
+  pixelwise predict unet_isbi2012_cpu --checkpoint runs/unet_isbi2012_cpu/best.pt IMAGES... --out DIR
+  pixelwise models                                  the registered networks
+
+Every command has --help. Errors you can fix are printed in one line (exit code 2); --debug shows
+the traceback as well."""
+
+
+def bundled_recipes() -> list[Path]:
+    return sorted(CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
 
 
 def resolve_config(name: str) -> Path:
-    """A path, or the name of a bundled recipe (`unet_isbi2012_cpu` or `unet_isbi2012_cpu.yaml`)."""
-    path = Path(name)
+    """A path, or the name of a bundled recipe (`unet_isbi2012_cpu`, `unet_isbi2012_cpu.yaml` or
+    `configs/unet_isbi2012_cpu.yaml` from any folder)."""
+    path = Path(name).expanduser()
     if path.is_file():
         return path
-    bundled = CONFIG_DIR / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
-    if bundled.is_file():
-        return bundled
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    raise ConfigError(f"config {name!r} is neither a file nor a bundled recipe. Bundled: {', '.join(known)}")
+    if path.is_dir():
+        raise ConfigError(f"config {name!r} is a folder; expected a recipe YAML file or a bundled recipe name")
+    if path.parent in (Path("."), Path("configs")):
+        bundled = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if bundled.is_file():
+            return bundled
+    known = [p.stem for p in bundled_recipes()]
+    raise ConfigError(f"config {name!r} is neither a file nor a bundled recipe; bundled: {', '.join(known) or 'none'}")
 
 
-def _load(args) -> Config:
-    cfg = load_config(resolve_config(args.config), args.override)
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(*args, **kwargs) -> None:
+    """Print on the main process only (under torchrun every rank runs the command)."""
+    if _is_main():
+        print(*args, **kwargs)
+
+
+def _apply_cli(cfg: Config, args) -> Config:
     if getattr(args, "data_root", None):
         cfg.data.root = args.data_root
     if getattr(args, "output_dir", None):
@@ -36,14 +75,58 @@ def _load(args) -> Config:
     return cfg
 
 
+def _load(args) -> Config:
+    return _apply_cli(load_config(resolve_config(args.config), args.override), args)
+
+
+def _config_of_checkpoint(path: str, overrides: list[str]) -> Config:
+    """The config a checkpoint was trained with, plus overrides (for `train --resume CKPT` alone)."""
+    from pixelwise.engine.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"checkpoint {path!r} holds no config; give the recipe as well: pixelwise train CONFIG "
+                          f"--resume {path}")
+    cfg = from_dict(saved, f"config stored in {path}")
+    for o in overrides:
+        apply_override(cfg, o)
+    check_ranges(cfg, f"config stored in {path}")
+    return cfg
+
+
+# What a checkpoint's weights were trained with and inference must repeat (the pretrained-weight sources
+# are replaced by the checkpoint, so they may differ).
+_MUST_MATCH = ("model.name", "model.num_classes", "model.args", "data.mean", "data.std")
+
+
+def _check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
+    from pixelwise.engine.trainer import PRETRAINED_ARGS
+
+    if not isinstance(saved, dict):
+        return
+    ours = {"model.name": cfg.model.name, "model.num_classes": cfg.model.num_classes, "data.mean": cfg.data.mean,
+            "data.std": cfg.data.std,
+            "model.args": {k: v for k, v in cfg.model.args.items() if k not in PRETRAINED_ARGS}}
+    theirs = {"model.name": saved.get("model", {}).get("name"), "model.num_classes": saved.get("model", {}).get("num_classes"),
+              "data.mean": saved.get("data", {}).get("mean"), "data.std": saved.get("data", {}).get("std"),
+              "model.args": {k: v for k, v in saved.get("model", {}).get("args", {}).items() if k not in PRETRAINED_ARGS}}
+    differ = [f"{k}={ours[k]!r} (checkpoint: {theirs[k]!r})" for k in _MUST_MATCH if ours[k] != theirs[k]]
+    if differ:
+        raise CheckpointError(f"checkpoint {checkpoint!r} was trained with other settings than this config: "
+                              f"{'; '.join(differ)}. Use the recipe it was trained with (its config is in the run "
+                              "folder's config.yaml), or drop the overrides")
+
+
 def _model_and_device(cfg: Config, checkpoint: str):
+    from pixelwise.data import dataset_meta
     from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
     from pixelwise.engine.distributed import resolve_device
     from pixelwise.engine.trainer import build_model
 
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg, pretrained=False).to(device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
+    _check_against_checkpoint(cfg, ckpt.get("config"), checkpoint)
+    model = build_model(cfg, dataset_meta(cfg.data), pretrained=False).to(device)
     load_model_weights(model, ckpt, checkpoint)
     return model.eval(), device, ckpt
 
@@ -52,40 +135,61 @@ def _print_metrics(metrics: dict) -> None:
     for k, v in metrics.items():
         if isinstance(v, float):
             print(f"  {k:>24s}: {v:.4f}")
+    names, ious = metrics.get("class_names"), metrics.get("per_class_iou")
+    if names and ious and len(names) == len(ious):
+        print("  IoU per class: " + ", ".join(f"{n} {'n/a' if v is None else f'{v:.3f}'}" for n, v in zip(names, ious)))
 
 
 def cmd_train(args) -> int:
     from pixelwise.engine.trainer import train
 
-    cfg = _load(args)
-    state = train(cfg, resume=args.resume)
+    if args.config is None and not args.resume:
+        raise ConfigError("pixelwise train needs a CONFIG (a recipe file or name; see `pixelwise recipes`), or "
+                          "--resume CKPT to continue a run with the config stored in its checkpoint")
+    cfg = _load(args) if args.config else _apply_cli(_config_of_checkpoint(args.resume, args.override), args)
     out = Path(cfg.output_dir)
+    if args.config and not args.resume and resolve_config(args.config).resolve() == (out / "config.yaml").resolve():
+        raise OutputError(f"CONFIG {args.config!r} is the run folder's own config.yaml, which a new run rewrites; "
+                          "copy it elsewhere, or set another --output-dir")
+    state = train(cfg, resume=args.resume)
     if state.stopped == "signal":
-        print(f"\ninterrupted at step {state.step}; checkpoint saved to {out / 'last.pt'}\n"
-              f"resume with: pixelwise train {args.config} --resume {out / 'last.pt'}", file=sys.stderr)
+        if _is_main():
+            print(f"\ninterrupted at step {state.step}; checkpoint saved to {out / 'last.pt'}\n"
+                  f"resume with: pixelwise train --resume {out / 'last.pt'}", file=sys.stderr)
         return 130
-    best = f"{cfg.train.best_metric}={state.best_metric:.4f} at step {state.best_step}" if state.best_metric is not None else "n/a"
-    why = {"early_stop": f" (stopped early: no better {cfg.train.best_metric} in {cfg.train.patience} validations)",
+    metric = cfg.train.best_metric
+    best = f"{metric}={state.best_metric:.4f} at step {state.best_step}" if state.best_metric is not None else "n/a"
+    why = {"early_stop": f" (stopped early: no better {metric} in {cfg.train.patience} validations)",
            "time_limit": f" (time limit of {cfg.train.time_limit:g} s reached)" if cfg.train.time_limit else ""}
-    print(f"trained {state.step} steps{why.get(state.stopped, '')}; best {best}; run folder: {out}")
+    _say(f"trained {state.step} steps{why.get(state.stopped, '')}; best {best}; run folder: {out}")
+    if state.metrics and _is_main():
+        print(f"final validation (step {state.step}):")
+        _print_metrics(state.metrics)
     return 0
 
 
 def cmd_eval(args) -> int:
-    from pixelwise.data import build_dataset
+    from pixelwise.data import build_dataset, split_spec
     from pixelwise.data.transforms import build_transforms
     from pixelwise.engine.evaluator import evaluate
+    from pixelwise.files import ensure_dir, write_json
 
     cfg = _load(args)
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / "metrics.json"
+    if out.resolve() in {Path(args.checkpoint).resolve(), resolve_config(args.config).resolve()}:
+        raise OutputError(f"--out {str(out)!r} is one of the inputs; choose another metrics file")
+    if out.is_dir():
+        raise OutputError(f"--out {str(out)!r} is a folder; expected the path of the metrics file to write")
+    ensure_dir(out.parent, what="folder of --out")  # before the evaluation, not after it
     model, device, _ = _model_and_device(cfg, args.checkpoint)
     ds = build_dataset(cfg.data, args.split)
     ds.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(ds, "ignore_index", None))
     metrics = evaluate(model, ds, cfg, device)
-    metrics = {"checkpoint": str(args.checkpoint), "split": args.split, "dataset": cfg.data.dataset, **metrics}
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / "metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2))
-    print(f"{cfg.data.dataset} {args.split}: {metrics['num_images']} images")
+    split = split_spec(cfg.data, args.split)
+    metrics = {"checkpoint": str(args.checkpoint), "split": split, "dataset": cfg.data.dataset, **metrics}
+    write_json(out, metrics, what="metrics file")
+    role = f" (the recipe's {args.split} split)" if split != args.split else ""
+    print(f"{cfg.data.dataset} {split}{role}: {metrics['num_images']} images")
     _print_metrics(metrics)
     print(f"wrote {out}")
     return 0
@@ -100,22 +204,27 @@ def cmd_predict(args) -> int:
     paths = expand_inputs(args.inputs)
     model, device, ckpt = _model_and_device(cfg, args.checkpoint)
     meta = dataset_meta(cfg.data)
+    protected = [Path(args.checkpoint), resolve_config(args.config)]
     if cfg.data.dataset in INSTANCE_DATASETS:
         names = ckpt.get("class_names") or meta["class_names"]
         written = predict_instances_to_folder(model, paths, args.out, device, class_names=names,
-                                              score_threshold=cfg.infer.score_threshold)
+                                              score_threshold=cfg.infer.score_threshold, protected=protected)
         print(f"wrote {len(written)} predictions (.json with boxes, scores and RLE masks + _instances.png + "
-              f"_overlay.png) to {args.out}")
+              f"_overlay.png) to {args.out}; classes.json names the classes")
         return 0
     written = predict_to_folder(
         make_predictor(model, cfg, device), paths, args.out, in_channels=meta["in_channels"],
         num_classes=cfg.model.num_classes, mean=cfg.data.mean, std=cfg.data.std, palette=meta["palette"],
-        threshold=cfg.infer.threshold, save_probs=cfg.infer.save_probs)
-    print(f"wrote {len(written)} predictions (index PNG + _overlay.png{' + _probs.npy' if cfg.infer.save_probs else ''}) to {args.out}")
+        threshold=cfg.infer.threshold, save_probs=cfg.infer.save_probs, class_names=meta["class_names"],
+        note=meta.get("label_note"), protected=protected)
+    print(f"wrote {len(written)} predictions (index PNG + _overlay.png{' + _probs.npy' if cfg.infer.save_probs else ''}) "
+          f"to {args.out}; classes.json says what each pixel value means")
     return 0
 
 
 def cmd_models(args) -> int:
+    from pixelwise.registry import list_models, model_arguments, model_summary
+
     if args.name:
         print(f"{args.name}: {model_summary(args.name)}")
         for k, v in model_arguments(args.name).items():
@@ -123,6 +232,24 @@ def cmd_models(args) -> int:
         return 0
     for name in list_models():
         print(f"{name:24s} {model_summary(name)}")
+    print("\n`pixelwise models NAME` shows a model's arguments; `pixelwise recipes` lists the bundled recipes.")
+    return 0
+
+
+def recipe_summary(path: Path) -> str:
+    """The first line of a recipe's header comment."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def cmd_recipes(args) -> int:
+    for path in bundled_recipes():
+        print(f"{path.stem:30s} {recipe_summary(path)}")
+    print(f"\nUse a name as CONFIG (pixelwise train {DEMO_CONFIG}); the files are in {CONFIG_DIR}.")
     return 0
 
 
@@ -130,6 +257,9 @@ def cmd_demo(args) -> int:
     from pixelwise.report.demo import run_demo
 
     cfg = load_config(resolve_config(DEMO_CONFIG), args.override)
+    if cfg.data.dataset != "isbi2012" or cfg.model.name not in ("unet", "unet_padded"):
+        raise ConfigError(f"pixelwise demo trains a U-Net on ISBI 2012 (data.dataset={cfg.data.dataset!r}, "
+                          f"model.name={cfg.model.name!r} given); use pixelwise train for other datasets and models")
     if args.data_root:
         cfg.data.root = args.data_root
     cfg.output_dir = args.out
@@ -138,48 +268,71 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixelwise", description=__doc__.splitlines()[0].replace("Command line: ", "pixelwise: "))
+    p = argparse.ArgumentParser(prog="pixelwise", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"pixelwise {__import__('pixelwise').__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of errors too (or set PIXELWISE_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp, config=True):
-        if config:
-            sp.add_argument("config", metavar="CONFIG", help="recipe YAML file, or a bundled recipe name (see configs/)")
+    def common(sp, config: str | None = "required"):
+        if config == "required":
+            sp.add_argument("config", metavar="CONFIG", help="recipe YAML file, or a bundled recipe name (pixelwise recipes)")
+        elif config == "optional":
+            sp.add_argument("config", metavar="CONFIG", nargs="?",
+                            help="recipe YAML file or bundled recipe name; with --resume it may be left out")
         sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, e.g. -o train.lr=1e-3 -o model.args.base_width=32")
         sp.add_argument("--data-root", help="folder holding the datasets (else $PIXELWISE_DATA, else ~/.cache/pixelwise/data)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    def trust(sp):
+        sp.add_argument("--trust-checkpoint", action="store_true", help=(
+            "also read checkpoint and weight files that hold pickled Python objects. Without it only tensors and "
+            "plain values are read, since unpickling can run arbitrary code: use it only for files you made or "
+            "trust (for example checkpoints of pixelwise 0.1 with extra objects)"))
+
+    ckpt_help = "checkpoint to use: a run's best.pt (best validation score) or last.pt (latest step)"
     sp = sub.add_parser("train", help="train a model from a recipe", description=(
         "Train a model as the recipe says. Writes config.yaml, log.csv, tensorboard/, last.pt and best.pt "
-        "to output_dir. Ctrl-C or SIGTERM saves last.pt before exiting; --resume continues exactly."))
-    common(sp)
-    sp.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (last.pt) exactly where it stopped")
+        "to output_dir (locked while the run goes on). Ctrl-C or SIGTERM saves last.pt before exiting, and so "
+        "does an error; --resume continues exactly, with the config stored in the checkpoint."),
+        epilog="bundled recipes: " + ", ".join(p.stem for p in bundled_recipes()))
+    common(sp, config="optional")
+    sp.add_argument("--resume", metavar="CKPT", help=(
+        "continue from a run's last.pt exactly where it stopped; -o may change only settings that keep the run the "
+        "same (max_steps, time_limit, lr, logging, device, infer.*)"))
     sp.add_argument("--output-dir", help="run folder (overrides output_dir)")
+    trust(sp)
     sp.set_defaults(fn=cmd_train)
 
     sp = sub.add_parser("eval", help="evaluate a checkpoint and write metrics.json", description=(
         "Evaluate a checkpoint on the validation split: pixel accuracy, mean accuracy, mean IoU, "
-        "frequency-weighted IoU (FCN section 5), per-class IoU and Dice; on ISBI 2012 also the challenge's "
-        "adapted Rand error, variation of information and pixel error. Mask R-CNN recipes: COCO box and mask AP "
-        "(bbox_AP, segm_AP, AP50, AP75, APs/m/l, AR). Writes JSON."))
+        "frequency-weighted IoU (FCN section 5), per-class IoU and Dice with class names; on ISBI 2012 also the "
+        "challenge's adapted Rand error, variation of information and pixel error. Mask R-CNN recipes: COCO box and "
+        "mask AP (bbox_AP, segm_AP, AP50, AP75, APs/m/l, AR). Writes JSON."))
     common(sp)
-    sp.add_argument("--checkpoint", required=True, metavar="CKPT")
-    sp.add_argument("--split", default="val", choices=["train", "val"], help="which split of the recipe (default val)")
+    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=ckpt_help)
+    sp.add_argument("--split", default="val", metavar="SPLIT", help=(
+        "train or val (the recipe's data.train_split / data.val_split), or any split of the dataset: test for "
+        "CamVid and VOC lists, a slice list such as 25-29 for ISBI 2012 (default val)"))
     sp.add_argument("--out", help="metrics file (default OUTPUT_DIR/metrics.json)")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
+    trust(sp)
     sp.set_defaults(fn=cmd_eval)
 
     sp = sub.add_parser("predict", help="segment images and write index PNGs and overlays", description=(
         "Segment image files (or folders of images) with a checkpoint: writes <name>.png (class indices with a "
-        "palette), <name>_overlay.png and, with -o infer.save_probs=true, <name>_probs.npy. Large images are "
-        "tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations. Mask R-CNN recipes write "
+        "palette; classes.json says which), <name>_overlay.png and, with -o infer.save_probs=true, <name>_probs.npy. "
+        "Names follow the inputs' paths relative to their common folder; no input is ever overwritten. Large images "
+        "are tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations. Mask R-CNN recipes write "
         "<name>.json (every detection: label, class, score, box, COCO RLE mask), <name>_instances.png (16-bit ids of "
-        "the detections scoring at least infer.score_threshold) and <name>_overlay.png."))
+        "the detections scoring at least infer.score_threshold) and <name>_overlay.png (with class names and scores)."))
     common(sp)
-    sp.add_argument("--checkpoint", required=True, metavar="CKPT")
+    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=ckpt_help)
     sp.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files or folders")
     sp.add_argument("--out", required=True, metavar="DIR", help="output folder")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
+    trust(sp)
     sp.set_defaults(fn=cmd_predict)
 
     sp = sub.add_parser("models", help="list registered models, or show one model's arguments",
@@ -187,39 +340,55 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", nargs="?", metavar="NAME")
     sp.set_defaults(fn=cmd_models)
 
+    sp = sub.add_parser("recipes", help="list the bundled recipes (names usable as CONFIG)",
+                        description="List the recipes shipped with pixelwise, with the first line of each file's header.")
+    sp.set_defaults(fn=cmd_recipes)
+
     sp = sub.add_parser("demo", help="train, evaluate and predict a U-Net on ISBI 2012 on the CPU (about 10 min)",
-                        description=(f"Train the CPU recipe configs/{DEMO_CONFIG}.yaml on ISBI 2012 slices 0-24, evaluate "
+                        description=(f"Train the CPU recipe {DEMO_CONFIG} on ISBI 2012 slices 0-24, evaluate "
                                      "on slices 25-29, predict them, and write a run folder with metrics, overlays and "
                                      "curves."))
-    common(sp, config=False)
+    common(sp, config=None)
     sp.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
     sp.set_defaults(fn=cmd_demo)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pixelwise.data.io import DataError
-    from pixelwise.data.paths import DatasetNotFoundError
-    from pixelwise.engine.checkpoint import CheckpointError
-    from pixelwise.engine.trainer import TrainingError
-    from pixelwise.models.weights import WeightsError
+_python_format_warning = warnings.formatwarning
 
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    from pixelwise.config import ConfigWarning
+
+    if issubclass(category, ConfigWarning):
+        return f"pixelwise: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or bool(os.environ.get("PIXELWISE_DEBUG"))
     try:
-        return args.fn(args)
-    except (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingError, WeightsError,
-            ValueError) as e:
-        if os.environ.get("PIXELWISE_DEBUG"):
-            raise
-        print(f"pixelwise {args.command}: error: {e}", file=sys.stderr)
+        trusted = getattr(args, "trust_checkpoint", False)
+        if trusted:
+            from pixelwise.files import trusting_pickles
+        with trusting_pickles() if trusted else contextlib.nullcontext():
+            return args.fn(args)
+    except PixelwiseError as e:  # the user can fix these; anything else is a bug and keeps its traceback
+        if debug:
+            traceback.print_exc()
+        if _is_main():
+            print(f"pixelwise {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from pixelwise.engine.distributed import shutdown
+        if "torch" in sys.modules:
+            from pixelwise.engine.distributed import shutdown
 
-        shutdown()
+            shutdown()
 
 
 if __name__ == "__main__":

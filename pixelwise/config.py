@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -16,8 +18,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used as written."""
+from pixelwise.errors import ConfigError  # noqa: F401  (raised here, imported from here by callers)
+from pixelwise.files import write_text
 
 
 @dataclass
@@ -57,6 +59,10 @@ class DataConfig:
     # voc only: an SBD folder with SegmentationClassAug/<id>.png (and train_aug.txt) added to the train split
     sbd_root: Optional[str] = None
     num_classes: Optional[int] = None  # folder dataset only; the others know their classes
+    skip_invalid: bool = False  # coco only: drop degenerate annotations (with a warning that counts them)
+    # camvid, voc, folder: stored mask value -> class, applied when masks are read; e.g. {255: 1} for binary
+    # masks saved as 0/255 (255 is the default ignore_index, so without the map every foreground pixel is void)
+    label_map: Optional[dict] = None
     ignore_index: int = 255  # folder dataset only (isbi2012 has no void, camvid's void is 11)
     mean: list = field(default_factory=lambda: [0.5])
     std: list = field(default_factory=lambda: [0.5])
@@ -216,24 +222,61 @@ def from_dict(values: dict, source: str = "config") -> Config:
     return cfg
 
 
-def apply_override(cfg: Config, override: str) -> None:
-    """Apply one `a.b=c` override; the value is parsed as YAML (so `1e-3`, `[1, 2]`, `null` work)."""
+def apply_override(cfg: Config, override: str) -> str:
+    """Apply one `a.b=c` override; the value is parsed as YAML (so `1e-3`, `[1, 2]`, `null` work).
+
+    Returns the key it set. A mapping given for `model.args` replaces the recipe's (a warning names the
+    arguments that are dropped); `model.args.KEY=VALUE` changes one.
+    """
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected key=value, for example train.lr=0.001")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    key = key.strip()
+    parts = key.split(".")
     # model.args is free-form: its keys are checked by the model builder.
     if parts[:2] == ["model", "args"] and len(parts) > 2:
         node = cfg.model.args
         for p in parts[2:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-        return
+        return key
+    if parts == ["model", "args"] and isinstance(value, dict):
+        dropped = [k for k in cfg.model.args if k not in value]
+        if dropped:
+            warnings.warn(f"override {override!r} replaces the whole of model.args, so the recipe's "
+                          f"{', '.join(dropped)} fall back to the model's defaults; use model.args.KEY=VALUE to change "
+                          "one argument", ConfigWarning, stacklevel=2)
     nested: Any = value
     for p in reversed(parts):
         nested = {p: nested}
     _update(cfg, nested, f"override {override!r}")
+    return key
+
+
+class ConfigWarning(UserWarning):
+    """A config that works but may not do what was meant."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error instead of silently keeping the last."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                              f"{key_node.start_mark.line + 1}); expected each key once")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
@@ -245,32 +288,102 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
+                              "expected a YAML recipe") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
+        try:
+            values = yaml.load(text, Loader=_UniqueKeyLoader)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if values is None:
+            raise ConfigError(f"{path}: the file is empty; expected a recipe (a mapping of output_dir, model, data, "
+                              "train, infer)")
         source = str(path)
     cfg = from_dict(values, source)
-    for o in overrides:
-        apply_override(cfg, o)
-    check_ranges(cfg, source)
+    touched = [apply_override(cfg, o) for o in overrides]
+    check_ranges(cfg, source, dict(zip(touched, overrides)))
     return cfg
 
 
-def check_ranges(cfg: Config, source: str = "config") -> None:
-    """Values of the right type but outside their range, named with the key and what is expected."""
-    t = cfg.train
-    checks = [
+def _number_checks(cfg: Config) -> list[tuple[str, Any, bool, str]]:
+    m, d, a, t, i = cfg.model, cfg.data, cfg.data.augment, cfg.train, cfg.infer
+
+    def opt(v, ok) -> bool:
+        return v is None or ok(v)
+
+    pos, nonneg = (lambda v: v > 0), (lambda v: v >= 0)
+    unit = lambda v: 0 <= v <= 1  # noqa: E731
+    finite_list = lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+                                                         and math.isfinite(x) and x >= 0 for x in v)
+    return [
+        ("output_dir", cfg.output_dir, bool(cfg.output_dir.strip()), "a folder path"),
+        ("model.num_classes", m.num_classes, m.num_classes >= 1, "an integer >= 1"),
+        ("data.num_classes", d.num_classes, opt(d.num_classes, lambda v: 1 <= v <= 256), "an integer in [1, 256] or null"),
+        ("data.ignore_index", d.ignore_index, 0 <= d.ignore_index <= 255, "a mask value in [0, 255]"),
+        ("data.mean", d.mean, bool(d.mean) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in d.mean),
+         "a non-empty list of numbers (one, or one per channel)"),
+        ("data.std", d.std, len(d.std) == len(d.mean) and all(isinstance(v, (int, float)) and v > 0 for v in d.std),
+         f"a list of {len(d.mean)} positive numbers (as many as data.mean)"),
+        ("data.label_map", d.label_map, opt(d.label_map, lambda v: all(
+            isinstance(k, int) and isinstance(c, int) and 0 <= k <= 255 and 0 <= c <= 255 for k, c in v.items())),
+         "a mapping of mask values to classes, integers in [0, 255], such as {255: 1}"),
+        ("data.w0", d.w0, d.w0 >= 0, "a number >= 0"),
+        ("data.sigma", d.sigma, d.sigma > 0, "a positive number of pixels"),
+        ("data.num_workers", d.num_workers, d.num_workers >= 0, "an integer >= 0"),
+        ("data.limit", d.limit, opt(d.limit, pos), "an integer >= 1 or null"),
+        ("data.augment.crop_size", a.crop_size, opt(a.crop_size, pos), "a positive number of pixels or null"),
+        ("data.augment.elastic_grid", a.elastic_grid, a.elastic_grid >= 2, "an integer >= 2"),
+        ("data.augment.elastic_sigma", a.elastic_sigma, a.elastic_sigma >= 0, "a number of pixels >= 0"),
+        ("data.augment.brightness", a.brightness, unit(a.brightness), "a number in [0, 1]"),
+        ("data.augment.contrast", a.contrast, unit(a.contrast), "a number in [0, 1]"),
+        ("train.lr", t.lr, t.lr > 0 and math.isfinite(t.lr), "a positive number"),
+        ("train.momentum", t.momentum, 0 <= t.momentum < 1, "a number in [0, 1)"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "a number >= 0"),
+        ("train.step_size", t.step_size, t.step_size >= 1, "an integer >= 1"),
+        ("train.gamma", t.gamma, 0 < t.gamma <= 1, "a factor in (0, 1]"),
+        ("train.power", t.power, t.power >= 0, "a number >= 0"),
+        ("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, "an integer >= 0"),
+        ("train.epochs", t.epochs, t.epochs >= 1, "an integer >= 1"),
+        ("train.max_steps", t.max_steps, opt(t.max_steps, pos), "an integer >= 1 or null (then train.epochs counts)"),
+        ("train.time_limit", t.time_limit, opt(t.time_limit, pos), "a positive number of seconds or null"),
         ("train.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1"),
         ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, "an integer >= 1"),
-        ("train.lr", t.lr, t.lr > 0, "a positive number"),
-        ("train.bias_lr_mult", t.bias_lr_mult, t.bias_lr_mult > 0, "a positive number"),
-        ("train.loss_sampling_p", t.loss_sampling_p, t.loss_sampling_p is None or 0 < t.loss_sampling_p <= 1,
+        ("train.grad_clip", t.grad_clip, opt(t.grad_clip, pos), "a positive gradient norm or null"),
+        ("train.class_weights", t.class_weights, t.class_weights in (None, "median_frequency")
+         or finite_list(t.class_weights) and any(x > 0 for x in t.class_weights),
+         "a list of finite weights >= 0, at least one positive; 'median_frequency'; or null"),
+        ("train.loss_sampling_p", t.loss_sampling_p, opt(t.loss_sampling_p, lambda v: 0 < v <= 1),
          "a probability in (0, 1] or null"),
+        ("train.bias_lr_mult", t.bias_lr_mult, t.bias_lr_mult > 0, "a positive number"),
+        ("train.aux_loss_weight", t.aux_loss_weight, t.aux_loss_weight >= 0, "a number >= 0"),
+        ("train.val_every", t.val_every, t.val_every >= 0, "an integer >= 0 (0: once per epoch)"),
+        ("train.ckpt_every", t.ckpt_every, t.ckpt_every >= 0, "an integer >= 0 (0: once per epoch)"),
+        ("train.log_every", t.log_every, t.log_every >= 1, "an integer >= 1"),
+        ("train.patience", t.patience, opt(t.patience, pos), "an integer >= 1 or null"),
+        ("train.threads", t.threads, opt(t.threads, pos), "an integer >= 1 or null"),
+        ("infer.tile", i.tile, opt(i.tile, pos), "a positive number of pixels or null (whole images)"),
+        ("infer.overlap", i.overlap, i.overlap >= 0 and (i.tile is None or i.overlap < i.tile),
+         f"an integer in [0, infer.tile={i.tile})" if i.tile else "an integer >= 0"),
+        ("infer.batch_size", i.batch_size, i.batch_size >= 1, "an integer >= 1"),
+        ("infer.threshold", i.threshold, opt(i.threshold, unit), "a probability in [0, 1] or null"),
+        ("infer.score_threshold", i.score_threshold, unit(i.score_threshold), "a score in [0, 1]"),
     ]
-    for key, value, ok, expected in checks:
+
+
+def check_ranges(cfg: Config, source: str = "config", overrides: dict[str, str] | None = None) -> None:
+    """Values of the right type but outside their range, named with the key, what is expected and where
+    the value came from (`overrides`: key -> the override that set it)."""
+    for key, value, ok, expected in _number_checks(cfg):
         if not ok:
-            raise ConfigError(f"{source}: {key}={value!r}, expected {expected}")
+            origin = (overrides or {}).get(key)
+            where = f"override {origin!r}" if origin else source
+            raise ConfigError(f"{where}: {key}={value!r}, expected {expected}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False), what="config")

@@ -1,16 +1,25 @@
-"""Model registry: a dict and a decorator. Imports nothing else of ours."""
+"""Model registry: a dict and a decorator.
+
+The builders register themselves when `pixelwise.models` is imported; the lookups below import it
+on first use, so that `import pixelwise` and the command line's help need neither torch nor
+torchvision.
+"""
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch.nn as nn
+from pixelwise.errors import ConfigError
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+_MODELS: dict[str, Callable[..., "nn.Module"]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
     """Register a builder under its function name. Builders take keyword-only arguments."""
     if fn.__name__ in _MODELS:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
@@ -18,9 +27,14 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _models() -> dict[str, Callable[..., "nn.Module"]]:
+    importlib.import_module("pixelwise.models")  # registers the builders (once)
+    return _MODELS
+
+
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+    return sorted(_models())
 
 
 def _suggest(name: str, choices) -> str:
@@ -28,16 +42,21 @@ def _suggest(name: str, choices) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model. Unknown names and unknown keyword arguments raise ValueError."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}{_suggest(name, _MODELS)} Known: {', '.join(list_models())}")
-    builder = _MODELS[name]
+def _builder(name: str) -> Callable[..., "nn.Module"]:
+    models = _models()
+    if name not in models:
+        raise ConfigError(f"unknown model {name!r}{_suggest(name, models)} Known: {', '.join(sorted(models))}")
+    return models[name]
+
+
+def create_model(name: str, **kwargs) -> "nn.Module":
+    """Build a registered model. Unknown names and unknown keyword arguments raise ConfigError (a ValueError)."""
+    builder = _builder(name)
     params = inspect.signature(builder).parameters
     for key in kwargs:
         if key not in params:
             valid = [p for p in params]
-            raise ValueError(
+            raise ConfigError(
                 f"model {name!r} has no argument {key!r}{_suggest(key, valid)} Valid: {', '.join(valid)}"
             )
     return builder(**kwargs)
@@ -45,14 +64,12 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def model_arguments(name: str) -> dict[str, object]:
     """Builder arguments of a registered model and their defaults (for `pixelwise models`)."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}{_suggest(name, _MODELS)}")
     return {
         k: (None if p.default is inspect.Parameter.empty else p.default)
-        for k, p in inspect.signature(_MODELS[name]).parameters.items()
+        for k, p in inspect.signature(_builder(name)).parameters.items()
     }
 
 
 def model_summary(name: str) -> str:
-    doc = inspect.getdoc(_MODELS[name]) or ""
+    doc = inspect.getdoc(_builder(name)) or ""
     return doc.splitlines()[0] if doc else ""

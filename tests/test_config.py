@@ -53,3 +53,43 @@ def test_missing_and_invalid_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_files_that_would_load_silently_wrong_are_refused(tmp_path):
+    from pixelwise.config import ConfigError
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train: {lr: 0.5}\ntrain: {batch_size: 1}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: key 'train' appears twice in one mapping \(lines 1 and 2\)"):
+        load_config(dup)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml: the file is empty"):
+        load_config(empty)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"bin.yaml: not UTF-8 text \(byte 0xff at position 0\)"):
+        load_config(binary)
+
+
+def test_range_errors_name_the_override_that_set_the_value(tmp_path):
+    from pixelwise.config import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"^override 'train.lr=-1': train.lr=-1.0, expected a positive number"):
+        load_config(recipe, ["train.lr=-1"])
+    recipe.write_text("train: {lr: -0.1}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: train.lr=-0.1"):
+        load_config(recipe, ["train.batch_size=2"])
+
+
+def test_replacing_model_args_warns_about_what_is_dropped(tmp_path):
+    from pixelwise.config import ConfigWarning
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {args: {base_width: 16, batch_norm: true}}\n")
+    with pytest.warns(ConfigWarning, match="the recipe's batch_norm fall back to the model's defaults"):
+        cfg = load_config(recipe, ["model.args={base_width: 4}"])
+    assert cfg.model.args == {"base_width": 4}
+    assert load_config(recipe, ["model.args.base_width=4"]).model.args == {"base_width": 4, "batch_norm": True}

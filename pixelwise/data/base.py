@@ -2,24 +2,57 @@
 from __future__ import annotations
 
 import torch
+from scipy import ndimage
+from torchvision import tv_tensors
 
-from pixelwise.data.io import read_sample
+from pixelwise.data.io import read_image, read_mask
+from pixelwise.ops.weight_map import unet_weight_map
 
 __all__ = ["ImageMaskDataset"]
 
 
 class ImageMaskDataset(torch.utils.data.Dataset):
-    """Samples (image_paths[i], mask_paths[i]) read by `read_sample` and passed through `transforms`.
+    """Samples (image_paths[i], mask_paths[i]) read and checked against each other, then passed through
+    `transforms`.
 
-    Subclasses set image_paths, mask_paths, in_channels, num_classes, ignore_index and transforms.
+    Subclasses set image_paths, mask_paths, in_channels, num_classes, ignore_index, palette and
+    transforms. Palette masks are read by their colours (see `read_mask`); `label_map` maps stored
+    mask values to classes before they are checked. With `weight_map` set to (w0, sigma, balance), a
+    two-class dataset's targets also carry the U-Net weight map (section 3, eq. 2), whose objects are
+    the connected regions of class 1.
     """
+
+    palette = None
+    label_map: dict | None = None
+    weight_map: tuple[float, float, bool] | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def read_mask(self, i: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Sample i's mask (H, W) int64, checked; `size` (the image's) also checks its size."""
+        return read_mask(self.mask_paths[i], num_classes=self.num_classes, ignore_index=self.ignore_index,
+                         size=size, image_path=self.image_paths[i] if size else None, palette=self.palette,
+                         label_map=self.label_map)
+
+    def _weight(self, i: int, mask: torch.Tensor) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_weights", {})
+        if i not in cache:
+            w0, sigma, balance = self.weight_map
+            m = mask.numpy()
+            objects, _ = ndimage.label(m == 1)  # 4-connected regions of the foreground class
+            cache[i] = torch.from_numpy(unet_weight_map(objects, m, num_classes=2, w0=w0, sigma=sigma, balance=balance,
+                                                        ignore_index=self.ignore_index))
+        return cache[i].clone()
+
     def __getitem__(self, i: int):
-        image, target = read_sample(self.image_paths[i], self.mask_paths[i], channels=self.in_channels,
-                                    num_classes=self.num_classes, ignore_index=self.ignore_index)
+        image = read_image(self.image_paths[i], channels=self.in_channels)
+        mask = self.read_mask(i, size=tuple(image.shape[-2:]))
+        target = {"mask": tv_tensors.Mask(mask)}
+        if self.weight_map is not None:
+            target["weight"] = tv_tensors.Mask(self._weight(i, mask))
+        image = tv_tensors.Image(image)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
@@ -77,6 +78,10 @@ def _segmentation_problem(segm: Any, height: int, width: int) -> str | None:
                 return f"polygon with {n} coordinates {poly}; expected an even number >= 6 (at least 3 points)"
             if _polygon_area(poly) < _MIN_POLYGON_AREA:
                 return f"polygon {poly} has zero area (its points are collinear or repeated)"
+        xs = [v for poly in segm for v in poly[0::2]]
+        ys = [v for poly in segm for v in poly[1::2]]
+        if max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height:
+            return f"its polygons lie outside the {width}x{height} image (the mask would be empty)"
         return None
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [height, width]:
@@ -152,6 +157,13 @@ class CocoInstances(torch.utils.data.Dataset):
         self.num_classes = len(self.class_names)  # K + 1, as Mask R-CNN's box predictor counts them
         label_of = {cid: k for k, cid in self.category_ids.items()}
 
+        twice = sorted((i for i, n in Counter(img.get("id") for img in data["images"]).items() if n > 1), key=str)
+        if twice:
+            raise DataError(f"COCO annotation file {str(self.annotation_file)!r} lists image ids {twice[:10]} more "
+                            "than once; expected one entry per image id (annotations refer to images by id)")
+        if not data["annotations"]:
+            raise DataError(f"COCO annotation file {str(self.annotation_file)!r} has no annotations at all; expected "
+                            "at least one object to train on or to score against")
         images = {img["id"]: img for img in data["images"]}
         if image_ids is None:
             image_ids = [img["id"] for img in data["images"]]
@@ -190,12 +202,15 @@ class CocoInstances(torch.utils.data.Dataset):
                     f" {str(self.annotation_file)!r}"
                 )
             record, problem = self._record(ann, images[image_id], label_of)
+            if problem is not None:
+                self._check_size(images[image_id])  # a wrong height / width in the JSON is the real problem
             if problem is None:
                 by_image[image_id].append(record)
             elif skip_invalid:
                 self.skipped.append(problem)
             else:
-                raise DataError(f"{problem}; fix it, or pass skip_invalid=True to drop such annotations")
+                raise DataError(f"{problem}; fix it, or drop such annotations with -o data.skip_invalid=true "
+                                "(CocoInstances(skip_invalid=True))")
         if self.skipped:
             warnings.warn(
                 f"CocoInstances: skipped {len(self.skipped)} invalid annotation(s) of {str(self.annotation_file)!r};"
@@ -234,6 +249,19 @@ class CocoInstances(torch.utils.data.Dataset):
             "iscrowd": int(ann.get("iscrowd", 0)), "area": float(area), "segmentation": segm,
         }
         return record, None
+
+    def _check_size(self, image: dict) -> None:
+        path = self.image_dir / image["file_name"]
+        try:
+            with Image.open(path) as f:  # reads the header only
+                w, h = f.size
+        except OSError:
+            return  # unreadable files are reported when they are read
+        if (h, w) != (int(image["height"]), int(image["width"])):
+            raise DataError(
+                f"image file {str(path)!r} is {h}x{w} (H x W) but {str(self.annotation_file)!r} says "
+                f"{image['height']}x{image['width']} for image id {image['id']}; expected the same size (fix the "
+                "JSON's height and width)")
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -74,7 +74,9 @@ class FolderDataset(ImageMaskDataset):
         mask_paths = [mask_dir / f"{p.stem}.png" for p in image_paths]
         for image, mask in zip(image_paths, mask_paths):
             if not mask.is_file():
-                raise DataError(f"FolderDataset: image {str(image)!r} has no mask; expected {str(mask)!r}")
+                found = " (a folder of that name is there)" if mask.is_dir() else ""
+                raise DataError(f"FolderDataset: image {str(image)!r} has no mask; expected the PNG file "
+                                f"{str(mask)!r}{found}")
         self.split = split
         self.image_paths = image_paths
         self.mask_paths = mask_paths

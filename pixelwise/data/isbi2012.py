@@ -65,6 +65,9 @@ class ISBI2012(torch.utils.data.Dataset):
     ignore_index = 255
     class_names = ["cell", "membrane"]
     palette = [(255, 255, 255), (0, 0, 0)]  # the challenge's convention: membranes black
+    label_note = ("ISBI 2012's own label files store 0 = membrane and 255 = cell interior; these PNGs hold class "
+                  "indices 0 = cell, 1 = membrane (drawn white and black by their palette). The challenge's encoding "
+                  "is 255 * (png == 0).")
     in_channels = 1
 
     def __init__(

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pixelwise.errors import DatasetNotFoundError
+
 __all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR", "INSTANCE_DATASETS"]
 
 ENV_VAR = "PIXELWISE_DATA"
@@ -41,10 +43,6 @@ _LAYOUTS = {
         "your own data",
     ),
 }
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset folder that does not exist; the message says where it looked and how to get the data."""
 
 
 def _resolve(root: str | os.PathLike | None) -> tuple[Path, str]:

@@ -3,48 +3,56 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from pixelwise.data.io import DataError, read_mask
+from pixelwise.errors import DataError
+from pixelwise.progress import progress as track
 
-__all__ = ["class_frequencies", "median_frequency_weights"]
+__all__ = ["class_frequencies", "label_census", "median_frequency_weights"]
 
 
-def _count(mask: np.ndarray, num_classes: int, ignore_index: int | None, what: str) -> np.ndarray:
+def _count(mask: np.ndarray, num_classes: int, ignore_index: int | None, what: str) -> tuple[np.ndarray, int]:
     flat = mask.ravel()
+    ignored = 0
     if ignore_index is not None:
-        flat = flat[flat != ignore_index]
+        keep = flat != ignore_index
+        ignored = int(flat.size - keep.sum())
+        flat = flat[keep]
     if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
         bad = np.unique(flat[(flat < 0) | (flat >= num_classes)])
         raise DataError(
             f"{what} has values {bad[:20].tolist()} outside [0, {num_classes}) that are not ignore_index={ignore_index}"
         )
-    return np.bincount(flat, minlength=num_classes)
+    return np.bincount(flat, minlength=num_classes), ignored
+
+
+def label_census(dataset, num_classes: int, ignore_index: int | None,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of each class, and ignored pixels, in each image of `dataset`.
+
+    Masks come from `dataset.read_mask(i)` when the dataset has it (the mask file only: no image
+    decoding, no transforms); otherwise from `dataset[i][1]["mask"]`, which applies the dataset's
+    transforms, so pass a dataset without random ones.
+
+    Returns:
+        (N, K) int64 `counts` (counts[i, c] = pixels of class c in image i; counts.sum(0) are the class
+        totals and counts > 0 the per-image presence) and (N,) int64 ignored pixels per image.
+    """
+    n = len(dataset)
+    counts = np.zeros((n, num_classes), dtype=np.int64)
+    ignored = np.zeros(n, dtype=np.int64)
+    reader = getattr(dataset, "read_mask", None)
+    for i in track(range(n), desc="class frequencies", unit="mask", enabled=progress):
+        if reader is not None:
+            mask, what = reader(i).numpy(), f"mask file {str(dataset.mask_paths[i])!r}"
+        else:
+            mask, what = torch.as_tensor(dataset[i][1]["mask"]).numpy(), f"mask of sample {i}"
+        counts[i], ignored[i] = _count(mask, num_classes, ignore_index, what)
+    return counts, ignored
 
 
 def class_frequencies(dataset, num_classes: int, ignore_index: int | None, progress: bool = True) -> np.ndarray:
-    """Pixels of each class in each image of `dataset`, ignored pixels not counted.
-
-    Masks are read straight from `dataset.mask_paths` when the dataset has them (no image decoding,
-    no transforms); otherwise from `dataset[i][1]["mask"]`, which applies the dataset's transforms, so
-    pass a dataset without random ones.
-
-    Returns:
-        (N, K) int64 `counts`: counts[i, c] = pixels of class c in image i. counts.sum(0) are the
-        class totals and counts > 0 the per-image presence.
-    """
-    paths = getattr(dataset, "mask_paths", None)
-    n = len(dataset)
-    counts = np.zeros((n, num_classes), dtype=np.int64)
-    for i in tqdm(range(n), desc="class frequencies", disable=not progress):
-        if paths:
-            mask = read_mask(paths[i], num_classes=num_classes, ignore_index=ignore_index).numpy()
-            what = f"mask file {str(paths[i])!r}"
-        else:
-            mask = torch.as_tensor(dataset[i][1]["mask"]).numpy()
-            what = f"mask of sample {i}"
-        counts[i] = _count(mask, num_classes, ignore_index, what)
-    return counts
+    """(N, K) pixels of each class in each image of `dataset`, ignored pixels not counted (see label_census)."""
+    return label_census(dataset, num_classes, ignore_index, progress)[0]
 
 
 def median_frequency_weights(counts: np.ndarray) -> np.ndarray:

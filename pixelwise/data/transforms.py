@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import is_pure_tensor
 
 from pixelwise.config import DataConfig
+from pixelwise.errors import ConfigError
 from pixelwise.data.paths import INSTANCE_DATASETS
 
 __all__ = [
@@ -143,7 +144,9 @@ def _reflect_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) 
     shape = x.shape
     x = x.reshape(-1, *shape[-2:])
     if min(shape[-2:]) < 2:  # nothing to reflect about
-        return F.pad(x, (left, right, top, bottom), mode="replicate").reshape(*shape[:-2], *x.shape[-2:])
+        # Replication padding takes floats only; integer labels are exact in float32 below 2**24.
+        out = F.pad(x if x.is_floating_point() else x.float(), (left, right, top, bottom), mode="replicate")
+        return out.to(x.dtype).reshape(*shape[:-2], *out.shape[-2:])
     while left or right or top or bottom:
         h, w = x.shape[-2:]
         pads = (min(left, w - 1), min(right, w - 1), min(top, h - 1), min(bottom, h - 1))
@@ -279,7 +282,7 @@ def _instance_transforms(data_cfg: DataConfig, *, train: bool) -> Callable:
     aug = data_cfg.augment
     unsupported = [k for k in ("crop_size", "rot90", "elastic", "brightness", "contrast") if getattr(aug, k)]
     if unsupported:
-        raise ValueError(f"data.augment.{unsupported[0]}={getattr(aug, unsupported[0])!r} is not supported for the "
+        raise ConfigError(f"data.augment.{unsupported[0]}={getattr(aug, unsupported[0])!r} is not supported for the "
                          f"instance dataset {data_cfg.dataset!r}; it offers data.augment.hflip and vflip")
     steps: list[v2.Transform] = []
     if train and aug.hflip:

@@ -1,55 +1,61 @@
-"""Checkpoints: atomic writes (temporary file, fsync, rename) and loads with clear errors."""
+"""Checkpoints: atomic writes, loads that never unpickle code, and checks that the weights are finite.
+
+A checkpoint is a dict of tensors and plain values (`weights_only=True` reads it):
+  model, config, class_names, step, best_metric, best_step, format   every checkpoint (best.pt is only these:
+                                                                     what inference and model.init_from need)
+  optimizer, scheduler, scaler, rng, elapsed                         last.pt too, for an exact --resume
+"""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pixelwise.errors import CheckpointError
+from pixelwise.files import atomic_write, torch_load
 
-class CheckpointError(RuntimeError):
-    pass
+FORMAT = 2  # 1: pixelwise 0.1 (numpy RNG state as an array; still read); 2: every RNG state as tensors
+INFERENCE_KEYS = ("model", "config", "class_names", "step", "best_metric", "best_step", "format")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` so that a crash at any moment leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f), what="checkpoint")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e})") from None
+    state = torch_load(path, what="checkpoint", map_location=map_location, error=CheckpointError)
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a pixelwise checkpoint (no 'model' entry)")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a pixelwise checkpoint (no 'model' entry); "
+                              "expected a best.pt or last.pt written by pixelwise train")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise CheckpointError(f"checkpoint {str(path)!r}: its 'model' entry is a {type(weights).__name__}, not a state "
+                              "dict of named tensors; expected a best.pt or last.pt written by pixelwise train")
     return state
 
 
+def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity."""
+    return [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def check_finite(state: dict[str, Any], source: str) -> None:
+    bad = non_finite(state["model"])
+    if bad:
+        raise CheckpointError(f"checkpoint {source!r} holds NaN or infinite values in {len(bad)} tensors "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); its predictions would be "
+                              "meaningless. Use an earlier checkpoint of the run")
+
+
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
-    """Load weights, naming the checkpoint and the mismatching keys when they do not fit."""
-    weights = state["model"]
+    """Load weights, naming the checkpoint and the mismatching keys when they do not fit; refuse NaN."""
+    check_finite(state, source)
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(
             f"checkpoint {source!r} does not fit this model (was it trained with another model.name or "
@@ -58,7 +64,13 @@ def load_model_weights(model: torch.nn.Module, state: dict[str, Any], source: st
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every global RNG as tensors and plain values (so the checkpoint loads with weights_only=True)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -66,7 +78,12 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    else:  # format 1
+        np.random.set_state(n)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from pixelwise.errors import ConfigError
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**63 - 1)
@@ -45,7 +47,7 @@ class StepBatchSampler(Sampler[list[int]]):
         self.total_steps, self.start_step, self.rank, self.world_size = total_steps, start_step, rank, world_size
         self.global_batch = batch_size * world_size
         if self.global_batch > num_samples:
-            raise ValueError(
+            raise ConfigError(
                 f"the global batch ({batch_size} per process x {world_size} processes) is larger than the "
                 f"training set ({num_samples} samples); lower train.batch_size"
             )

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from pixelwise.progress import progress as track
 
 from pixelwise.data.isbi_instances import to_coco
 from pixelwise.metrics.coco import coco_evaluate, masks_to_rle
@@ -62,7 +62,7 @@ def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch
     gt = to_coco(dataset)
     detections = []
     indices = range(0, len(dataset), batch_size)
-    for start in tqdm(indices, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for start in track(indices, desc="evaluate", unit="batch", enabled=progress, leave=False):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         for (_, target), d in zip(samples, detect(model, [s[0].as_subclass(torch.Tensor) for s in samples], device)):
             detections.append({"image_id": int(target["image_id"]), "boxes": d["boxes"], "scores": d["scores"],

@@ -9,11 +9,13 @@ part of the output that belongs to the window.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pixelwise.errors import ConfigError, InferenceError
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -115,9 +117,9 @@ class Predictor:
         amp: str = "none",
     ) -> None:
         if tile is not None and tile <= 0:
-            raise ValueError(f"infer.tile must be a positive number of pixels or null, got {tile}")
+            raise ConfigError(f"infer.tile must be a positive number of pixels or null, got {tile}")
         if tile is not None and not 0 <= overlap < tile:
-            raise ValueError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
+            raise ConfigError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.tile, self.overlap, self.tta, self.batch_size, self.amp = tile, overlap, tta, batch_size, amp
@@ -141,14 +143,26 @@ class Predictor:
         return total[..., :height, :width] / len(transforms)
 
     @torch.no_grad()
-    def predict_probs(self, image: torch.Tensor, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """image (C,H,W), normalised as in training -> probabilities (K,H,W), float32, on the CPU."""
+    def predict_probs(self, image: torch.Tensor, name: str = "the image") -> torch.Tensor:
+        """image (C,H,W), normalised as in training -> probabilities (K,H,W), float32, on the CPU.
+
+        `name` (the file) is named in the error raised when a pass does not fit in memory.
+        """
         if image.dim() != 3:
             raise ValueError(f"expected one image (C,H,W), got shape {tuple(image.shape)}")
         was_training = self.model.training
         self.model.eval()
         try:
             return self._predict(image.to(self.device))
+        except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain RuntimeError
+            if not _out_of_memory(e):
+                raise
+            H, W = image.shape[-2:]
+            side = self.tile or max(H, W)
+            raise InferenceError(
+                f"{name} ({H}x{W} pixels) does not fit in memory in passes of {side} pixels on {self.device} "
+                f"({str(e).splitlines()[0][:120]}); set infer.tile to a smaller output tile, for example "
+                f"-o infer.tile={max(64, min(512, side // 2))}, and infer.batch_size=1") from None
         finally:
             self.model.train(was_training)
 
@@ -183,6 +197,12 @@ class Predictor:
         return canvas / count
 
 
+def _out_of_memory(e: RuntimeError) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "not enough memory" in text or "can't allocate memory" in text \
+        or "out of memory" in text
+
+
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -193,5 +213,5 @@ def probs_to_labels(probs: torch.Tensor, threshold: float | None = None) -> torc
     if threshold is None:
         return probs.argmax(0)
     if probs.shape[0] != 2:
-        raise ValueError(f"infer.threshold needs a two-class model, this one has {probs.shape[0]} classes")
+        raise ConfigError(f"infer.threshold needs a two-class model, this one has {probs.shape[0]} classes")
     return (probs[1] >= threshold).long()

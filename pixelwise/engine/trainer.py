@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
+import difflib
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,25 +22,25 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pixelwise.config import Config, save_config, to_dict
 from pixelwise.data import INSTANCE_DATASETS, build_dataset, dataset_meta
-from pixelwise.data.stats import class_frequencies, median_frequency_weights
+from pixelwise.data.stats import class_frequencies, label_census, median_frequency_weights
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine import distributed as D
-from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from pixelwise.engine.checkpoint import (load_checkpoint, load_model_weights, non_finite, rng_state, save_checkpoint,
+                                        set_rng_state)
 from pixelwise.engine.data import SeededSamples, StepBatchSampler, collate
-from pixelwise.engine.evaluator import evaluate
+from pixelwise.engine.evaluator import evaluate, metric_names
 from pixelwise.engine.instances import collate_instances, instances_to_device
 from pixelwise.engine.predictor import forward_aligned, geometry
+from pixelwise.errors import CheckpointError, ConfigError, DataError, PixelwiseError, TrainingError
+from pixelwise.files import RunLock, atomic_write, clean_stale_temporaries, write_json
 from pixelwise.losses import cross_entropy
 from pixelwise.models.weights import fit_state_dict, load_state_dict
-from pixelwise.registry import create_model
-
-
-class TrainingError(RuntimeError):
-    pass
+from pixelwise.metrics import better
+from pixelwise.progress import Progress
+from pixelwise.registry import create_model, model_arguments
 
 
 @dataclass
@@ -52,7 +53,9 @@ class TrainState:
     last_loss: float = math.nan
     stopped: str | None = None  # "signal", "time_limit", "early_stop" or None
     stop_requested: bool = False  # a hook may set it: the loop saves and stops as on SIGTERM
-    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # of the latest validation
+    last_good: Path | None = None  # the latest last.pt written (its weights were finite)
+    last_good_step: int | None = None
 
     @property
     def epoch(self) -> int:
@@ -164,12 +167,13 @@ class _Logger:
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+
+        def write(f) -> None:
             writer = csv.DictWriter(f, fieldnames=keys or ["step"])
             writer.writeheader()
             writer.writerows(self.rows)
-        tmp.replace(self.path)
+
+        atomic_write(self.path, write, what="training log", binary=False)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -233,8 +237,22 @@ def build_model(cfg: Config, meta: dict | None = None, *, pretrained: bool = Tru
             f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {meta['num_classes']} classes "
             f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
         )
+    if meta is not None and cfg.data.dataset not in INSTANCE_DATASETS:
+        check_channels(cfg, meta)
     args = {k: v for k, v in cfg.model.args.items() if pretrained or k not in PRETRAINED_ARGS}
     return create_model(cfg.model.name, num_classes=num_classes, **args)
+
+
+def check_channels(cfg: Config, meta: dict) -> None:
+    """The model's input channels, data.mean / data.std and the dataset's images must agree."""
+    channels, name = meta["in_channels"], cfg.data.dataset
+    if len(cfg.data.mean) not in (1, channels):
+        raise ConfigError(f"data.mean has {len(cfg.data.mean)} values but the images of {name!r} have {channels} "
+                          f"channel{'s' if channels > 1 else ''}; expected 1 value or {channels}")
+    model_channels = cfg.model.args.get("in_channels", model_arguments(cfg.model.name).get("in_channels"))
+    if isinstance(model_channels, int) and model_channels != channels:
+        raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
+                          f"channel{'s' if channels > 1 else ''}; set model.args.in_channels={channels}")
 
 
 def check_task(cfg: Config, model: nn.Module, train_ds) -> None:
@@ -260,16 +278,96 @@ def check_task(cfg: Config, model: nn.Module, train_ds) -> None:
             raise TrainingError(f"train.{key}={value!r} applies to semantic models; Mask R-CNN's losses are the paper's")
 
 
-def resolve_class_weights(cfg: Config, train_ds, progress: bool = False) -> torch.Tensor | None:
+# Keys a resumed run may change; they apply from the next step on. Any other change would make the
+# continuation a different run from the one the checkpoint belongs to.
+# The pretrained weights a model starts from are not read on resume (the checkpoint replaces them).
+RESUMABLE = ("output_dir", "data.root", "data.num_workers", "train.max_steps", "train.epochs", "train.time_limit",
+             "train.val_every", "train.ckpt_every", "train.log_every", "train.patience", "train.threads",
+             "train.device", "train.deterministic", "train.lr", "train.grad_clip", "model.init_from",
+             "model.args.weights", "model.args.backbone_weights", "infer.*")
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[prefix + k] = v
+    return flat
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "unset"
+
+
+def resume_changes(saved: dict | None, cfg: Config, source: str) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint's value, new value)} of the settings that differ; ConfigError for those that cannot."""
+    if saved is None:
+        return {}
+    old, new, unset = _flatten(saved), _flatten(to_dict(cfg)), _Unset()
+    keys = list(new) + [k for k in old if k not in new]
+    changes = {k: (old.get(k, unset), new.get(k, unset)) for k in keys if old.get(k, unset) != new.get(k, unset)}
+    refused = [k for k in changes if k not in RESUMABLE and not k.startswith("infer.")]
+    if refused:
+        listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
+        raise ConfigError(
+            f"--resume {source}: cannot change {listed} when resuming, since the run would no longer continue "
+            f"the one in the checkpoint. Resuming may change only {', '.join(RESUMABLE)}. To train on from these "
+            f"weights with other settings, start a new run with -o model.init_from={source}")
+    return changes
+
+
+def apply_lr_change(optimizer: torch.optim.Optimizer, scheduler, old: float, new: float) -> None:
+    """A new train.lr on resume: every group's base rate scales by new / old; the schedule continues."""
+    ratio = new / old
+    scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+
+
+def check_best_metric(cfg: Config) -> None:
+    names = metric_names(cfg)
+    if cfg.train.best_metric not in names:
+        close = difflib.get_close_matches(cfg.train.best_metric, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not reported by the {cfg.data.dataset} "
+                          f"evaluation; {hint}expected one of {', '.join(names)}")
+
+
+def check_training_labels(train_ds, num_classes: int, progress: bool):
+    """Read the training masks once (when the dataset lists them) and refuse labels that cannot train.
+
+    Returns the (N, K) class counts (for median-frequency weights), or None for datasets without mask files.
+    """
+    paths = getattr(train_ds, "mask_paths", None)
+    if not paths:
+        return None
+    counts, ignored = label_census(train_ds, num_classes, train_ds.ignore_index, progress=progress)
+    if num_classes >= 2 and counts[:, 1:].sum() == 0:
+        ig = train_ds.ignore_index
+        only = f"class 0 and ignore_index={ig}" if ignored.sum() else "class 0"
+        fix = (f" If {ig} marks the foreground (binary masks stored as 0/{ig}), map it to class 1 with "
+               f"-o data.label_map={{{ig}: 1}} (or rewrite the masks with 1 for foreground)") if ignored.sum() else ""
+        raise DataError(f"the {len(paths)} training masks (for example {str(paths[0])!r}) hold only {only}: no pixel "
+                        f"of the other {num_classes - 1} classes would be learnt, so training would be wrong.{fix}")
+    return counts
+
+
+def resolve_class_weights(cfg: Config, train_ds, progress: bool = False, counts=None) -> torch.Tensor | None:
     """train.class_weights as a (K,) tensor; "median_frequency" counts the training masks (FCN section 4.3)."""
     spec, k = cfg.train.class_weights, cfg.model.num_classes
     if spec is None:
         return None
     if spec == "median_frequency":
-        counts = class_frequencies(train_ds, k, train_ds.ignore_index, progress=progress)
+        if counts is None:
+            counts = class_frequencies(train_ds, k, train_ds.ignore_index, progress=progress)
         return torch.as_tensor(median_frequency_weights(counts), dtype=torch.float32)
     if len(spec) != k:
-        raise TrainingError(f"train.class_weights has {len(spec)} values, expected one per class ({k})")
+        raise ConfigError(f"train.class_weights has {len(spec)} values, expected one per class ({k})")
     return torch.tensor(spec, dtype=torch.float32)
 
 
@@ -292,29 +390,64 @@ def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
     return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * steps_per_epoch
 
 
+class _Clock:
+    """Seconds of training, carried across resumes: train.time_limit and the poly schedule count the whole run."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self.start = time.monotonic() - elapsed
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+class _NonFiniteLoss(Exception):
+    def __init__(self, loss: float, parts: dict[str, float]) -> None:
+        self.loss, self.parts = loss, parts
+
+
 def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = None, hooks: tuple[Hook, ...] = (),
           progress: bool = True) -> TrainState:
     """Train as configured; returns the final state. Writes everything under cfg.output_dir.
 
     `model` replaces the one cfg.model describes (for models from elsewhere, e.g. a peer library).
+    While it runs, the run folder is locked: a second training into it refuses to start.
     """
     info, device = D.init_distributed(cfg.train.device)
+    lock = RunLock(cfg.output_dir).acquire() if info.is_main else None
+    try:
+        return _train(cfg, info, device, model, resume, hooks, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, info, device, model, resume, hooks, progress) -> TrainState:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
     out = Path(cfg.output_dir)
+    meta = dataset_meta(cfg.data)  # checks data.dataset
+    check_best_metric(cfg)
+    ckpt, changes = None, {}
+    if resume:
+        ckpt = load_checkpoint(resume, map_location=device)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"checkpoint {resume!r} holds the weights only (a best.pt, for inference and "
+                                  "model.init_from); resume from the run's last.pt")
+        changes = resume_changes(ckpt.get("config"), cfg, resume)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(out)
         save_config(cfg, out / "config.yaml")
 
     if model is None:
-        model = build_model(cfg, dataset_meta(cfg.data), pretrained=not resume)
+        model = build_model(cfg, meta, pretrained=not resume)
         if cfg.model.init_from and not resume:
             init_weights(model, cfg.model.init_from)
     train_ds, val_ds = build_datasets(cfg, model)
     instances = cfg.data.dataset in INSTANCE_DATASETS
     check_task(cfg, model, train_ds)
+    counts = None if instances else check_training_labels(train_ds, cfg.model.num_classes, progress and info.is_main)
     model = model.to(device)
     cropped = cfg.data.augment.crop_size is not None
     optimizer = build_optimizer(model, cfg)
@@ -323,24 +456,30 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
     accum = cfg.train.grad_accum  # micro-batches per optimizer step
     state = TrainState(steps_per_epoch=max(1, sampler_probe.steps_per_epoch // accum))
     state.total_steps = total_steps_for(cfg, state.steps_per_epoch)
-    clock: dict[str, float] = {}  # training start, for schedules that follow train.time_limit
+    limit = cfg.train.time_limit
+    clock = _Clock()  # started again just before the first step
 
     def time_fraction() -> float:
-        limit = cfg.train.time_limit
-        return (time.monotonic() - clock["start"]) / limit if limit and "start" in clock else 0.0
+        return clock.elapsed() / limit if limit else 0.0
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg, s, state.total_steps, state.steps_per_epoch, time_fraction()))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
-    if resume:
-        ckpt = load_checkpoint(resume, map_location=device)
+    validate_first = False
+    if ckpt is not None:
         load_model_weights(model, ckpt, resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         state.step, state.best_metric, state.best_step = ckpt["step"], ckpt.get("best_metric"), ckpt.get("best_step")
+        validate_first = bool(ckpt.get("validate_first", False))
         set_rng_state(ckpt["rng"])
+        if "train.lr" in changes:
+            apply_lr_change(optimizer, scheduler, *changes["train.lr"])
+        if changes and info.is_main:
+            print("resume: applied " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) +
+                  f" from step {state.step} on", file=sys.stderr)
     if info.rank > 0:  # decorrelate dropout across ranks (rank 0's state is the checkpointed one)
         torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank + state.step)
 
@@ -356,43 +495,47 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     logger = _Logger(out, info.is_main, state.step)
-    class_weights = None if instances else resolve_class_weights(cfg, train_ds, progress=progress and info.is_main)
+    class_weights = None if instances else resolve_class_weights(cfg, train_ds, progress and info.is_main, counts)
     if class_weights is not None:
         class_weights = class_weights.to(device)
     val_every = cfg.train.val_every or state.steps_per_epoch
     ckpt_every = cfg.train.ckpt_every or state.steps_per_epoch
-
+    class_names = getattr(train_ds, "class_names", None)
     saved_step = -1
 
-    def checkpoint(name: str) -> None:
+    def checkpoint(name: str, *, pending_validation: bool = False) -> bool:
+        """Save last.pt (everything, for --resume) or best.pt (what inference needs); never non-finite weights."""
         nonlocal saved_step
         if name == "last.pt":
-            if saved_step == state.step:
-                return
+            if saved_step == state.step and not pending_validation:
+                return True
             saved_step = state.step
         if not info.is_main:
-            return
-        save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "step": state.step, "best_metric": state.best_metric,
-            "best_step": state.best_step, "rng": rng_state(), "config": to_dict(cfg),
-            "class_names": getattr(train_ds, "class_names", None),
-        }, out / name)
+            return True
+        weights = model.state_dict()
+        if non_finite(weights):
+            return False
+        entry = {"model": weights, "config": to_dict(cfg), "class_names": class_names, "step": state.step,
+                 "best_metric": state.best_metric, "best_step": state.best_step}
+        if name == "last.pt":
+            entry.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                         rng=rng_state(), elapsed=clock.elapsed(), validate_first=pending_validation)
+            state.last_good, state.last_good_step = out / name, state.step
+        save_checkpoint(entry, out / name)
+        return True
 
     def validate() -> bool:
         """Validate, keep best.pt; True when train.patience validations passed without a new best."""
         metrics = None
         if info.is_main:
             metrics = evaluate(model, val_ds, cfg, device, progress=False, tta=False)  # TTA only for final evals
-            value = metrics.get(cfg.train.best_metric)
-            if value is None:
-                raise TrainingError(f"train.best_metric={cfg.train.best_metric!r} is not a validation metric; "
-                                    f"choose one of {', '.join(k for k, v in metrics.items() if isinstance(v, float))}")
-            if state.best_metric is None or value > state.best_metric:
+            value = metrics[cfg.train.best_metric]
+            if better(cfg.train.best_metric, value, state.best_metric):
                 state.best_metric, state.best_step = value, state.step
                 checkpoint("best.pt")
+            state.metrics = metrics
             logger.log(state.step, {f"val_{k}": v for k, v in metrics.items()})
-            (out / "val_metrics.json").write_text(json.dumps({"step": state.step, **metrics}, indent=2))
+            write_json(out / "val_metrics.json", {"step": state.step, **metrics}, what="validation metrics")
         D.barrier(info)
         for h in hooks:
             h.after_validation(state, metrics or {})
@@ -401,90 +544,122 @@ def train(cfg: Config, *, model: nn.Module | None = None, resume: str | None = N
         stale = info.is_main and patience is not None and state.step - (state.best_step or 0) >= patience * val_every
         return D.any_true(stale, info, device)
 
-    # With a time limit the bar counts seconds, so its ETA is the real one.
-    limit = cfg.train.time_limit
-    bar = tqdm(total=int(limit) if limit else state.total_steps, initial=0 if limit else state.step,
-               desc="train", unit="s" if limit else "step", dynamic_ncols=True, disable=not (progress and info.is_main))
-    start = clock["start"] = time.monotonic()
-    model.train()
-    with _StopRequests() as stop:
-        micro, step_loss, step_parts = 0, None, {}
-        for images, targets in loader:
-            parts: dict[str, torch.Tensor] = {}
-            if instances:
-                images, targets = instances_to_device(images, targets, device, non_blocking=True)
-            else:
-                images = images.to(device, non_blocking=True)
-                targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-            with _autocast(device, cfg.train.amp):
-                if instances:  # Mask R-CNN: the sum of its RPN and RoI head losses (section 3, L = Lcls + Lbox + Lmask)
-                    parts = ddp_model(images, targets, detect=False)["losses"]
-                    loss = sum(parts.values())
-                else:
-                    if cropped:  # crops carry their context: the output predicts their centre
-                        logits = ddp_model(images)
-                        targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
-                    else:
-                        logits = forward_aligned(ddp_model, images)
-                    loss = compute_loss(cfg, logits, targets, class_weights, train_ds.ignore_index)
-            if not torch.isfinite(loss):
-                last = out / "last.pt"
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-                raise TrainingError(
-                    f"loss is {loss.item()}{f' ({terms})' if terms else ''} at step {state.step}; stopping. "
-                    f"The last good checkpoint is {last} "
-                    f"({'present' if last.exists() else 'none saved yet'}). Lower train.lr, add train.warmup_steps "
-                    f"or set train.grad_clip.")
-            if micro == 0:
-                optimizer.zero_grad(set_to_none=True)
-            micro += 1
-            # Gradient accumulation: DDP synchronises gradients on the last micro-batch only.
-            sync = micro == accum or not info.enabled
-            with contextlib.nullcontext() if sync else ddp_model.no_sync():
-                scaler.scale(loss / accum if accum > 1 else loss).backward()
-            step_loss = loss.detach() if micro == 1 else step_loss + loss.detach()
-            step_parts = {k: v.detach() + (step_parts[k] if micro > 1 else 0) for k, v in parts.items()}
-            if micro < accum:
-                continue
-            loss, micro = step_loss / accum, 0
-            if cfg.train.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            state.step += 1
-            state.last_loss = D.mean_over_ranks(loss.detach(), info).item()
-            logs = {"loss": state.last_loss, "lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch,
-                    **{k: D.mean_over_ranks(v / accum, info).item() for k, v in step_parts.items()}}
-            bar.update(min(int(time.monotonic() - start), int(limit)) - bar.n if limit else 1)
-            bar.set_postfix(step=state.step, loss=f"{state.last_loss:.4f}", lr=f"{logs['lr']:.2e}")
-            if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:
-                logger.log(state.step, logs)
-            for h in hooks:
-                h.after_step(state, logs)
+    def saved_note() -> str:
+        """Where the run's state is after a failure (what to resume from)."""
+        if state.last_good is not None and state.last_good_step == state.step:
+            return f"its state at step {state.step} is saved in {state.last_good} (resume with: pixelwise train --resume {state.last_good})"
+        if state.last_good is not None:
+            return (f"the weights are no longer finite, so they were not saved; the last good checkpoint is "
+                    f"{state.last_good} (step {state.last_good_step})")
+        return "no checkpoint was saved" + (" (the weights are not finite)" if state.step else "")
 
-            timed_out = cfg.train.time_limit is not None and time.monotonic() - start > cfg.train.time_limit
-            interrupted = D.any_true(stop.signal is not None or state.stop_requested, info, device)
-            if interrupted or timed_out:
-                state.stopped = "signal" if interrupted else "time_limit"
-                break
-            if state.step % val_every == 0 and state.step < state.total_steps and validate():
-                state.stopped = "early_stop"
-                break
-            if state.step % ckpt_every == 0:
-                checkpoint("last.pt")
-    bar.close()
-    checkpoint("last.pt")
-    if state.stopped not in ("signal", "early_stop"):
-        validate()
-    logger.close()
+    def save_after_error(pending_validation: bool = False) -> None:
+        try:
+            checkpoint("last.pt", pending_validation=pending_validation)
+        except PixelwiseError as e:  # a full disk, say: the error that stopped the run is the one to report
+            print(f"pixelwise train: could not save last.pt: {e}", file=sys.stderr)
+
+    clock = _Clock(ckpt.get("elapsed", 0.0) if ckpt else 0.0)  # counts from here: setup above is not training
+    bar = Progress(state.total_steps, desc="train", unit="step", initial=state.step, enabled=progress and info.is_main,
+                   time_left=(lambda: max(0.0, limit - clock.elapsed())) if limit else None)
+    model.train()
+    phase = "train"
+    try:
+        with _StopRequests() as stop:
+            if validate_first:  # the run stopped during this step's validation
+                phase = "validation"
+                validate()
+                model.train()
+            if limit and clock.elapsed() >= limit:
+                state.stopped = "time_limit"
+            micro, step_loss, step_parts = 0, None, {}
+            for images, targets in (loader if state.stopped is None else ()):
+                phase = "train"
+                parts: dict[str, torch.Tensor] = {}
+                if instances:
+                    images, targets = instances_to_device(images, targets, device, non_blocking=True)
+                else:
+                    images = images.to(device, non_blocking=True)
+                    targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+                with _autocast(device, cfg.train.amp):
+                    if instances:  # Mask R-CNN: the sum of its RPN and RoI head losses (section 3, L = Lcls + Lbox + Lmask)
+                        parts = ddp_model(images, targets, detect=False)["losses"]
+                        loss = sum(parts.values())
+                    else:
+                        if cropped:  # crops carry their context: the output predicts their centre
+                            logits = ddp_model(images)
+                            targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
+                        else:
+                            logits = forward_aligned(ddp_model, images)
+                        loss = compute_loss(cfg, logits, targets, class_weights, train_ds.ignore_index)
+                if not torch.isfinite(loss):
+                    raise _NonFiniteLoss(loss.item(), {k: v.item() for k, v in parts.items()})
+                if micro == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                # Gradient accumulation: DDP synchronises gradients on the last micro-batch only.
+                sync = micro == accum or not info.enabled
+                with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                    scaler.scale(loss / accum if accum > 1 else loss).backward()
+                step_loss = loss.detach() if micro == 1 else step_loss + loss.detach()
+                step_parts = {k: v.detach() + (step_parts[k] if micro > 1 else 0) for k, v in parts.items()}
+                if micro < accum:
+                    continue
+                loss, micro = step_loss / accum, 0
+                if cfg.train.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                state.step += 1
+                state.last_loss = D.mean_over_ranks(loss.detach(), info).item()
+                logs = {"loss": state.last_loss, "lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch,
+                        **{k: D.mean_over_ranks(v / accum, info).item() for k, v in step_parts.items()}}
+                bar.update(1, loss=f"{state.last_loss:.4f}", lr=f"{logs['lr']:.2e}")
+                if state.step % cfg.train.log_every == 0 or state.step == state.total_steps:
+                    logger.log(state.step, logs)
+                for h in hooks:
+                    h.after_step(state, logs)
+
+                timed_out = limit is not None and clock.elapsed() > limit
+                interrupted = D.any_true(stop.signal is not None or state.stop_requested, info, device)
+                if interrupted or timed_out:
+                    state.stopped = "signal" if interrupted else "time_limit"
+                    break
+                if state.step % val_every == 0 and state.step < state.total_steps:
+                    phase = "validation"
+                    if validate():
+                        state.stopped = "early_stop"
+                        break
+                    phase = "train"
+                if state.step % ckpt_every == 0:
+                    checkpoint("last.pt")
+        bar.close()
+        checkpoint("last.pt")
+        if state.stopped not in ("signal", "early_stop"):
+            phase = "validation"
+            validate()
+    except _NonFiniteLoss as e:
+        bar.close()
+        save_after_error()
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in e.parts.items())
+        raise TrainingError(
+            f"loss is {e.loss}{f' ({terms})' if terms else ''} at step {state.step}; stopping: {saved_note()}. "
+            "Lower train.lr, add train.warmup_steps or set train.grad_clip.") from None
+    except Exception:
+        bar.close()
+        save_after_error(pending_validation=phase == "validation")
+        if info.is_main:
+            print(f"pixelwise train: stopped by an error at step {state.step}; {saved_note()}", file=sys.stderr)
+        raise
+    finally:
+        logger.close()
     if info.is_main:
-        (out / "train_state.json").write_text(json.dumps({
+        write_json(out / "train_state.json", {
             "step": state.step, "total_steps": state.total_steps, "best_metric": state.best_metric,
             "best_step": state.best_step, "stopped": state.stopped, "last_loss": state.last_loss,
-            "train_seconds": time.monotonic() - start,
-        }, indent=2))
+            "train_seconds": clock.elapsed(),
+        }, what="training state")
     D.barrier(info)
     return state
-

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch.nn as nn
+from pixelwise.errors import ConfigError
 
 __all__ = ["ConvBNReLU", "DoubleConv"]
 
@@ -24,7 +25,7 @@ class ConvBNReLU(nn.Sequential):
         batch_norm: bool = False,
     ) -> None:
         if kernel_size % 2 != 1:
-            raise ValueError(f"ConvBNReLU: kernel_size={kernel_size}, expected an odd size")
+            raise ConfigError(f"ConvBNReLU: kernel_size={kernel_size}, expected an odd size")
         layers: list[nn.Module] = [
             # A bias is redundant in front of batch norm, which has its own shift.
             nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2 if padding else 0, bias=not batch_norm)

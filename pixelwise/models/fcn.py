@@ -64,7 +64,7 @@ def _build_fcn(net: int, *, num_classes: int, in_channels: int, pad100: bool, up
                                 names=("imagenet", "DEFAULT", "IMAGENET1K_V1"))
         try:
             converted, _ = convert_torchvision_vgg16(state)
-        except ValueError as e:
+        except WeightsError as e:
             raise WeightsError(f"backbone_weights {backbone_weights!r}: {e}") from None
         fit_state_dict(backbone, converted, what=f"backbone_weights {backbone_weights!r}")
     head = SkipHead(num_classes, backbone.channels, backbone.placements, net=net,
@@ -142,7 +142,7 @@ def convert_torchvision_fcn(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     """torchvision fcn_resnet50/101 state dict -> ours. The layouts match, so only keys we do not
     have (the trunk's unused fc, if present) are dropped; anything else unexpected is an error later."""
     if not {"backbone.conv1.weight", "classifier.4.weight"} <= set(state):
-        raise ValueError("not a torchvision FCN state dict: no 'backbone.conv1.weight' and 'classifier.4.weight' keys")
+        raise WeightsError("not a torchvision FCN state dict: no 'backbone.conv1.weight' and 'classifier.4.weight' keys")
     return {k: v for k, v in state.items() if not k.startswith("backbone.fc.")}
 
 
@@ -154,7 +154,7 @@ def _build_fcn_resnet(depth: int, *, num_classes: int, aux_loss: bool, weights: 
         state = load_state_dict(weights, what="weights", enum=enum, names=("coco_voc", "DEFAULT", "COCO_WITH_VOC_LABELS_V1"))
         try:
             state = convert_torchvision_fcn(state)
-        except ValueError as e:
+        except WeightsError as e:
             raise WeightsError(f"weights {weights!r}: {e}") from None
         if not aux_loss:
             state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}

@@ -28,6 +28,7 @@ from pixelwise.models.weights import WeightsError, fit_state_dict, load_state_di
 from pixelwise.ops.anchors import C4_RATIOS, C4_SIZES, FPN_RATIOS, FPN_SIZES
 from pixelwise.ops.masks import paste_masks
 from pixelwise.registry import register_model
+from pixelwise.errors import ConfigError
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "MaskRCNN", "batch_images", "convert_torchvision_maskrcnn", "mask_rcnn_r101_c4",
@@ -48,6 +49,8 @@ def resize_image(image: torch.Tensor, min_size: int, max_size: int) -> tuple[tor
     max_size (FPN / Mask R-CNN section 3.1: 800 and 1333). Bilinear, exactly as torchvision's
     GeneralizedRCNNTransform (scale_factor with recompute_scale_factor=True, align_corners=False)."""
     scale = _scale(image.shape[-2:], min_size, max_size)
+    # A very thin image keeps at least one pixel across (torchvision's arithmetic would give 0).
+    scale = max(scale, 1.0 / min(image.shape[-2:]))
     out = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
                         align_corners=False)[0]
     return out, scale
@@ -116,33 +119,33 @@ class MaskRCNN(nn.Module):
 
     def _check(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None) -> None:
         if not isinstance(images, (list, tuple)) or not images:
-            raise ValueError(f"MaskRCNN: images must be a non-empty list of (3, H, W) tensors, got {type(images).__name__}")
+            raise ConfigError(f"MaskRCNN: images must be a non-empty list of (3, H, W) tensors, got {type(images).__name__}")
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
-                raise ValueError(f"MaskRCNN: images[{i}] is {img.dtype} {tuple(img.shape)}, "
+                raise ConfigError(f"MaskRCNN: images[{i}] is {img.dtype} {tuple(img.shape)}, "
                                  "expected float (3, H, W) in [0, 1]")
         if targets is None:
             return
         if len(targets) != len(images):
-            raise ValueError(f"MaskRCNN: {len(targets)} targets for {len(images)} images")
+            raise ConfigError(f"MaskRCNN: {len(targets)} targets for {len(images)} images")
         for i, (img, t) in enumerate(zip(images, targets)):
             missing = [k for k in ("boxes", "labels", "masks") if k not in t]
             if missing:
-                raise ValueError(f"MaskRCNN: targets[{i}] has no {missing}; expected boxes, labels, masks")
+                raise ConfigError(f"MaskRCNN: targets[{i}] has no {missing}; expected boxes, labels, masks")
             boxes, labels, masks = t["boxes"], t["labels"], t["masks"]
             if boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
-                raise ValueError(f"MaskRCNN: targets[{i}]['boxes'] is {boxes.dtype} {tuple(boxes.shape)}, "
+                raise ConfigError(f"MaskRCNN: targets[{i}]['boxes'] is {boxes.dtype} {tuple(boxes.shape)}, "
                                  "expected float (G, 4)")
             bad = torch.where((boxes[:, 2:] <= boxes[:, :2]).any(dim=1))[0]
             if len(bad):
-                raise ValueError(f"MaskRCNN: targets[{i}]['boxes'][{int(bad[0])}] = {boxes[bad[0]].tolist()} "
+                raise ConfigError(f"MaskRCNN: targets[{i}]['boxes'][{int(bad[0])}] = {boxes[bad[0]].tolist()} "
                                  "has no positive width and height (x1 < x2, y1 < y2 expected)")
             in_range = len(labels) == 0 or 1 <= int(labels.min()) <= int(labels.max()) <= self.num_classes
             if labels.shape != (len(boxes),) or not in_range:
-                raise ValueError(f"MaskRCNN: targets[{i}]['labels'] = {labels.tolist()[:10]}, expected {len(boxes)} "
+                raise ConfigError(f"MaskRCNN: targets[{i}]['labels'] = {labels.tolist()[:10]}, expected {len(boxes)} "
                                  f"labels in 1..{self.num_classes} (0 is background)")
             if masks.shape != (len(boxes), *img.shape[-2:]):
-                raise ValueError(f"MaskRCNN: targets[{i}]['masks'] is {tuple(masks.shape)}, expected "
+                raise ConfigError(f"MaskRCNN: targets[{i}]['masks'] is {tuple(masks.shape)}, expected "
                                  f"{(len(boxes), *img.shape[-2:])} (one mask per box, image size)")
 
     def preprocess(
@@ -225,7 +228,7 @@ def convert_torchvision_maskrcnn(state: dict[str, torch.Tensor]) -> dict[str, to
     older key names (rpn.head.conv.weight, mask_head.mask_fcn{i}.weight) too.
     """
     if "rpn.head.cls_logits.weight" not in state or "roi_heads.mask_predictor.mask_fcn_logits.weight" not in state:
-        raise ValueError("not a torchvision Mask R-CNN state dict: no 'rpn.head.cls_logits.weight' and "
+        raise WeightsError("not a torchvision Mask R-CNN state dict: no 'rpn.head.cls_logits.weight' and "
                          "'roi_heads.mask_predictor.mask_fcn_logits.weight' keys")
     out = {}
     for key, value in state.items():
@@ -295,6 +298,34 @@ def _load_backbone_weights(model: MaskRCNN, backbone_weights: str, *, depth: int
 
 # ------------------------------------------------------------------------------------------- builders
 
+def _check_arguments(**args) -> None:
+    """Counts, pairs and probabilities of the builder's arguments, named when out of range."""
+    def positive_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    sizes = args["min_size"] if isinstance(args["min_size"], (list, tuple)) else [args["min_size"]]
+    checks = [
+        ("min_size", bool(sizes) and all(positive_int(v) for v in sizes), "a positive side in pixels, or a list of them"),
+        ("max_size", positive_int(args["max_size"]) and args["max_size"] >= max(sizes, default=1),
+         "a positive side in pixels >= min_size"),
+        *[(k, isinstance(args[k], (list, tuple)) and len(args[k]) == 2 and all(positive_int(v) for v in args[k]),
+           "a pair [train, test] of positive counts, such as [2000, 1000]") for k in ("rpn_pre_nms_top_n",
+                                                                                   "rpn_post_nms_top_n")],
+        *[(k, positive_int(args[k]), "an integer >= 1") for k in ("rpn_batch_size_per_image", "box_batch_size_per_image",
+                                                                   "detections_per_img")],
+        *[(k, isinstance(args[k], (int, float)) and 0 < args[k] <= 1, "a fraction in (0, 1]")
+          for k in ("rpn_positive_fraction", "box_positive_fraction")],
+        *[(k, isinstance(args[k], (int, float)) and 0 <= args[k] <= 1, "a value in [0, 1]")
+          for k in ("box_score_thresh", "box_nms_thresh")],
+        ("mask_threshold", args["mask_threshold"] is None or (isinstance(args["mask_threshold"], (int, float))
+                                                               and 0 <= args["mask_threshold"] <= 1),
+         "a probability in [0, 1], or null for probabilities"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={args[key]!r}, expected {expected}")
+
+
 def _build(
     *, depth: int, c4: bool, num_classes: int, min_size: int | Sequence[int], max_size: int, frozen_bn: bool,
     norm: str, mask_roi: str, mask_loss: str, class_agnostic: bool, mask_head: str,
@@ -304,13 +335,19 @@ def _build(
     trainable_layers: int | None, weights: str | None, backbone_weights: str | None,
 ) -> MaskRCNN:
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}, expected the number of object classes >= 1 (background excluded)")
+        raise ConfigError(f"num_classes={num_classes!r}, expected the number of object classes >= 1 (background excluded)")
     if norm not in NORMS:
-        raise ValueError(f"norm={norm!r}, expected one of {NORMS}")
+        raise ConfigError(f"norm={norm!r}, expected one of {NORMS}")
     if mask_head not in MASK_HEADS:
-        raise ValueError(f"mask_head={mask_head!r}, expected one of {MASK_HEADS}")
+        raise ConfigError(f"mask_head={mask_head!r}, expected one of {MASK_HEADS}")
     if c4 and mask_head != "fcn":
-        raise ValueError("mask_head='mlp' is defined for the FPN models (Table 2e); C4 uses the res5 deconv head")
+        raise ConfigError("mask_head='mlp' is defined for the FPN models (Table 2e); C4 uses the res5 deconv head")
+    _check_arguments(min_size=min_size, max_size=max_size, rpn_pre_nms_top_n=rpn_pre_nms_top_n,
+                     rpn_post_nms_top_n=rpn_post_nms_top_n, rpn_batch_size_per_image=rpn_batch_size_per_image,
+                     box_batch_size_per_image=box_batch_size_per_image, detections_per_img=detections_per_img,
+                     mask_threshold=mask_threshold, rpn_positive_fraction=rpn_positive_fraction,
+                     box_positive_fraction=box_positive_fraction, box_score_thresh=box_score_thresh,
+                     box_nms_thresh=box_nms_thresh)
     channels = mask_channels(num_classes, mask_loss, class_agnostic)
     if trainable_layers is None:
         trainable_layers = 3 if (weights or backbone_weights) else 5

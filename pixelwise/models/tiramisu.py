@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from pixelwise.layers.dense import DenseBlock, TransitionDown, TransitionUp
 from pixelwise.registry import register_model
+from pixelwise.errors import ConfigError
 
 __all__ = ["FCDenseNet", "fc_densenet56", "fc_densenet67", "fc_densenet103"]
 
@@ -49,7 +50,7 @@ class FCDenseNet(nn.Module):
             ("first_channels", first_channels, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"FCDenseNet: {name}={value!r}, expected an integer >= {low}")
+                raise ConfigError(f"FCDenseNet: {name}={value!r}, expected an integer >= {low}")
         blocks = tuple(layers_per_block) if isinstance(layers_per_block, (list, tuple)) else None
         if (
             not blocks
@@ -57,12 +58,12 @@ class FCDenseNet(nn.Module):
             or len(blocks) % 2 == 0
             or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"FCDenseNet: layers_per_block={layers_per_block!r}, expected an odd number (>= 3) of "
                 "integers >= 1: the downsampling blocks, the bottleneck, the upsampling blocks"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"FCDenseNet: dropout={dropout!r}, expected a probability in [0, 1)")
+            raise ConfigError(f"FCDenseNet: dropout={dropout!r}, expected a probability in [0, 1)")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.layers_per_block = blocks
@@ -131,13 +132,13 @@ class FCDenseNet(nn.Module):
     def input_size_for(self, output_size: int) -> int:
         """Smallest valid input side >= output_size (360 -> 384 for the paper's networks)."""
         if output_size < 1:
-            raise ValueError(f"output_size={output_size!r}, expected a positive integer")
+            raise ConfigError(f"output_size={output_size!r}, expected a positive integer")
         return math.ceil(output_size / self.size_step) * self.size_step
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, in_channels, H, W) -> logits: (B, num_classes, H, W)."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"FCDenseNet: images of shape {tuple(images.shape)}, expected (B, {self.in_channels}, H, W)"
             )
         for what, size in (("height", images.shape[-2]), ("width", images.shape[-1])):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from pixelwise.layers.conv import DoubleConv
 from pixelwise.registry import register_model
+from pixelwise.errors import ConfigError
 
 __all__ = ["UNet", "unet", "unet_padded"]
 
@@ -52,9 +53,9 @@ class UNet(nn.Module):
             ("depth", depth, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"UNet: {name}={value!r}, expected an integer >= {low}")
+                raise ConfigError(f"UNet: {name}={value!r}, expected an integer >= {low}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"UNet: dropout={dropout!r}, expected a probability in [0, 1)")
+            raise ConfigError(f"UNet: dropout={dropout!r}, expected a probability in [0, 1)")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.base_width = base_width
@@ -154,7 +155,7 @@ class UNet(nn.Module):
     def input_size_for(self, output_size: int) -> int:
         """Smallest valid input side whose output side is >= output_size (388 -> 572 by default)."""
         if output_size < 1:
-            raise ValueError(f"output_size={output_size!r}, expected a positive integer")
+            raise ConfigError(f"output_size={output_size!r}, expected a positive integer")
         lo, step = self.min_input_size, self.size_step
         # Valid inputs are lo + k*step, and each step adds exactly `step` to the output side.
         k = max(0, math.ceil((output_size - self.output_size(lo)) / step))
@@ -163,7 +164,7 @@ class UNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, in_channels, H, W) -> logits: (B, num_classes, output_size(H), output_size(W))."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"UNet: images of shape {tuple(images.shape)}, expected (B, {self.in_channels}, H, W)"
             )
         for what, size in (("height", images.shape[-2]), ("width", images.shape[-1])):

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import torch
 
+from pixelwise.errors import WeightsError
+from pixelwise.files import torch_load
+
 __all__ = ["WeightsError", "fit_state_dict", "load_state_dict"]
-
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be found, downloaded or fitted to a model."""
 
 
 def load_state_dict(source: str | Path, *, what: str, enum=None, names: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -30,10 +29,7 @@ def load_state_dict(source: str | Path, *, what: str, enum=None, names: tuple[st
     if not path.is_file():
         choices = f" or one of {', '.join(map(repr, names))}" if names else ""
         raise WeightsError(f"{what}: weights file {str(path)!r} does not exist; expected a local .pth file{choices}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise WeightsError(f"{what}: {str(path)!r} could not be read as PyTorch weights ({type(e).__name__}: {e})") from None
+    state = torch_load(path, what=f"{what}: weights file", error=WeightsError)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

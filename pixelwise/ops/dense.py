@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
-from tqdm import tqdm
+from pixelwise.progress import progress as track
 
 __all__ = ["shift_and_stitch", "rarefy", "rarefy_kernel"]
 
@@ -60,7 +60,7 @@ def shift_and_stitch(
         factor: the net's total output stride f.
         batch_size: shifted images per forward pass; default B (one shift of the batch per pass).
         pad_mode: `torch.nn.functional.pad` mode for the bottom-right border.
-        progress: show a tqdm bar over the forward passes.
+        progress: show progress over the forward passes.
 
     Returns:
         (B, K, f * h, f * w); (B, K, H, W) for a net whose coarse output is (H / f, W / f).
@@ -88,7 +88,7 @@ def shift_and_stitch(
     # FCN section 3.2: one input per shift (x, y), 0 <= x, y < f; every (shift, image) is one job.
     jobs = [(y, x, n) for y in range(f) for x in range(f) for n in range(b)]
     dense = None
-    for start in tqdm(range(0, len(jobs), batch_size), desc="shift-and-stitch", disable=not progress, leave=False):
+    for start in track(range(0, len(jobs), batch_size), desc="shift-and-stitch", enabled=progress, leave=False):
         chunk = jobs[start : start + batch_size]
         logits = net(torch.stack([padded[n, :, y : y + h, x : x + w] for y, x, n in chunk]))
         if logits.dim() != 4:

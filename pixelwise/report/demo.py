@@ -1,7 +1,6 @@
 """`pixelwise demo`: train the CPU U-Net recipe on ISBI 2012, evaluate, predict, plot, explain."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
 from pixelwise.engine.distributed import resolve_device
 from pixelwise.engine.evaluator import evaluate, make_predictor
 from pixelwise.engine.trainer import build_model, train
+from pixelwise.files import write_json
 from pixelwise.report.predictions import predict_to_folder
 from pixelwise.report.visualize import plot_curves
 
@@ -30,10 +30,11 @@ def run_demo(cfg: Config) -> dict:
     best = out / "best.pt"
     load_model_weights(model, load_checkpoint(best, map_location=device), str(best))
     metrics = evaluate(model, val_ds, cfg, device)
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(best), "split": "val", **metrics}, indent=2))
+    write_json(out / "metrics.json", {"checkpoint": str(best), "split": cfg.data.val_split, **metrics}, what="metrics file")
     predict_to_folder(make_predictor(model, cfg, device), val_ds.image_paths, out / "predictions",
                       in_channels=meta["in_channels"], num_classes=cfg.model.num_classes, mean=cfg.data.mean,
-                      std=cfg.data.std, palette=meta["palette"], threshold=cfg.infer.threshold)
+                      std=cfg.data.std, palette=meta["palette"], threshold=cfg.infer.threshold,
+                      class_names=meta["class_names"], note=meta["label_note"])
     plot_curves(out / "log.csv", out / "curves.png")
     minutes = (time.monotonic() - t0) / 60
     print(f"""
@@ -48,7 +49,7 @@ membrane is the positive class, and Rand / VI score the cells after thinning mem
   mean IoU (2 classes)   {metrics['miou']:.4f}
 Wrote to {out}:
   metrics.json           all metrics, per-class IoU and Dice
-  predictions/           index PNGs (1 = membrane) and *_overlay.png (membranes in colour over the slice)
+  predictions/           index PNGs (1 = membrane; see classes.json) and *_overlay.png (membranes in colour)
   curves.png             training loss and validation scores against steps
   log.csv, tensorboard/  logs (tensorboard --logdir {out / 'tensorboard'})
   best.pt, last.pt       checkpoints; segment your own slices with

@@ -1,20 +1,32 @@
 """Predict a set of image files into a folder: index PNGs, colour overlays, optional probability maps
-(semantic models); per-image JSON with boxes, scores and RLE masks, instance-id PNGs and overlays (Mask R-CNN)."""
+(semantic models); per-image JSON with boxes, scores and RLE masks, instance-id PNGs and overlays (Mask R-CNN).
+
+Every output folder also gets classes.json, which says what the pixel values mean. Output names
+follow the inputs' paths relative to their common folder (a/same.png and b/same.png give a/same.png
+and b/same.png), and nothing is ever written over an input.
+"""
 from __future__ import annotations
 
+import json
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
+from PIL import Image, ImageDraw
 
 from pixelwise.data.io import DataError, read_image
 from pixelwise.engine.predictor import Predictor, probs_to_labels
+from pixelwise.errors import OutputError
+from pixelwise.files import ensure_dir, write_json, write_text
+from pixelwise.progress import progress as track
 from pixelwise.report.visualize import DEFAULT_PALETTE, overlay, palette_for, save_index_png
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+SEMANTIC_OUTPUTS = ("{}.png", "{}_overlay.png", "{}_probs.npy")
+INSTANCE_OUTPUTS = ("{}.json", "{}_instances.png", "{}_overlay.png")
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -23,7 +35,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
             if not found:
                 raise DataError(f"input folder {str(p)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths += found
@@ -34,44 +46,108 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """One distinct output name per input: its file name without the suffix; where two inputs share that,
+    their paths relative to their common folder (a/same, b/same), keeping the suffix (`same_jpg`) where
+    only the suffix differs. The same file given twice is refused."""
+    resolved = [p.resolve() for p in paths]
+    seen: dict[Path, Path] = {}
+    for p, r in zip(paths, resolved):
+        if r in seen:
+            raise DataError(f"input {str(p)!r} is the same file as input {str(seen[r])!r}; expected each image once")
+        seen[r] = p
+    names = [r.stem for r in resolved]
+    shared = {n for n, k in Counter(names).items() if k > 1}
+    if not shared:
+        return names
+    clashing = [r for r, n in zip(resolved, names) if n in shared]
+    common = Path(os.path.commonpath([r.parent for r in clashing]))
+    names = [r.relative_to(common).with_suffix("").as_posix() if n in shared else n for r, n in zip(resolved, names)]
+    shared = {n for n, k in Counter(names).items() if k > 1}
+    return [f"{n}_{r.suffix.lstrip('.').lower()}" if n in shared else n for n, r in zip(names, resolved)]
+
+
+def check_outputs(out: Path, names: Sequence[str], patterns: Sequence[str], protected: Sequence[Path]) -> None:
+    """Refuse to write any output over a file the user gave (an input image, the checkpoint, the config)."""
+    inputs = {Path(p).resolve(): Path(p) for p in protected}
+    written: dict[Path, str] = {}
+    for name in names:
+        for pattern in patterns:
+            target = (out / pattern.format(name)).resolve()
+            if target in written and written[target] != name:
+                raise OutputError(f"--out {str(out)!r}: the outputs of inputs named {written[target]!r} and {name!r} "
+                                  f"would both be {target.name!r}; rename one of the inputs")
+            written[target] = name
+            if target in inputs:
+                raise OutputError(f"--out {str(out)!r}: writing {str(out / pattern.format(name))!r} would replace the "
+                                  f"input {str(inputs[target])!r}; choose an output folder apart from the inputs")
+    if (out / "classes.json").resolve() in inputs:
+        raise OutputError(f"--out {str(out)!r}: writing classes.json would replace an input; choose another folder")
+
+
+def write_classes(out: Path, class_names: Sequence[str], palette, note: str | None = None) -> None:
+    """classes.json: what each pixel value of the index PNGs means (and a note on the dataset's own encoding)."""
+    colours = palette_for(len(class_names), palette)
+    record = {"pixel_values": "class indices", "classes": [
+        {"index": i, "name": name, "colour": list(colours[i])} for i, name in enumerate(class_names)]}
+    if note:
+        record["note"] = note
+    write_json(out / "classes.json", record, what="class list")
+
+
 def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     c = image.shape[0]
     if len(mean) not in (1, c) or len(std) not in (1, c):
-        raise ValueError(f"data.mean/std have {len(mean)}/{len(std)} values for an image with {c} channels")
+        raise DataError(f"data.mean/std have {len(mean)}/{len(std)} values for an image with {c} channels")
     m = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
     return (image - m) / s
 
 
+def _save(what: str, path: Path, save) -> None:
+    ensure_dir(path.parent, what="output folder")
+    try:
+        save(path)
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
+
+
 def predict_to_folder(
     predictor: Predictor, paths: Sequence[Path], out_dir: str | Path, *, in_channels: int, num_classes: int,
     mean: Sequence[float], std: Sequence[float], palette=None, threshold: float | None = None,
-    save_probs: bool = False, progress: bool = True,
+    save_probs: bool = False, progress: bool = True, class_names: Sequence[str] | None = None,
+    note: str | None = None, protected: Sequence[Path] = (),
 ) -> list[Path]:
-    """Writes <stem>.png (class indices, paletted), <stem>_overlay.png and, if asked, <stem>_probs.npy."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Writes <name>.png (class indices, paletted), <name>_overlay.png and, if asked, <name>_probs.npy."""
+    out = ensure_dir(out_dir, what="output folder --out")
+    names = output_names(paths)
+    check_outputs(out, names, SEMANTIC_OUTPUTS, [*paths, *protected])
     colours = palette_for(num_classes, palette)
+    write_classes(out, class_names or [f"class{k}" for k in range(num_classes)], colours, note)
     # Binary masks: draw only the positive class, in a colour that shows on grey images.
     binary = num_classes == 2
     overlay_colours = palette_for(num_classes) if binary else colours
     written = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
+    for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
         image = read_image(path, channels=in_channels)
-        probs = predictor.predict_probs(normalize(image, mean, std))
+        probs = predictor.predict_probs(normalize(image, mean, std), name=str(path))
         labels = probs_to_labels(probs, threshold).numpy().astype(np.uint8)
-        save_index_png(labels, colours, out / f"{path.stem}.png")
-        Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None)).save(out / f"{path.stem}_overlay.png")
+        _save("prediction", out / f"{name}.png", lambda p: save_index_png(labels, colours, p))
+        picture = Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None))
+        _save("overlay", out / f"{name}_overlay.png", picture.save)
         if save_probs:
-            np.save(out / f"{path.stem}_probs.npy", probs.numpy().astype(np.float16))
-        written.append(out / f"{path.stem}.png")
+            _save("probabilities", out / f"{name}_probs.npy", lambda p: np.save(p, probs.numpy().astype(np.float16)))
+        written.append(out / f"{name}.png")
     return written
 
 
 def read_rgb(path: Path) -> torch.Tensor:
     """(3, H, W) float in [0, 1]; grayscale files are repeated to three channels."""
-    with Image.open(path) as img:
-        gray = img.mode in ("L", "1")
+    try:
+        with Image.open(path) as img:
+            gray = img.mode in ("L", "1", "I;16", "I")
+    except OSError:
+        gray = False  # read_image names the problem
     image = read_image(path, channels=1 if gray else 3)
     return image.repeat(3, 1, 1) if gray else image
 
@@ -86,39 +162,54 @@ def instance_map(masks: torch.Tensor, scores: torch.Tensor, score_threshold: flo
     return ids
 
 
+def draw_instances(image: torch.Tensor, ids: np.ndarray, boxes: torch.Tensor, captions: Sequence[str]) -> Image.Image:
+    """The instances of `ids` coloured over the image, each with its box and caption ("cell 0.93")."""
+    colours = [(0, 0, 0)] + [DEFAULT_PALETTE[1 + i % (len(DEFAULT_PALETTE) - 1)] for i in range(int(ids.max()))]
+    picture = Image.fromarray(overlay(image, ids, colours, skip_class=0))
+    draw = ImageDraw.Draw(picture)
+    for i in np.unique(ids[ids > 0]).tolist():
+        x1, y1, x2, y2 = boxes[i - 1].tolist()
+        draw.rectangle((x1, y1, x2, y2), outline=colours[i])
+        text = captions[i - 1]
+        left, top, right, bottom = draw.textbbox((x1 + 1, y1 + 1), text)
+        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colours[i])
+        draw.text((x1 + 1, y1 + 1), text, fill=(0, 0, 0))
+    return picture
+
+
 def predict_instances_to_folder(
     model: torch.nn.Module, paths: Sequence[Path], out_dir: str | Path, device: torch.device, *,
     class_names: Sequence[str] | None = None, score_threshold: float = 0.5, progress: bool = True,
+    protected: Sequence[Path] = (),
 ) -> list[Path]:
-    """Mask R-CNN on each image; writes <stem>.json (every detection: label, class name, score, box x1 y1 x2 y2
-    in pixels, COCO RLE mask), <stem>_instances.png (16-bit instance ids of the detections scoring at least
-    score_threshold, 1 = best) and <stem>_overlay.png (those instances coloured, with their boxes)."""
-    import json
-
-    from PIL import ImageDraw
-
+    """Mask R-CNN on each image; writes <name>.json (every detection: label, class name, score, box x1 y1 x2 y2
+    in pixels, COCO RLE mask), <name>_instances.png (16-bit instance ids of the detections scoring at least
+    score_threshold, 1 = best) and <name>_overlay.png (those instances coloured, with boxes, class names and
+    scores)."""
     from pixelwise.engine.instances import detect
     from pixelwise.metrics.coco import masks_to_rle
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir, what="output folder --out")
+    names = output_names(paths)
+    check_outputs(out, names, INSTANCE_OUTPUTS, [*paths, *protected])
+    labels = list(class_names) if class_names else None
+    write_text(out / "classes.json", json.dumps({
+        "pixel_values": "<name>_instances.png: 0 = background, i = the i-th detection of <name>.json (by score)",
+        "classes": [{"label": k, "name": n} for k, n in enumerate(labels or [])]}, indent=2), what="class list")
     written = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
+    for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
         image = read_rgb(path)
         d = detect(model, [image], device)[0]
-        names = [class_names[k] if class_names and k < len(class_names) else f"class{k}" for k in d["labels"].tolist()]
+        class_of = [labels[k] if labels and k < len(labels) else f"class{k}" for k in d["labels"].tolist()]
         instances = [{"label": int(k), "class_name": n, "score": float(s), "box": [float(v) for v in b],
                       "segmentation": rle}
-                     for k, n, s, b, rle in zip(d["labels"], names, d["scores"], d["boxes"].tolist(), masks_to_rle(d["masks"]))]
+                     for k, n, s, b, rle in zip(d["labels"], class_of, d["scores"], d["boxes"].tolist(),
+                                                masks_to_rle(d["masks"]))]
         record = {"file": str(path), "height": image.shape[-2], "width": image.shape[-1], "instances": instances}
-        (out / f"{path.stem}.json").write_text(json.dumps(record))
+        write_text(out / f"{name}.json", json.dumps(record), what="detections")
         ids = instance_map(d["masks"], d["scores"], score_threshold)
-        Image.fromarray(ids).save(out / f"{path.stem}_instances.png")
-        colours = [(0, 0, 0)] + [DEFAULT_PALETTE[1 + i % (len(DEFAULT_PALETTE) - 1)] for i in range(int(ids.max()))]
-        picture = Image.fromarray(overlay(image, ids, colours, skip_class=0))
-        draw = ImageDraw.Draw(picture)
-        for i in np.unique(ids[ids > 0]).tolist():
-            draw.rectangle(d["boxes"][i - 1].tolist(), outline=colours[i])
-        picture.save(out / f"{path.stem}_overlay.png")
-        written.append(out / f"{path.stem}.json")
+        _save("instance map", out / f"{name}_instances.png", Image.fromarray(ids).save)
+        captions = [f"{n} {float(s):.2f}" for n, s in zip(class_of, d["scores"])]
+        _save("overlay", out / f"{name}_overlay.png", draw_instances(image, ids, d["boxes"], captions).save)
+        written.append(out / f"{name}.json")
     return written

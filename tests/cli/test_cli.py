@@ -87,7 +87,8 @@ def test_checkpoint_of_another_model_is_reported(tmp_path, data_root, capsys):
     capsys.readouterr()
     assert main(["eval", "unet_isbi2012_cpu", "--data-root", str(data_root), "--checkpoint", str(run / "last.pt"),
                  *TINY, "-o", "model.args.base_width=8"]) == 2
-    assert "does not fit this model" in capsys.readouterr().err
+    assert "model.args={'base_width': 8, 'depth': 2} (checkpoint: {'base_width': 4, 'depth': 2})" in \
+        capsys.readouterr().err
 
 
 def test_console_script_runs():

@@ -15,7 +15,7 @@ from pixelwise.data.transforms import build_transforms
 from pixelwise.engine import train
 from pixelwise.engine.instances import collate_instances, evaluate_instances
 from pixelwise.engine.trainer import TrainingError
-from pixelwise.report.predictions import instance_map
+from pixelwise.report.predictions import draw_instances, instance_map
 from conftest import _data_root, require_dataset
 
 # Small images and few RoIs keep these steps at about a second on a CPU.
@@ -133,9 +133,10 @@ def test_a_non_finite_loss_stops_naming_the_term_and_the_last_checkpoint(tmp_pat
     cfg = _cfg("mask_rcnn_r18_fpn_isbi_cpu", tmp_path, "train.ckpt_every=1", "train.max_steps=5", "train.val_every=100")
     model = _NaNAtStep(pixelwise.create_model("mask_rcnn_r18_fpn", num_classes=1, norm="gn", min_size=128,
                                               max_size=128, box_batch_size_per_image=64), at=2)
-    with pytest.raises(TrainingError, match=r"loss is nan \(.*loss_mask=nan.*\) at step 1.*last\.pt \(present\)"):
+    with pytest.raises(TrainingError, match=r"loss is nan \(.*loss_mask=nan.*\) at step 1.*its state at step 1 is "
+                                            r"saved in .*last\.pt \(resume with"):
         train(cfg, model=model, progress=False)
-    assert torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)["step"] == 1
 
 
 class _Oracle(nn.Module):
@@ -227,6 +228,7 @@ def test_instance_map_paints_higher_scores_over_lower_ones():
     assert ids[:, 0].tolist() == [1, 1, 2, 0]  # row 1: both 0 and 1, detection 0 scores higher; row 3: below 0.5
 
 
+@pytest.mark.slow  # about 5 minutes on 2 cores: training to a target
 def test_mask_rcnn_overfits_two_tiny_coco_images(tmp_path):
     """From scratch, 100 steps on the first two tiny-coco images (8 objects, 6 classes) give a high mask AP on
     them. Small images and 32 RoIs per image keep a step near a second; trainable BN and Adam learn fast."""
@@ -276,3 +278,15 @@ def test_mask_rcnn_resume_continues_exactly(tmp_path):
     b = torch.load(tmp_path / "part" / "last.pt", map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+
+
+def test_instance_overlays_name_the_class_and_score_of_each_instance():
+    image = torch.full((3, 40, 60), 0.5)
+    ids = np.zeros((40, 60), np.uint16)
+    ids[10:30, 10:50] = 1
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 30.0]])
+    plain = np.asarray(draw_instances(image, ids, boxes, [""]))
+    named = np.asarray(draw_instances(image, ids, boxes, ["cell 0.93"]))
+    changed = np.argwhere((plain != named).any(-1))
+    assert len(changed) > 20  # the caption's pixels
+    assert changed[:, 0].min() >= 10 and changed[:, 1].min() >= 10 and changed[:, 1].max() < 60  # at the box's corner

@@ -81,12 +81,6 @@ def test_bf16_autocast_on_cpu_and_gradient_clipping(tmp_path, data_root):
     assert state.step == 2 and torch.isfinite(torch.tensor(state.last_loss))
 
 
-def test_non_finite_loss_stops_with_clear_message(tmp_path, data_root):
-    cfg = tiny_config(tmp_path, data_root, "train.class_weights=[.nan, 1.0]")
-    with pytest.raises(TrainingError, match="loss is nan at step 0.*last good checkpoint"):
-        train(cfg, progress=False)
-
-
 def test_lr_schedules():
     cfg = load_config(None, ["train.schedule=step", "train.step_size=10", "train.gamma=0.5", "train.warmup_steps=4"])
     assert [lr_factor(cfg, s, 100, 5) for s in (0, 3, 4, 10, 25)] == [0.25, 1.0, 1.0, 0.5, 0.25]
@@ -165,6 +159,7 @@ def test_distributed_two_processes_match_one_process(tmp_path, data_root):
                           "-m", "pixelwise", "train", cfg, "--output-dir", str(tmp_path / "two"), "-o",
                           "train.batch_size=2", *common], env=_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
+    assert two.stdout.count("trained 3 steps") == 1 and "n/a" not in two.stdout  # only rank 0 speaks
     a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
     for k in a:

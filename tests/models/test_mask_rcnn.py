@@ -372,5 +372,5 @@ def test_frozen_batchnorm_model_loads_the_same_weights(torchvision_pair):
 
 
 def test_converter_rejects_other_state_dicts():
-    with pytest.raises(ValueError, match="not a torchvision Mask R-CNN"):
+    with pytest.raises(WeightsError, match="not a torchvision Mask R-CNN"):
         mask_rcnn.convert_torchvision_maskrcnn(torchvision.models.resnet18().state_dict())

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
 from pixelwise.models.backbones.resnet import ResNetTrunk
+from pixelwise.errors import ConfigError
 
 __all__ = ["FPN", "NORMS", "ResNetC4", "ResNetFPN", "c2_xavier_fill", "group_norm", "replace_batchnorm", "resnet_trunk"]
 
@@ -23,7 +24,7 @@ _STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups (Wu & He 2018; detectron2's GN recipes)."""
     if channels % 32:
-        raise ValueError(f"group_norm: {channels} channels, expected a multiple of 32 groups")
+        raise ConfigError(f"group_norm: {channels} channels, expected a multiple of 32 groups")
     return nn.GroupNorm(32, channels)
 
 
@@ -57,9 +58,9 @@ def resnet_trunk(depth: int, *, norm: str = "bn", frozen_bn: bool = True, traina
     of (layer4, layer3, layer2, layer1, conv1) counted from the top get requires_grad=False, as torchvision's
     `trainable_layers` (3 with pretrained weights: the stem and res2 stay fixed, Detectron's FREEZE_AT=2)."""
     if norm not in NORMS:
-        raise ValueError(f"resnet_trunk: norm={norm!r}, expected one of {NORMS}")
+        raise ConfigError(f"resnet_trunk: norm={norm!r}, expected one of {NORMS}")
     if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"resnet_trunk: trainable_layers={trainable_layers}, expected 0..5")
+        raise ConfigError(f"resnet_trunk: trainable_layers={trainable_layers}, expected 0..5")
     trunk = ResNetTrunk(depth)
     if norm == "gn":
         replace_batchnorm(trunk, lambda bn: group_norm(bn.num_features))
@@ -90,7 +91,7 @@ class FPN(nn.Module):
     def __init__(self, in_channels: list[int], out_channels: int = 256, *, norm: str | None = None) -> None:
         super().__init__()
         if norm not in (None, "gn"):
-            raise ValueError(f"FPN: norm={norm!r}, expected None or 'gn'")
+            raise ConfigError(f"FPN: norm={norm!r}, expected None or 'gn'")
         self.inner_blocks = nn.ModuleList(_conv_norm(c, out_channels, 1, norm) for c in in_channels)
         self.layer_blocks = nn.ModuleList(_conv_norm(out_channels, out_channels, 3, norm) for _ in in_channels)
         for m in self.modules():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torchvision
+from pixelwise.errors import ConfigError
 
 __all__ = ["ResNetTrunk"]
 
@@ -20,9 +21,9 @@ class ResNetTrunk(nn.Module):
     def __init__(self, depth: int = 50, *, dilation: tuple[bool, bool, bool] = (False, False, False)) -> None:
         super().__init__()
         if depth not in _DEPTHS:
-            raise ValueError(f"ResNetTrunk: depth={depth!r}, expected one of {', '.join(map(str, _DEPTHS))}")
+            raise ConfigError(f"ResNetTrunk: depth={depth!r}, expected one of {', '.join(map(str, _DEPTHS))}")
         if any(dilation) and depth < 50:
-            raise ValueError(f"ResNetTrunk: dilation needs a bottleneck ResNet (50, 101, 152), got depth={depth}")
+            raise ConfigError(f"ResNetTrunk: dilation needs a bottleneck ResNet (50, 101, 152), got depth={depth}")
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None, replace_stride_with_dilation=list(dilation))
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from pixelwise.ops.dense import rarefy
 from pixelwise.ops.upsample import Placement
+from pixelwise.errors import ConfigError, WeightsError
 
 __all__ = ["VGG16", "convert_torchvision_vgg16"]
 
@@ -32,7 +33,7 @@ class VGG16(nn.Module):
                  width: float = 1.0, fc_channels: int = 4096, dropout: float = 0.5, output_stride: int = 32) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
-            raise ValueError(f"VGG16: output_stride={output_stride!r}, expected 32, 16 or 8")
+            raise ConfigError(f"VGG16: output_stride={output_stride!r}, expected 32, 16 or 8")
         layers: list[nn.Module] = []
         channels = in_channels
         for v in _CFG:
@@ -111,7 +112,7 @@ def convert_torchvision_vgg16(state: dict[str, torch.Tensor]) -> tuple[dict[str,
     flattens (512, 7, 7) in C, H, W order, so a reshape is the whole conversion.
     """
     if "classifier.0.weight" not in state:
-        raise ValueError("not a torchvision VGG state dict: no 'classifier.0.weight' key")
+        raise WeightsError("not a torchvision VGG state dict: no 'classifier.0.weight' key")
     out = {k: v for k, v in state.items() if k.startswith("features.")}
     for ours, theirs, shape in (("fc6", "classifier.0", (-1, 512, 7, 7)), ("fc7", "classifier.3", None),
                                 ("fc8", "classifier.6", None)):

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelwise.ops.upsample import Placement, align_to, bilinear_kernel, crop_to_image
+from pixelwise.errors import ConfigError
 
 __all__ = ["SkipHead", "ConvHead", "bilinear_upsampling_"]
 
@@ -17,7 +18,7 @@ def bilinear_upsampling_(layer: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     """Initialise a (K -> K) transposed convolution to per-channel bilinear interpolation (section 3.3)."""
     k, s = layer.kernel_size[0], layer.stride[0]
     if layer.in_channels != layer.out_channels or k != 2 * s:
-        raise ValueError(f"bilinear_upsampling_: expected K->K channels and kernel 2*stride, got {layer}")
+        raise ConfigError(f"bilinear_upsampling_: expected K->K channels and kernel 2*stride, got {layer}")
     with torch.no_grad():
         layer.weight.zero_()
         kernel = bilinear_kernel(s, dtype=layer.weight.dtype)
@@ -60,13 +61,13 @@ class SkipHead(nn.Module):
                  net: int = 8, upsampling: str = "cascade", learn_upsampling: bool = True) -> None:
         super().__init__()
         if net not in SKIPS:
-            raise ValueError(f"SkipHead: net={net!r}, expected 32, 16 or 8 (FCN-32s, -16s, -8s)")
+            raise ConfigError(f"SkipHead: net={net!r}, expected 32, 16 or 8 (FCN-32s, -16s, -8s)")
         if upsampling not in ("cascade", "direct"):
-            raise ValueError(f"SkipHead: upsampling={upsampling!r}, expected 'cascade' or 'direct'")
+            raise ConfigError(f"SkipHead: upsampling={upsampling!r}, expected 'cascade' or 'direct'")
         self.skips = SKIPS[net]
         stride = int(placements["fc7"].stride)  # 32, or 16 / 8 for a rarefied backbone
         if self.skips and stride != 32:
-            raise ValueError(f"SkipHead: skip layers need fc7 at stride 32, got {stride}")
+            raise ConfigError(f"SkipHead: skip layers need fc7 at stride 32, got {stride}")
         self.placements = dict(placements)
         self.score_fr = nn.Conv2d(channels["fc7"], num_classes, 1)
         # Section 4.2: skip scores "zero-initialized, so that the net starts with unmodified predictions",

@@ -36,6 +36,7 @@ from pixelwise.ops.boxes import (
 )
 from pixelwise.ops.masks import mask_targets
 from pixelwise.ops.poolers import METHODS, roi_features
+from pixelwise.errors import ConfigError
 
 __all__ = [
     "BoxHead", "C4BoxHead", "MASK_HEADS", "MASK_LOSSES", "MLPMaskHead", "MaskHead", "RoIHeads", "box_detections",
@@ -49,9 +50,9 @@ MASK_HEADS = ("fcn", "mlp")
 def mask_channels(num_classes: int, loss: str, class_agnostic: bool) -> int:
     """Number of mask logit channels for K = num_classes foreground classes (see the module doc)."""
     if loss not in MASK_LOSSES:
-        raise ValueError(f"mask_loss={loss!r}, expected one of {MASK_LOSSES}")
+        raise ConfigError(f"mask_loss={loss!r}, expected one of {MASK_LOSSES}")
     if loss == "softmax_fg" and class_agnostic:
-        raise ValueError("mask_loss='softmax_fg' needs class-specific masks (a softmax over one channel is constant); "
+        raise ConfigError("mask_loss='softmax_fg' needs class-specific masks (a softmax over one channel is constant); "
                          "use class_agnostic=False, or mask_loss='softmax' or 'sigmoid'")
     return (1 if class_agnostic else num_classes) + (1 if loss == "softmax" else 0)
 
@@ -345,7 +346,7 @@ class RoIHeads(nn.Module):
     ) -> None:
         super().__init__()
         if mask_roi not in METHODS:
-            raise ValueError(f"RoIHeads: mask_roi={mask_roi!r}, expected one of {METHODS}")
+            raise ConfigError(f"RoIHeads: mask_roi={mask_roi!r}, expected one of {METHODS}")
         mask_channels(num_classes, mask_loss, class_agnostic)
         self.box_head, self.mask_head, self.res5 = box_head, mask_head, res5
         self.spatial_scales = [1.0 / s for s in strides]

@@ -1,0 +1,213 @@
+"""Reading and writing files safely.
+
+- `torch_load`: .pt files are read with `weights_only=True`, so a file from elsewhere cannot run
+  code when it is loaded; `trusting_pickles()` (the CLI's --trust-checkpoint) lifts that for files
+  the user vouches for.
+- `atomic_write`: a temporary file in the same folder, fsync, rename; a crash leaves the old file
+  or the new one, never half of one. Files get the mode the umask gives any new file.
+- `RunLock`: one training per run folder at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import pickle
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from pixelwise.errors import OutputError, PixelwiseError, TrainingError
+
+__all__ = ["RunLock", "atomic_write", "clean_stale_temporaries", "ensure_dir", "torch_load", "trusting_pickles",
+           "write_json", "write_text"]
+
+_TRUST = contextvars.ContextVar("pixelwise_trust_pickles", default=False)
+TRUST_HINT = ("If you made this file yourself or trust where it came from, pass --trust-checkpoint "
+              "(or load it inside pixelwise.files.trusting_pickles()) to read it anyway")
+
+
+@contextlib.contextmanager
+def trusting_pickles() -> Iterator[None]:
+    """Within this block torch_load also unpickles arbitrary objects (only for files you trust)."""
+    token = _TRUST.set(True)
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def _numpy_globals() -> list:
+    # Checkpoints of pixelwise 0.1 hold numpy's RNG state as a uint32 array; these rebuild numeric arrays
+    # only (an object array is still refused).
+    import numpy as np
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def torch_load(path: str | Path, *, what: str, map_location: Any = "cpu",
+               error: type[PixelwiseError] = PixelwiseError) -> Any:
+    """torch.load without unpickling code; every failure is `error` naming `what` and the file."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        where = " (it is a folder)" if path.is_dir() else ""
+        raise error(f"{what} {str(path)!r} does not exist{where}")
+    if _TRUST.get():
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:
+            raise error(f"{what} {str(path)!r} could not be read ({type(e).__name__}: {e})") from None
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        if not any(s in detail for s in ("Unsupported global", "Can only build", "allowlisted")):
+            raise error(f"{what} {str(path)!r} could not be read as a PyTorch file ({detail})") from None
+        raise error(f"{what} {str(path)!r} holds Python objects besides tensors and plain values ({detail}); it was "
+                    f"not loaded, because unpickling such objects can run arbitrary code. {TRUST_HINT}") from None
+    except Exception as e:  # not a zip / pickle at all, truncated, wrong magic number ...
+        raise error(f"{what} {str(path)!r} could not be read as a PyTorch file ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def _mode() -> int:
+    """The mode the umask gives a new file (0o644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def ensure_dir(path: str | Path, *, what: str) -> Path:
+    """Create folder `path` (and parents) or raise OutputError naming it and why it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{what} {str(path)!r} is a file, not a folder; expected a folder to write into") from None
+    except OSError as e:
+        raise OutputError(f"{what} {str(path)!r} cannot be created: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {str(path)!r} is not writable")
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[IO], None], *, what: str, binary: bool = True) -> Path:
+    """Write a file through `write(f)` so that a crash at any moment leaves the old file or the new one.
+
+    The temporary file, `.NAME.PID.XXXX.tmp` beside the target, is removed on any error; one left
+    by a killed process is removed by `clean_stale_temporaries`.
+    """
+    path = Path(path)
+    ensure_dir(path.parent, what=f"folder of the {what}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, _mode())  # mkstemp creates 0600; a checkpoint or log is an ordinary file
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}; the previous file, if any, "
+                          "is unchanged") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str, *, what: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text), what=what, binary=False)
+
+
+def write_json(path: str | Path, value: Any, *, what: str) -> Path:
+    return write_text(path, json.dumps(value, indent=2) + "\n", what=what)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove temporaries of atomic_write whose writer is gone (killed during a save)."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(".*.tmp"):
+        parts = p.name.split(".")  # ["", NAME..., PID, XXXX, "tmp"]; files of pixelwise 0.1 have no PID
+        pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a training writes into it.
+
+    The lock is an flock on RUN/.lock, so the system releases it when the process dies, however it
+    dies; the file records who holds it, for the message a second run gets.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        ensure_dir(self.path.parent, what="run folder")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs are not locked there
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise TrainingError(f"run folder {str(self.path.parent)!r} is in use by another training "
+                                f"({self._holder()}); wait for it to finish, or choose another output_dir "
+                                "(--output-dir)") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+        return self
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text())
+            return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+        except (OSError, ValueError, KeyError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
