@@ -40,23 +40,19 @@ def train_and_evaluate(cfg, model=None) -> tuple:
     import sys
     import time
 
-    from pixelwise.data import build_dataset
-    from pixelwise.data.transforms import build_transforms
-    from pixelwise.engine import build_model, evaluate, train
+    from pixelwise.engine import build_inference, build_run, train
     from pixelwise.engine.distributed import resolve_device
 
     state = train(cfg, model=model, progress=True)
     if state.stopped == "signal":
         sys.exit(130)
     if model is None:
-        model = build_model(cfg, pretrained=False)
-        model.load_state_dict(torch.load(Path(cfg.output_dir) / "last.pt", map_location="cpu", weights_only=False)["model"])
-    val = build_dataset(cfg.data, "val")
-    val.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(val, "ignore_index", None))
+        model = build_inference(Path(cfg.output_dir) / "last.pt", cfg=cfg).model
+    run = build_run(cfg, model=model, splits=("val",))
     device = resolve_device(cfg.train.device)
     t0 = time.monotonic()
-    metrics = evaluate(model.to(device), val, cfg, device, progress=False)
-    return state, model, metrics, (time.monotonic() - t0) / len(val)
+    metrics = run.task.evaluate(model.to(device), run.val_ds, device, progress=False)
+    return state, model, metrics, (time.monotonic() - t0) / len(run.val_ds)
 
 
 def save_record(name: str, record: dict) -> Path:

@@ -37,10 +37,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine_summary, replace_section, save_record, train_and_evaluate  # noqa: E402
 import pixelwise  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
-from pixelwise.data import ISBIInstances, build_dataset, dataset_dir, to_coco  # noqa: E402
-from pixelwise.data.transforms import build_transforms  # noqa: E402
-from pixelwise.engine.evaluator import make_predictor  # noqa: E402
-from pixelwise.engine.instances import collate_instances  # noqa: E402
+from pixelwise.data import ISBIInstances, dataset_dir, to_coco  # noqa: E402
+from pixelwise.engine.run import build_run  # noqa: E402
+from pixelwise.engine.tasks.instance import collate_instances  # noqa: E402
 from pixelwise.metrics.coco import coco_evaluate, masks_to_rle  # noqa: E402
 from pixelwise.models.mask_rcnn import convert_torchvision_maskrcnn  # noqa: E402
 
@@ -170,10 +169,10 @@ def unet_instances(model, cfg, data_root: str | None) -> list[dict]:
     """Slices 25-29 as U-Net cell regions: 4-connected components of p(cell) >= 0.5, scored by mean p(cell)."""
     from pixelwise.engine.distributed import resolve_device
 
-    ds = build_dataset(cfg.data, "val")
-    ds.transforms = build_transforms(cfg.data, train=False, ignore_index=ds.ignore_index)
+    run = build_run(cfg, model=model, splits=("val",))
+    ds = run.val_ds
     device = resolve_device(cfg.train.device)
-    predictor = make_predictor(model.to(device).eval(), cfg, device)
+    predictor = run.task.predictor(model.to(device).eval(), device)
     detections = []
     for i in range(len(ds)):
         image, _ = ds[i]

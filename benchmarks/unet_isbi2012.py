@@ -23,9 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine_summary, replace_section, save_record  # noqa: E402
 from pixelwise.config import load_config  # noqa: E402
-from pixelwise.data import build_dataset  # noqa: E402
-from pixelwise.data.transforms import build_transforms  # noqa: E402
-from pixelwise.engine import build_model, evaluate, train  # noqa: E402
+from pixelwise.engine import build_model, build_run, evaluate, train  # noqa: E402
 from pixelwise.engine.distributed import resolve_device  # noqa: E402
 
 KEYS = ("pixel_error", "membrane_iou", "adapted_rand_error", "vi")
@@ -64,8 +62,7 @@ def run(name: str, cfg, net: nn.Module) -> dict:
         sys.exit(130)
     seconds = time.monotonic() - t0
     device = resolve_device(cfg.train.device)
-    val = build_dataset(cfg.data, "val")
-    val.transforms = build_transforms(cfg.data, train=False, ignore_index=val.ignore_index)
+    val = build_run(cfg, model=net, splits=("val",)).val_ds
     t1 = time.monotonic()
     metrics = evaluate(net, val, cfg, device, progress=False)
     infer_s = (time.monotonic() - t1) / len(val)

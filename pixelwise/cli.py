@@ -12,8 +12,8 @@ import traceback
 import warnings
 from pathlib import Path
 
-from pixelwise.config import Config, ConfigError, check_ranges, from_dict, load_config, apply_override
-from pixelwise.errors import CheckpointError, OutputError, PixelwiseError
+from pixelwise.config import Config, ConfigError, load_config
+from pixelwise.errors import OutputError, PixelwiseError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = "unet_isbi2012_cpu"
@@ -29,8 +29,8 @@ examples:
   pixelwise recipes                                 the bundled recipes
   pixelwise train unet_isbi2012_cpu --data-root ../shared/data
   pixelwise train --resume runs/unet_isbi2012_cpu/last.pt
-  pixelwise eval unet_isbi2012_cpu --checkpoint runs/unet_isbi2012_cpu/best.pt
-  pixelwise predict unet_isbi2012_cpu --checkpoint runs/unet_isbi2012_cpu/best.pt IMAGES... --out DIR
+  pixelwise eval --checkpoint runs/unet_isbi2012_cpu/best.pt
+  pixelwise predict --checkpoint runs/unet_isbi2012_cpu/best.pt IMAGES... --out DIR
   pixelwise models                                  the registered networks
 
 Every command has --help. Errors you can fix are printed in one line (exit code 2); --debug shows
@@ -82,53 +82,28 @@ def _load(args) -> Config:
 def _config_of_checkpoint(path: str, overrides: list[str]) -> Config:
     """The config a checkpoint was trained with, plus overrides (for `train --resume CKPT` alone)."""
     from pixelwise.engine.checkpoint import load_checkpoint
+    from pixelwise.engine.run import config_of_checkpoint
 
-    saved = load_checkpoint(path).get("config")
-    if not isinstance(saved, dict):
-        raise ConfigError(f"checkpoint {path!r} holds no config; give the recipe as well: pixelwise train CONFIG "
-                          f"--resume {path}")
-    cfg = from_dict(saved, f"config stored in {path}")
-    for o in overrides:
-        apply_override(cfg, o)
-    check_ranges(cfg, f"config stored in {path}")
-    return cfg
+    return config_of_checkpoint(load_checkpoint(path), path, overrides)
 
 
-# What a checkpoint's weights were trained with and inference must repeat (the pretrained-weight sources
-# are replaced by the checkpoint, so they may differ).
-_MUST_MATCH = ("model.name", "model.num_classes", "model.args", "data.mean", "data.std")
+def _inference(args):
+    """Model, task and predictor of --checkpoint: with its own config, or with CONFIG's (checked against it)."""
+    from pixelwise.engine.run import build_inference
+
+    if args.config is None:
+        inference = build_inference(args.checkpoint, overrides=args.override)
+        _apply_cli(inference.cfg, args)
+        return inference
+    return build_inference(args.checkpoint, cfg=_load(args))
 
 
-def _check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
-    from pixelwise.engine.trainer import PRETRAINED_ARGS
-
-    if not isinstance(saved, dict):
-        return
-    ours = {"model.name": cfg.model.name, "model.num_classes": cfg.model.num_classes, "data.mean": cfg.data.mean,
-            "data.std": cfg.data.std,
-            "model.args": {k: v for k, v in cfg.model.args.items() if k not in PRETRAINED_ARGS}}
-    theirs = {"model.name": saved.get("model", {}).get("name"), "model.num_classes": saved.get("model", {}).get("num_classes"),
-              "data.mean": saved.get("data", {}).get("mean"), "data.std": saved.get("data", {}).get("std"),
-              "model.args": {k: v for k, v in saved.get("model", {}).get("args", {}).items() if k not in PRETRAINED_ARGS}}
-    differ = [f"{k}={ours[k]!r} (checkpoint: {theirs[k]!r})" for k in _MUST_MATCH if ours[k] != theirs[k]]
-    if differ:
-        raise CheckpointError(f"checkpoint {checkpoint!r} was trained with other settings than this config: "
-                              f"{'; '.join(differ)}. Use the recipe it was trained with (its config is in the run "
-                              "folder's config.yaml), or drop the overrides")
-
-
-def _model_and_device(cfg: Config, checkpoint: str):
-    from pixelwise.data import dataset_meta
-    from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
-    from pixelwise.engine.distributed import resolve_device
-    from pixelwise.engine.trainer import build_model
-
-    device = resolve_device(cfg.train.device)
-    ckpt = load_checkpoint(checkpoint, map_location=device)
-    _check_against_checkpoint(cfg, ckpt.get("config"), checkpoint)
-    model = build_model(cfg, dataset_meta(cfg.data), pretrained=False).to(device)
-    load_model_weights(model, ckpt, checkpoint)
-    return model.eval(), device, ckpt
+def _inputs_of(args) -> list[Path]:
+    """The protected input files: the checkpoint and the recipe file, if given."""
+    files = [Path(args.checkpoint)]
+    if args.config is not None:
+        files.append(resolve_config(args.config))
+    return files
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -169,22 +144,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pixelwise.data import build_dataset, split_spec
-    from pixelwise.data.transforms import build_transforms
-    from pixelwise.engine.evaluator import evaluate
+    from pixelwise.data import split_spec
+    from pixelwise.engine.run import build_datasets
     from pixelwise.files import ensure_dir, write_json
 
-    cfg = _load(args)
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / "metrics.json"
-    if out.resolve() in {Path(args.checkpoint).resolve(), resolve_config(args.config).resolve()}:
-        raise OutputError(f"--out {str(out)!r} is one of the inputs; choose another metrics file")
-    if out.is_dir():
-        raise OutputError(f"--out {str(out)!r} is a folder; expected the path of the metrics file to write")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_metrics_file(out, _inputs_of(args))
+    inference = _inference(args)
+    cfg = inference.cfg
+    if out is None:
+        out = Path(cfg.output_dir) / "metrics.json"
+        _check_metrics_file(out, _inputs_of(args))
     ensure_dir(out.parent, what="folder of --out")  # before the evaluation, not after it
-    model, device, _ = _model_and_device(cfg, args.checkpoint)
-    ds = build_dataset(cfg.data, args.split)
-    ds.transforms = build_transforms(cfg.data, train=False, ignore_index=getattr(ds, "ignore_index", None))
-    metrics = evaluate(model, ds, cfg, device)
+    ds = build_datasets(cfg, inference.model, splits=(args.split,))[args.split]
+    metrics = inference.task.evaluate(inference.model, ds, inference.device)
     split = split_spec(cfg.data, args.split)
     metrics = {"checkpoint": str(args.checkpoint), "split": split, "dataset": cfg.data.dataset, **metrics}
     write_json(out, metrics, what="metrics file")
@@ -195,30 +169,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    from pixelwise.data import INSTANCE_DATASETS, dataset_meta
-    from pixelwise.engine.evaluator import make_predictor
-    from pixelwise.report.predictions import expand_inputs, predict_instances_to_folder, predict_to_folder
+def _check_metrics_file(out: Path, inputs: list[Path]) -> None:
+    if out.resolve() in {p.resolve() for p in inputs}:
+        raise OutputError(f"--out {str(out)!r} is one of the inputs; choose another metrics file")
+    if out.is_dir():
+        raise OutputError(f"--out {str(out)!r} is a folder; expected the path of the metrics file to write")
 
-    cfg = _load(args)
+
+def _split_predict_arguments(args) -> None:
+    """`predict [CONFIG] --checkpoint CKPT INPUTS...`: the first positional is the CONFIG when it is a recipe
+    (a .yaml / .yml file or a bundled recipe name) rather than an image or a folder of images."""
+    first = args.inputs[0]
+    path = Path(first)
+    recipe = path.suffix in (".yaml", ".yml") or (not path.exists() and first in {p.stem for p in bundled_recipes()})
+    args.config = first if recipe else None
+    args.inputs = args.inputs[1:] if recipe else args.inputs
+    if not args.inputs:
+        raise ConfigError("pixelwise predict needs INPUTS: image files or folders after the CONFIG")
+
+
+def cmd_predict(args) -> int:
+    from pixelwise.report.predictions import expand_inputs
+
+    _split_predict_arguments(args)
     paths = expand_inputs(args.inputs)
-    model, device, ckpt = _model_and_device(cfg, args.checkpoint)
-    meta = dataset_meta(cfg.data)
-    protected = [Path(args.checkpoint), resolve_config(args.config)]
-    if cfg.data.dataset in INSTANCE_DATASETS:
-        names = ckpt.get("class_names") or meta["class_names"]
-        written = predict_instances_to_folder(model, paths, args.out, device, class_names=names,
-                                              score_threshold=cfg.infer.score_threshold, protected=protected)
-        print(f"wrote {len(written)} predictions (.json with boxes, scores and RLE masks + _instances.png + "
-              f"_overlay.png) to {args.out}; classes.json names the classes")
-        return 0
-    written = predict_to_folder(
-        make_predictor(model, cfg, device), paths, args.out, in_channels=meta["in_channels"],
-        num_classes=cfg.model.num_classes, mean=cfg.data.mean, std=cfg.data.std, palette=meta["palette"],
-        threshold=cfg.infer.threshold, save_probs=cfg.infer.save_probs, class_names=meta["class_names"],
-        note=meta.get("label_note"), protected=protected)
-    print(f"wrote {len(written)} predictions (index PNG + _overlay.png{' + _probs.npy' if cfg.infer.save_probs else ''}) "
-          f"to {args.out}; classes.json says what each pixel value means")
+    inference = _inference(args)
+    written, what = inference.task.write_predictions(inference.predictor, paths, args.out, meta=inference.meta,
+                                                     protected=_inputs_of(args))
+    print(f"wrote {len(written)} predictions ({what}) to {args.out}")
     return 0
 
 
@@ -254,10 +232,14 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pixelwise.report.demo import run_demo
+    from pixelwise.data import dataset_entry
+    from pixelwise.demo import run_demo
+    from pixelwise.metrics import ISBI_METRICS
+    from pixelwise.registry import model_task
 
     cfg = load_config(resolve_config(DEMO_CONFIG), args.override)
-    if cfg.data.dataset != "isbi2012" or cfg.model.name not in ("unet", "unet_padded"):
+    # The demo's summary explains the ISBI challenge scores of a semantic model.
+    if not set(ISBI_METRICS) <= set(dataset_entry(cfg.data.dataset).metrics) or model_task(cfg.model.name) != "semantic":
         raise ConfigError(f"pixelwise demo trains a U-Net on ISBI 2012 (data.dataset={cfg.data.dataset!r}, "
                           f"model.name={cfg.model.name!r} given); use pixelwise train for other datasets and models")
     if args.data_root:
@@ -277,9 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, config: str | None = "required"):
         if config == "required":
             sp.add_argument("config", metavar="CONFIG", help="recipe YAML file, or a bundled recipe name (pixelwise recipes)")
-        elif config == "optional":
-            sp.add_argument("config", metavar="CONFIG", nargs="?",
-                            help="recipe YAML file or bundled recipe name; with --resume it may be left out")
+        elif config is not None:
+            sp.add_argument("config", metavar="CONFIG", nargs="?", help=config)
         sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, e.g. -o train.lr=1e-3 -o model.args.base_width=32")
         sp.add_argument("--data-root", help="folder holding the datasets (else $PIXELWISE_DATA, else ~/.cache/pixelwise/data)")
@@ -297,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to output_dir (locked while the run goes on). Ctrl-C or SIGTERM saves last.pt before exiting, and so "
         "does an error; --resume continues exactly, with the config stored in the checkpoint."),
         epilog="bundled recipes: " + ", ".join(p.stem for p in bundled_recipes()))
-    common(sp, config="optional")
+    common(sp, config="recipe YAML file or bundled recipe name; with --resume it may be left out")
     sp.add_argument("--resume", metavar="CKPT", help=(
         "continue from a run's last.pt exactly where it stopped; -o may change only settings that keep the run the "
         "same (max_steps, time_limit, lr, logging, device, infer.*)"))
@@ -309,8 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Evaluate a checkpoint on the validation split: pixel accuracy, mean accuracy, mean IoU, "
         "frequency-weighted IoU (FCN section 5), per-class IoU and Dice with class names; on ISBI 2012 also the "
         "challenge's adapted Rand error, variation of information and pixel error. Mask R-CNN recipes: COCO box and "
-        "mask AP (bbox_AP, segm_AP, AP50, AP75, APs/m/l, AR). Writes JSON."))
-    common(sp)
+        "mask AP (bbox_AP, segm_AP, AP50, AP75, APs/m/l, AR). Writes JSON. The checkpoint holds the config it was "
+        "trained with, so CONFIG may be left out; given, it must agree with the checkpoint on the model and the "
+        "input normalisation."))
+    common(sp, config="recipe YAML file or bundled recipe name (default: the config stored in the checkpoint)")
     sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=ckpt_help)
     sp.add_argument("--split", default="val", metavar="SPLIT", help=(
         "train or val (the recipe's data.train_split / data.val_split), or any split of the dataset: test for "
@@ -320,16 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     trust(sp)
     sp.set_defaults(fn=cmd_eval)
 
-    sp = sub.add_parser("predict", help="segment images and write index PNGs and overlays", description=(
+    sp = sub.add_parser("predict", help="segment images and write index PNGs and overlays",
+                        usage="pixelwise predict [CONFIG] --checkpoint CKPT INPUTS... --out DIR [options]", description=(
         "Segment image files (or folders of images) with a checkpoint: writes <name>.png (class indices with a "
         "palette; classes.json says which), <name>_overlay.png and, with -o infer.save_probs=true, <name>_probs.npy. "
         "Names follow the inputs' paths relative to their common folder; no input is ever overwritten. Large images "
         "are tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations. Mask R-CNN recipes write "
         "<name>.json (every detection: label, class, score, box, COCO RLE mask), <name>_instances.png (16-bit ids of "
-        "the detections scoring at least infer.score_threshold) and <name>_overlay.png (with class names and scores)."))
-    common(sp)
+        "the detections scoring at least infer.score_threshold) and <name>_overlay.png (with class names and scores). "
+        "CONFIG may be left out: the checkpoint holds the config it was trained with."))
+    common(sp, config=None)
     sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=ckpt_help)
-    sp.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files or folders")
+    sp.add_argument("inputs", nargs="+", metavar="INPUTS", help=(
+        "an optional recipe (a .yaml file or bundled recipe name; default: the checkpoint's own config), then image "
+        "files or folders"))
     sp.add_argument("--out", required=True, metavar="DIR", help="output folder")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
     trust(sp)
@@ -367,7 +354,13 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes one run of positionals: `predict CONFIG --checkpoint CKPT INPUTS...` leaves the INPUTS over.
+    if extra and args.command == "predict" and not any(a.startswith("-") for a in extra):
+        args.inputs += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or bool(os.environ.get("PIXELWISE_DEBUG"))
     try:
         trusted = getattr(args, "trust_checkpoint", False)

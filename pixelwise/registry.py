@@ -17,14 +17,18 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 _MODELS: dict[str, Callable[..., "nn.Module"]] = {}
+_TASKS: dict[str, str] = {}  # model name -> its task's name (pixelwise.engine.tasks)
 
 
-def register_model(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
-    """Register a builder under its function name. Builders take keyword-only arguments."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., "nn.Module"] | None = None, *, task: str = "semantic"):
+    """Register a builder under its function name, for a task ("semantic" or "instance"). Builders take
+    keyword-only arguments. Use as `@register_model` or `@register_model(task="instance")`."""
+    def register(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
+        if fn.__name__ in _MODELS:
+            raise ValueError(f"model {fn.__name__!r} is registered twice")
+        _MODELS[fn.__name__], _TASKS[fn.__name__] = fn, task
+        return fn
+    return register(fn) if fn is not None else register
 
 
 def _models() -> dict[str, Callable[..., "nn.Module"]]:
@@ -60,6 +64,12 @@ def create_model(name: str, **kwargs) -> "nn.Module":
                 f"model {name!r} has no argument {key!r}{_suggest(key, valid)} Valid: {', '.join(valid)}"
             )
     return builder(**kwargs)
+
+
+def model_task(name: str) -> str:
+    """The task a registered model performs: "semantic" (per-pixel classes) or "instance" (Mask R-CNN)."""
+    _builder(name)
+    return _TASKS[name]
 
 
 def model_arguments(name: str) -> dict[str, object]:

@@ -6,9 +6,10 @@ from scipy import ndimage
 from torchvision import tv_tensors
 
 from pixelwise.data.io import read_image, read_mask
+from pixelwise.errors import ConfigError
 from pixelwise.ops.weight_map import unet_weight_map
 
-__all__ = ["ImageMaskDataset"]
+__all__ = ["ImageMaskDataset", "configure"]
 
 
 class ImageMaskDataset(torch.utils.data.Dataset):
@@ -56,3 +57,13 @@ class ImageMaskDataset(torch.utils.data.Dataset):
             image, target = self.transforms(image, target)
         return image, target
 
+
+def configure(dataset: ImageMaskDataset, data_cfg, role: str) -> ImageMaskDataset:
+    """Apply data.label_map, and data.weight_map to the train split of a two-class dataset."""
+    dataset.label_map = data_cfg.label_map
+    if data_cfg.weight_map and role == "train":
+        if dataset.num_classes != 2:
+            raise ConfigError(f"data.weight_map=true needs a two-class (background / object) dataset; "
+                              f"{data_cfg.dataset!r} has {dataset.num_classes} classes")
+        dataset.weight_map = (data_cfg.w0, data_cfg.sigma, data_cfg.class_balance)
+    return dataset

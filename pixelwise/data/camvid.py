@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 
-from pixelwise.data.base import ImageMaskDataset
+from pixelwise.data.base import ImageMaskDataset, configure
+from pixelwise.data.paths import dataset_dir
+from pixelwise.data.registry import class_meta, register_dataset
 from pixelwise.data.io import DataError
 
 __all__ = ["CamVid"]
@@ -64,3 +66,8 @@ class CamVid(ImageMaskDataset):
 
     def __repr__(self) -> str:
         return f"CamVid(root_dir={str(self.root_dir)!r}, split={self.split!r}, images={len(self)})"
+
+
+@register_dataset("camvid", task="semantic", splits=("train", "val"), meta=class_meta(CamVid), reads=("label_map",))
+def build_camvid(data_cfg, role: str, spec: str) -> CamVid:
+    return configure(CamVid(dataset_dir(data_cfg), split=spec), data_cfg, role)

@@ -25,6 +25,9 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
 from pixelwise.data.io import DataError, _open
+from pixelwise.data.paths import dataset_dir
+from pixelwise.data.registry import register_dataset
+from pixelwise.errors import ConfigError
 
 __all__ = ["CocoInstances", "decode_segmentation", "instance_fields"]
 
@@ -154,7 +157,7 @@ class CocoInstances(torch.utils.data.Dataset):
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids: dict[int, int] = {k: c["id"] for k, c in enumerate(categories, start=1)}
         self.class_names: list[str] = ["__background__"] + [c["name"] for c in categories]
-        self.num_classes = len(self.class_names)  # K + 1, as Mask R-CNN's box predictor counts them
+        self.num_classes = len(categories)  # object classes K, as the model's num_classes (labels are 1..K)
         label_of = {cid: k for k, cid in self.category_ids.items()}
 
         twice = sorted((i for i, n in Counter(img.get("id") for img in data["images"]).items() if n > 1), key=str)
@@ -312,5 +315,32 @@ class CocoInstances(torch.utils.data.Dataset):
         n = sum(len(v) for v in self._annotations.values())
         return (
             f"CocoInstances(annotation_file={str(self.annotation_file)!r}, images={len(self)}, annotations={n},"
-            f" classes={self.num_classes - 1})"
+            f" classes={self.num_classes})"
         )
+
+
+def coco_files(root: Path | None, spec: str) -> tuple[Path, Path]:
+    """(annotation JSON, image folder) of a COCO split: "NAME" is COCO 2017's annotations/instances_NAME.json
+    with images in NAME/; "FILE.json:IMAGE_FOLDER" names both (relative to the dataset folder, or absolute)."""
+    if ":" in spec:
+        ann, images = spec.split(":", 1)
+        return tuple(Path(p).expanduser() if root is None or Path(p).expanduser().is_absolute() else root / p
+                     for p in (ann, images))
+    return root / "annotations" / f"instances_{spec}.json", root / spec
+
+
+def _absolute(spec: str) -> bool:
+    return ":" in spec and all(Path(p).expanduser().is_absolute() for p in spec.split(":", 1))
+
+
+def coco_meta(data_cfg) -> dict:  # only the JSON knows the classes
+    return {"num_classes": None, "class_names": None, "palette": None, "in_channels": 3, "ignore_index": None,
+            "label_note": None}
+
+
+@register_dataset("coco", task="instance", splits=("train2017", "val2017"), meta=coco_meta, reads=("skip_invalid",))
+def build_coco(data_cfg, role: str, spec: str) -> CocoInstances:
+    if data_cfg.weight_map:
+        raise ConfigError("data.weight_map=true is for semantic models; 'coco' is an instance dataset")
+    root = None if _absolute(spec) else dataset_dir(data_cfg)
+    return CocoInstances(*coco_files(root, spec), skip_invalid=data_cfg.skip_invalid)

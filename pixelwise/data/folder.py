@@ -5,7 +5,10 @@ from pathlib import Path
 from typing import Callable
 
 
-from pixelwise.data.base import ImageMaskDataset
+from pixelwise.data.base import ImageMaskDataset, configure
+from pixelwise.data.paths import dataset_dir
+from pixelwise.data.registry import register_dataset
+from pixelwise.errors import ConfigError
 from pixelwise.data.io import DataError
 
 __all__ = ["FolderDataset", "default_palette", "IMAGE_SUFFIXES"]
@@ -93,3 +96,22 @@ class FolderDataset(ImageMaskDataset):
             f"FolderDataset(root_dir={str(self.root_dir)!r}, split={self.split!r}, images={len(self)},"
             f" num_classes={self.num_classes})"
         )
+
+
+def folder_meta(data_cfg) -> dict:
+    k = data_cfg.num_classes or 2
+    return {"num_classes": k, "class_names": [f"class{i}" for i in range(k)], "palette": default_palette(k),
+            "in_channels": len(data_cfg.mean), "ignore_index": data_cfg.ignore_index, "label_note": None}
+
+
+@register_dataset("folder", task="semantic", splits=("train", "val"), meta=folder_meta,
+                  reads=("num_classes", "ignore_index", "label_map"))
+def build_folder(data_cfg, role: str, spec: str) -> FolderDataset:
+    """num_classes and ignore_index from data_cfg, the channel count from len(data_cfg.mean)."""
+    if data_cfg.num_classes is None:
+        raise ConfigError("data.dataset='folder' needs data.num_classes (the number of classes in the masks)")
+    if len(data_cfg.mean) not in (1, 3):
+        raise ConfigError(f"data.mean={data_cfg.mean}: the folder dataset reads 1 or 3 channels; expected 1 or 3 values")
+    dataset = FolderDataset(dataset_dir(data_cfg), split=spec, num_classes=data_cfg.num_classes,
+                            ignore_index=data_cfg.ignore_index, in_channels=len(data_cfg.mean))
+    return configure(dataset, data_cfg, role)

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 
 from pixelwise.errors import DataError
 
-__all__ = ["DataError", "read_image", "read_mask"]
+__all__ = ["DataError", "as_image", "read_image", "read_mask"]
 
 _IMAGE_MODES = {1: ("L",), 3: ("RGB",)}
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -78,6 +78,49 @@ def read_image(path: str | Path, *, channels: int) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def as_image(image, *, channels: int, name: str = "the image") -> torch.Tensor:
+    """An image as users have it -> (channels, H, W) float32 in [0, 1].
+
+    Takes a path, a PIL image, a uint8 numpy array (H, W) or (H, W, C), or a float tensor (C, H, W)
+    already in [0, 1]. A grey image given to a three-channel model is repeated to RGB; anything else
+    whose channels disagree with `channels` is refused, naming `name`.
+    """
+    if isinstance(image, (str, Path)):
+        if channels == 3 and _grey_file(image):  # a grey file for a colour model (Mask R-CNN on ISBI): repeat it
+            return read_image(image, channels=1).repeat(3, 1, 1)
+        return read_image(image, channels=channels)
+    if isinstance(image, Image.Image):
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB" if channels == 3 else "L")
+        image = np.array(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise DataError(f"{name}: a numpy array of dtype {image.dtype}; expected uint8 (H, W) or (H, W, C) "
+                            "with values 0-255")
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3:
+            raise DataError(f"{name}: a numpy array of shape {image.shape}; expected (H, W) or (H, W, C)")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    if not torch.is_tensor(image) or image.dim() != 3 or not image.is_floating_point():
+        raise DataError(f"{name}: got {type(image).__name__} {tuple(getattr(image, 'shape', ()))}; expected a path, a "
+                        "PIL image, a uint8 array (H, W) or (H, W, C), or a float tensor (C, H, W) in [0, 1]")
+    image = image.as_subclass(torch.Tensor)
+    if image.shape[0] == 1 and channels == 3:
+        return image.repeat(3, 1, 1)
+    if image.shape[0] != channels:
+        raise DataError(f"{name} has {image.shape[0]} channels; the model takes {channels}")
+    return image
+
+
+def _grey_file(path) -> bool:
+    try:
+        with Image.open(path) as img:  # reads the header only
+            return img.mode in ("L", "1")
+    except (OSError, ValueError):
+        return False  # read_image names the problem
 
 
 def _grey_palette(img: Image.Image) -> bool:

@@ -15,6 +15,10 @@ from scipy import ndimage
 from torchvision import tv_tensors
 
 from pixelwise.data.io import DataError, read_image, read_mask
+from pixelwise.data.paths import dataset_dir
+from pixelwise.data.registry import class_meta, register_dataset
+from pixelwise.errors import ConfigError
+from pixelwise.metrics import ISBI_METRICS
 from pixelwise.ops.weight_map import unet_weight_map
 
 __all__ = ["ISBI2012", "parse_indices"]
@@ -69,6 +73,7 @@ class ISBI2012(torch.utils.data.Dataset):
                   "indices 0 = cell, 1 = membrane (drawn white and black by their palette). The challenge's encoding "
                   "is 255 * (png == 0).")
     in_channels = 1
+    metrics = ISBI_METRICS  # the challenge scores its evaluation adds (pixelwise.metrics.isbi)
 
     def __init__(
         self,
@@ -147,3 +152,19 @@ class ISBI2012(torch.utils.data.Dataset):
             f"ISBI2012(root_dir={str(self.root_dir)!r}, split={self.split!r}, slices={len(self)},"
             f" weight_map={self.weight_map})"
         )
+
+
+def split_key(role: str) -> str:
+    """How an error names the split setting: data.train_split / data.val_split, or the split asked for."""
+    return f"data.{role}_split" if role in ("train", "val") else f"split {role!r}"
+
+
+@register_dataset("isbi2012", task="semantic", splits=("0-24", "25-29"), meta=class_meta(ISBI2012),
+                  metrics=ISBI2012.metrics)
+def build_isbi2012(data_cfg, role: str, spec: str) -> ISBI2012:
+    try:
+        indices = parse_indices(spec)
+    except ValueError as e:
+        raise ConfigError(f"{split_key(role)}: {e}") from None
+    return ISBI2012(dataset_dir(data_cfg), indices=indices, weight_map=data_cfg.weight_map and role == "train",
+                    w0=data_cfg.w0, sigma=data_cfg.sigma, balance=data_cfg.class_balance)

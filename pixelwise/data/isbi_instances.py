@@ -15,7 +15,10 @@ from scipy import ndimage
 from torchvision import tv_tensors
 
 from pixelwise.data.io import DataError, read_image, read_mask
-from pixelwise.data.isbi2012 import ISBI2012, parse_indices
+from pixelwise.data.isbi2012 import ISBI2012, parse_indices, split_key
+from pixelwise.data.paths import dataset_dir
+from pixelwise.data.registry import class_meta, register_dataset
+from pixelwise.errors import ConfigError
 
 __all__ = ["ISBIInstances", "to_coco"]
 
@@ -37,8 +40,9 @@ class ISBIInstances(torch.utils.data.Dataset):
         min_area: leave out regions of fewer pixels (0 keeps all).
     """
 
-    num_classes = 2
+    num_classes = 1  # object classes, as the model's num_classes (labels are 1..K; 0 is background)
     class_names = ["__background__", "cell"]
+    palette = None
     category_ids = {1: 1}
 
     def __init__(
@@ -154,3 +158,19 @@ def to_coco(dataset: torch.utils.data.Dataset) -> dict:
             })
     categories = [{"id": cid, "name": dataset.class_names[k]} for k, cid in sorted(dataset.category_ids.items())]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _no_weight_map(data_cfg) -> None:
+    if data_cfg.weight_map:
+        raise ConfigError(f"data.weight_map=true is for semantic models; {data_cfg.dataset!r} is an instance dataset")
+
+
+@register_dataset("isbi_instances", task="instance", splits=("0-24", "25-29"),
+                  meta=class_meta(ISBIInstances, in_channels=3, ignore_index=None))
+def build_isbi_instances(data_cfg, role: str, spec: str) -> ISBIInstances:
+    _no_weight_map(data_cfg)
+    try:
+        indices = parse_indices(spec)
+    except ValueError as e:
+        raise ConfigError(f"{split_key(role)}: {e}") from None
+    return ISBIInstances(dataset_dir(data_cfg), indices=indices, channels=3)  # 3 channels: the backbones take RGB

@@ -6,12 +6,10 @@ from pathlib import Path
 
 from pixelwise.errors import DatasetNotFoundError
 
-__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR", "INSTANCE_DATASETS"]
+__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR"]
 
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
-# Datasets of object instances (boxes, labels, one mask per object) for Mask R-CNN; the others are semantic.
-INSTANCE_DATASETS = ("coco", "isbi_instances")
 # Folder under the data root when data.path is not set (default: the dataset's name).
 _FOLDERS = {"isbi_instances": "isbi2012"}
 

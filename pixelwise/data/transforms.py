@@ -17,7 +17,7 @@ from torchvision.transforms.v2.functional import is_pure_tensor
 
 from pixelwise.config import DataConfig
 from pixelwise.errors import ConfigError
-from pixelwise.data.paths import INSTANCE_DATASETS
+from pixelwise.data.registry import dataset_entry
 
 __all__ = [
     "ElasticDeformation",
@@ -252,7 +252,7 @@ def build_transforms(
     on each side): the image is then mirror-extended by `context` before the crop.
     """
     aug = data_cfg.augment
-    if data_cfg.dataset in INSTANCE_DATASETS:
+    if dataset_entry(data_cfg.dataset).task == "instance":
         return _instance_transforms(data_cfg, train=train)
     crop_size = crop_size or aug.crop_size
     steps: list[v2.Transform] = []

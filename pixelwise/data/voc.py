@@ -27,7 +27,9 @@ from typing import Callable
 
 
 from pixelwise.data.folder import default_palette
-from pixelwise.data.base import ImageMaskDataset
+from pixelwise.data.base import ImageMaskDataset, configure
+from pixelwise.data.paths import dataset_dir, resolve_root
+from pixelwise.data.registry import class_meta, register_dataset
 from pixelwise.data.io import DataError
 
 __all__ = ["VOCSegmentation"]
@@ -145,3 +147,13 @@ class VOCSegmentation(ImageMaskDataset):
     def __repr__(self) -> str:
         sbd = f", sbd_root={str(self.sbd_root)!r}" if self.sbd_root is not None else ""
         return f"VOCSegmentation(root_dir={str(self.root_dir)!r}, split={self.split!r}{sbd}, images={len(self)})"
+
+
+@register_dataset("voc", task="semantic", splits=("train", "val"), meta=class_meta(VOCSegmentation),
+                  reads=("label_map", "sbd_root"))
+def build_voc(data_cfg, role: str, spec: str) -> VOCSegmentation:
+    # SBD's extra labels augment training only; a relative sbd_root is under the data root, like data.path.
+    sbd_root = data_cfg.sbd_root if role == "train" else None
+    if sbd_root is not None:
+        sbd_root = resolve_root(data_cfg.root) / Path(sbd_root).expanduser()
+    return configure(VOCSegmentation(dataset_dir(data_cfg), split=spec, sbd_root=sbd_root), data_cfg, role)

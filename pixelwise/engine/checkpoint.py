@@ -8,13 +8,16 @@ A checkpoint is a dict of tensors and plain values (`weights_only=True` reads it
 from __future__ import annotations
 
 import random
+import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pixelwise.errors import CheckpointError
+from pixelwise.config import to_dict
+from pixelwise.errors import CheckpointError, PixelwiseError
 from pixelwise.files import atomic_write, torch_load
 
 FORMAT = 2  # 1: pixelwise 0.1 (numpy RNG state as an array; still read); 2: every RNG state as tensors
@@ -87,3 +90,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves a Trainer's last.pt (everything, for --resume) and best.pt (what inference needs) on rank 0,
+    never with non-finite weights, and says where a stopped run's state is."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer, self.saved_step = weakref.proxy(trainer), -1  # a proxy: no cycle with the trainer
+
+    def save(self, name: str, *, pending_validation: bool = False) -> bool:
+        """False when the weights are not finite (nothing is written)."""
+        t = self.trainer
+        state = t.state
+        if name == "last.pt":
+            if self.saved_step == state.step and not pending_validation:
+                return True
+            self.saved_step = state.step
+        if not t.info.is_main:
+            return True
+        weights = t.model.state_dict()
+        if non_finite(weights):
+            return False
+        entry = {"model": weights, "config": to_dict(t.cfg), "class_names": getattr(t.run.train_ds, "class_names", None),
+                 "step": state.step, "best_metric": state.best_metric, "best_step": state.best_step}
+        if name == "last.pt":
+            entry.update(optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+                         scaler=t.scaler.state_dict(), rng=rng_state(), elapsed=t.clock.elapsed(),
+                         validate_first=pending_validation)
+            state.last_good, state.last_good_step = t.out / name, state.step
+        save_checkpoint(entry, t.out / name)
+        return True
+
+    def save_after_error(self, pending_validation: bool = False) -> None:
+        try:
+            self.save("last.pt", pending_validation=pending_validation)
+        except PixelwiseError as e:  # a full disk, say: the error that stopped the run is the one to report
+            print(f"pixelwise train: could not save last.pt: {e}", file=sys.stderr)
+
+    def note(self) -> str:
+        """Where the run's state is after a failure (what to resume from)."""
+        state = self.trainer.state
+        if state.last_good is not None and state.last_good_step == state.step:
+            return (f"its state at step {state.step} is saved in {state.last_good} (resume with: pixelwise train "
+                    f"--resume {state.last_good})")
+        if state.last_good is not None:
+            return (f"the weights are no longer finite, so they were not saved; the last good checkpoint is "
+                    f"{state.last_good} (step {state.last_good_step})")
+        return "no checkpoint was saved" + (" (the weights are not finite)" if state.step else "")
+

@@ -46,12 +46,17 @@ class StepBatchSampler(Sampler[list[int]]):
         self.n, self.batch_size, self.seed = num_samples, batch_size, seed
         self.total_steps, self.start_step, self.rank, self.world_size = total_steps, start_step, rank, world_size
         self.global_batch = batch_size * world_size
-        if self.global_batch > num_samples:
+        self.steps_per_epoch = self.steps_per_epoch_for(num_samples, batch_size, world_size)
+
+    @staticmethod
+    def steps_per_epoch_for(num_samples: int, batch_size: int, world_size: int = 1) -> int:
+        """Global batches in one pass over the data (a partial last batch is left out)."""
+        if batch_size * world_size > num_samples:
             raise ConfigError(
                 f"the global batch ({batch_size} per process x {world_size} processes) is larger than the "
                 f"training set ({num_samples} samples); lower train.batch_size"
             )
-        self.steps_per_epoch = num_samples // self.global_batch
+        return num_samples // (batch_size * world_size)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 31 + epoch)

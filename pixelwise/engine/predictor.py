@@ -9,6 +9,7 @@ part of the output that belongs to the window.
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Iterator
 
 import torch
@@ -16,6 +17,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelwise.errors import ConfigError, InferenceError
+
+
+def autocast(device: torch.device, amp: str):
+    """The mixed-precision context of train.amp ("none", "bf16", "fp16"), for training and inference alike."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type == "cpu":
+        raise ConfigError("train.amp=fp16 needs a GPU; on the CPU use train.amp=bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -98,11 +108,17 @@ def _positions(size: int, tile: int, step: int) -> list[int]:
 
 
 class Predictor:
-    """Class probabilities for whole images, optionally tiled and test-time augmented.
+    """Class probabilities and labels for whole images, optionally tiled and test-time augmented.
 
     tile: output tile side (None = the whole image in one pass); overlap: pixels shared by
     neighbouring output tiles (their probabilities are averaged); tta: average over the 8 flips and
     90-degree rotations (inverted before averaging).
+
+    `predict_probs` takes an image normalised as in training. Called on an image as users have it
+    (a path, a PIL image, a uint8 array (H, W) or (H, W, C)), the predictor reads it with `channels`,
+    normalises it with `mean` / `std` (the training transform's own Normalize), and returns the label
+    map (H, W); `threshold` applies to class 1 of a two-class model. `Predictor.from_checkpoint`
+    sets all of these from what a checkpoint holds.
     """
 
     def __init__(
@@ -115,6 +131,11 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 4,
         amp: str = "none",
+        channels: int | None = None,
+        mean=None,
+        std=None,
+        threshold: float | None = None,
+        class_names=None,
     ) -> None:
         if tile is not None and tile <= 0:
             raise ConfigError(f"infer.tile must be a positive number of pixels or null, got {tile}")
@@ -123,19 +144,52 @@ class Predictor:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.tile, self.overlap, self.tta, self.batch_size, self.amp = tile, overlap, tta, batch_size, amp
+        self.channels, self.threshold, self.class_names = channels, threshold, class_names
+        self.normalize = None
+        if mean is not None:
+            from pixelwise.data.transforms import Normalize
 
-    def _autocast(self):
-        if self.amp == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+            self.normalize = Normalize(mean, std)
+
+    @classmethod
+    def from_checkpoint(cls, path, *, device=None, **overrides):
+        """The predictor of a pixelwise checkpoint (best.pt or last.pt), rebuilt from the config it stores.
+
+        `overrides` are infer.* settings (tile=256, tta=True, threshold=0.5, ...). Returns a Predictor
+        for a semantic model and an InstancePredictor (pixelwise.engine.tasks.instance) for Mask R-CNN;
+        both are called on images as users have them.
+        """
+        from pixelwise.engine.run import build_inference
+
+        # JSON is YAML: each value reads back as given.
+        return build_inference(path, device=device, overrides=[f"infer.{k}={json.dumps(v)}"
+                                                               for k, v in overrides.items()]).predictor
+
+    def preprocess(self, image, name: str = "the image") -> torch.Tensor:
+        """An image as users have it -> (C, H, W) normalised as in training."""
+        from pixelwise.data.io import as_image
+
+        if self.channels is None:
+            raise ConfigError("this Predictor was built without `channels`: give it normalised (C, H, W) tensors "
+                              "through predict_probs, or build it with Predictor.from_checkpoint")
+        image = as_image(image, channels=self.channels, name=name)
+        return self.normalize(image) if self.normalize is not None else image
+
+    def __call__(self, image, name: str | None = None) -> torch.Tensor:
+        """The label map (H, W) int64 of an image as users have it (see the class docstring)."""
+        name = name or (str(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else "the image")
+        return self.labels(self.predict_probs(self.preprocess(image, name), name=name))
+
+    def labels(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs (K, H, W) -> labels (H, W): the most probable class, or class 1 at or above `threshold`."""
+        return probs_to_labels(probs, self.threshold)
 
     def _probs(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """windows (N,C,h_in,w_in) -> probabilities (N,K,height,width) of the aligned output part."""
         transforms = _DIHEDRAL if self.tta else _DIHEDRAL[:1]
         total = None
         for k, flip in transforms:
-            with self._autocast():
+            with autocast(self.device, self.amp):
                 logits = self.model(_apply(windows, k, flip))
             probs = _invert(F.softmax(logits.float(), dim=1), k, flip)
             total = probs if total is None else total + probs

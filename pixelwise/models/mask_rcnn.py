@@ -421,7 +421,7 @@ def _fpn_builder(depth: int):
     builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_fpn"
     builder.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (He et al. 2017, section 3; FPN RoI heads of Fig. 4 right)."
                        + ("\n" + _DOC_ARGS))
-    return register_model(builder)
+    return register_model(builder, task="instance")
 
 
 def _c4_builder(depth: int):
@@ -439,7 +439,7 @@ def _c4_builder(depth: int):
     builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_c4"
     builder.__doc__ = (f"Mask R-CNN, ResNet-{depth}-C4: res4 backbone, res5 RoI head on 14x14 RoI features, "
                        "deconv mask head, 15 anchors (Fig. 4 left)." + ("\n" + _DOC_ARGS))
-    return register_model(builder)
+    return register_model(builder, task="instance")
 
 
 mask_rcnn_r18_fpn = _fpn_builder(18)

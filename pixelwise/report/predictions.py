@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pixelwise.data.io import DataError, read_image
-from pixelwise.engine.predictor import Predictor, probs_to_labels
+from pixelwise.data.io import DataError, as_image, read_image
 from pixelwise.errors import OutputError
 from pixelwise.files import ensure_dir, write_json, write_text
 from pixelwise.progress import progress as track
@@ -95,15 +94,6 @@ def write_classes(out: Path, class_names: Sequence[str], palette, note: str | No
     write_json(out / "classes.json", record, what="class list")
 
 
-def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    c = image.shape[0]
-    if len(mean) not in (1, c) or len(std) not in (1, c):
-        raise DataError(f"data.mean/std have {len(mean)}/{len(std)} values for an image with {c} channels")
-    m = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
-    return (image - m) / s
-
-
 def _save(what: str, path: Path, save) -> None:
     ensure_dir(path.parent, what="output folder")
     try:
@@ -113,15 +103,18 @@ def _save(what: str, path: Path, save) -> None:
 
 
 def predict_to_folder(
-    predictor: Predictor, paths: Sequence[Path], out_dir: str | Path, *, in_channels: int, num_classes: int,
-    mean: Sequence[float], std: Sequence[float], palette=None, threshold: float | None = None,
-    save_probs: bool = False, progress: bool = True, class_names: Sequence[str] | None = None,
-    note: str | None = None, protected: Sequence[Path] = (),
+    predictor, paths: Sequence[Path], out_dir: str | Path, *, palette=None, save_probs: bool = False,
+    progress: bool = True, class_names: Sequence[str] | None = None, note: str | None = None,
+    protected: Sequence[Path] = (),
 ) -> list[Path]:
-    """Writes <name>.png (class indices, paletted), <name>_overlay.png and, if asked, <name>_probs.npy."""
+    """Writes <name>.png (class indices, paletted), <name>_overlay.png and, if asked, <name>_probs.npy.
+
+    `predictor` is an engine Predictor: it normalises each image (its channels, mean and std), predicts and
+    thresholds it (`labels`)."""
     out = ensure_dir(out_dir, what="output folder --out")
     names = output_names(paths)
     check_outputs(out, names, SEMANTIC_OUTPUTS, [*paths, *protected])
+    num_classes = len(class_names) if class_names else predictor.model.num_classes
     colours = palette_for(num_classes, palette)
     write_classes(out, class_names or [f"class{k}" for k in range(num_classes)], colours, note)
     # Binary masks: draw only the positive class, in a colour that shows on grey images.
@@ -129,9 +122,9 @@ def predict_to_folder(
     overlay_colours = palette_for(num_classes) if binary else colours
     written = []
     for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
-        image = read_image(path, channels=in_channels)
-        probs = predictor.predict_probs(normalize(image, mean, std), name=str(path))
-        labels = probs_to_labels(probs, threshold).numpy().astype(np.uint8)
+        image = read_image(path, channels=predictor.channels)
+        probs = predictor.predict_probs(predictor.preprocess(image, str(path)), name=str(path))
+        labels = predictor.labels(probs).numpy().astype(np.uint8)
         _save("prediction", out / f"{name}.png", lambda p: save_index_png(labels, colours, p))
         picture = Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None))
         _save("overlay", out / f"{name}_overlay.png", picture.save)
@@ -139,17 +132,6 @@ def predict_to_folder(
             _save("probabilities", out / f"{name}_probs.npy", lambda p: np.save(p, probs.numpy().astype(np.float16)))
         written.append(out / f"{name}.png")
     return written
-
-
-def read_rgb(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]; grayscale files are repeated to three channels."""
-    try:
-        with Image.open(path) as img:
-            gray = img.mode in ("L", "1", "I;16", "I")
-    except OSError:
-        gray = False  # read_image names the problem
-    image = read_image(path, channels=1 if gray else 3)
-    return image.repeat(3, 1, 1) if gray else image
 
 
 def instance_map(masks: torch.Tensor, scores: torch.Tensor, score_threshold: float) -> np.ndarray:
@@ -178,29 +160,26 @@ def draw_instances(image: torch.Tensor, ids: np.ndarray, boxes: torch.Tensor, ca
 
 
 def predict_instances_to_folder(
-    model: torch.nn.Module, paths: Sequence[Path], out_dir: str | Path, device: torch.device, *,
-    class_names: Sequence[str] | None = None, score_threshold: float = 0.5, progress: bool = True,
-    protected: Sequence[Path] = (),
+    predictor, paths: Sequence[Path], out_dir: str | Path, *, progress: bool = True, protected: Sequence[Path] = (),
 ) -> list[Path]:
     """Mask R-CNN on each image; writes <name>.json (every detection: label, class name, score, box x1 y1 x2 y2
     in pixels, COCO RLE mask), <name>_instances.png (16-bit instance ids of the detections scoring at least
     score_threshold, 1 = best) and <name>_overlay.png (those instances coloured, with boxes, class names and
-    scores)."""
-    from pixelwise.engine.instances import detect
+    scores). `predictor` is an InstancePredictor (its class names and score threshold apply)."""
     from pixelwise.metrics.coco import masks_to_rle
 
     out = ensure_dir(out_dir, what="output folder --out")
     names = output_names(paths)
     check_outputs(out, names, INSTANCE_OUTPUTS, [*paths, *protected])
-    labels = list(class_names) if class_names else None
+    labels, score_threshold = list(predictor.class_names or []) or None, predictor.score_threshold
     write_text(out / "classes.json", json.dumps({
         "pixel_values": "<name>_instances.png: 0 = background, i = the i-th detection of <name>.json (by score)",
         "classes": [{"label": k, "name": n} for k, n in enumerate(labels or [])]}, indent=2), what="class list")
     written = []
     for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
-        image = read_rgb(path)
-        d = detect(model, [image], device)[0]
-        class_of = [labels[k] if labels and k < len(labels) else f"class{k}" for k in d["labels"].tolist()]
+        image = as_image(path, channels=3, name=str(path))
+        d = predictor(image)
+        class_of = d["class_names"]
         instances = [{"label": int(k), "class_name": n, "score": float(s), "box": [float(v) for v in b],
                       "segmentation": rle}
                      for k, n, s, b, rle in zip(d["labels"], class_of, d["scores"], d["boxes"].tolist(),

@@ -58,7 +58,7 @@ def one_image_json(coco_json: dict, annotations: list[dict]) -> dict:
 
 
 def test_tiny_coco_counts_types_and_remapping(tiny, coco_json):
-    assert len(tiny) == 16 and tiny.num_classes == 81 and len(tiny.class_names) == 81
+    assert len(tiny) == 16 and tiny.num_classes == 80 and len(tiny.class_names) == 81
     assert tiny.class_names[0] == "__background__" and tiny.class_names[1] == "person"
     assert tiny.class_names[80] == "toothbrush" and tiny.category_ids[80] == 90 and tiny.category_ids[12] == 13
     assert sorted(tiny.category_ids.values()) == sorted(c["id"] for c in coco_json["categories"])
@@ -142,7 +142,7 @@ def test_voc_example_coco_format():
     ds = CocoInstances(root / "annotations.json", root)
     assert len(ds) == 3 and ds.names == ["2011_000003", "2011_000025", "2011_000006"]
     # labelme writes a "_background_" category with id 0: it is an ordinary category here, label 1.
-    assert ds.num_classes == 22 and ds.category_ids[1] == 0 and ds.class_names[16] == "person"
+    assert ds.num_classes == 21 and ds.category_ids[1] == 0 and ds.class_names[16] == "person"
     counts, labels = [], []
     for i in range(len(ds)):
         image, target = ds[i]

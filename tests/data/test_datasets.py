@@ -167,7 +167,7 @@ def test_folder_dataset_errors(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match=r"'kitti'.*isbi2012, camvid, folder"):
+    with pytest.raises(ValueError, match=r"'kitti'.*camvid, coco, folder, isbi2012"):
         build_dataset(DataConfig(dataset="kitti"), "train")
 
 

@@ -8,7 +8,8 @@ from PIL import Image
 from pixelwise.config import ConfigError, load_config
 from pixelwise.data import CocoInstances, DataError, FolderDataset, build_dataset
 from pixelwise.data.folder import default_palette
-from pixelwise.engine.trainer import check_training_labels, train
+from pixelwise.engine.tasks.semantic import check_training_labels
+from pixelwise.engine.trainer import train
 
 
 def _binary_folder(root, n=4, size=40, foreground=255):

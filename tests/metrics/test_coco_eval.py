@@ -104,7 +104,7 @@ def test_no_detections_score_zero(tiny, backend):
 
 def test_backends_agree_on_noisy_detections(tiny, tmp_path):
     gt, ds, targets = tiny
-    dets = noisy(targets, ds.num_classes)
+    dets = noisy(targets, ds.num_classes + 1)
     fast = coco_evaluate(gt, dets, ds.category_ids, backend="faster_coco_eval")
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
@@ -121,7 +121,7 @@ def test_matches_plain_pycocotools_pipeline(tiny):
     from pycocotools.cocoeval import COCOeval
 
     gt, ds, targets = tiny
-    dets = noisy(targets, ds.num_classes, seed=1)
+    dets = noisy(targets, ds.num_classes + 1, seed=1)
     ours = coco_evaluate(gt, dets, ds.category_ids, backend="pycocotools")
     results = detections_to_results(gt, dets, ds.category_ids)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -374,3 +374,11 @@ def test_frozen_batchnorm_model_loads_the_same_weights(torchvision_pair):
 def test_converter_rejects_other_state_dicts():
     with pytest.raises(WeightsError, match="not a torchvision Mask R-CNN"):
         mask_rcnn.convert_torchvision_maskrcnn(torchvision.models.resnet18().state_dict())
+
+
+def test_box_detections_with_no_proposals_is_empty_not_an_error():
+    # An untrained RPN can propose nothing for an image; inference must then return no detections.
+    from pixelwise.models.heads.roi_heads import box_detections
+
+    out = box_detections(torch.zeros(0, 3), torch.zeros(0, 12), [torch.zeros(0, 4)], [(64, 64)])
+    assert [tuple(t.shape) for t in out[0]] == [(0, 4), (0,), (0,)]

@@ -255,7 +255,8 @@ def box_detections(
     per class, the best detections_per_img kept. Same as torchvision's `postprocess_detections`.
     """
     num_classes = class_logits.shape[-1]
-    boxes = decode(box_deltas, torch.cat(list(proposals)), BOX_HEAD_WEIGHTS).reshape(len(box_deltas), -1, 4)
+    boxes = decode(box_deltas, torch.cat(list(proposals)), BOX_HEAD_WEIGHTS)
+    boxes = boxes.reshape(len(box_deltas), box_deltas.shape[-1] // 4, 4)  # explicit: there may be no proposals
     scores = F.softmax(class_logits, -1)
     counts = [len(p) for p in proposals]
     results = []

@@ -31,12 +31,13 @@ class Poison:
     def __init__(self, model, step):
         self.model, self.step = model, step
 
-    def after_step(self, state, logs):
+    def after_step(self, trainer, logs):
+        state = trainer.state
         if state.step == self.step:
             with torch.no_grad():
                 next(self.model.parameters()).view(-1)[0] = float("nan")
 
-    def after_validation(self, state, metrics):
+    def after_validation(self, trainer, metrics):
         pass
 
 
@@ -140,10 +141,10 @@ class Tick:
     def __init__(self, clock):
         self.clock = clock
 
-    def after_step(self, state, logs):
+    def after_step(self, trainer, logs):
         self.clock.now += 100.0
 
-    def after_validation(self, state, metrics):
+    def after_validation(self, trainer, metrics):
         pass
 
 

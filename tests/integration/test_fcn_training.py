@@ -6,7 +6,9 @@ import torch
 
 from pixelwise.config import load_config
 from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.trainer import build_model, init_weights, resolve_class_weights, train
+from pixelwise.engine.run import build_model, init_weights
+from pixelwise.engine.tasks.semantic import resolve_class_weights
+from pixelwise.engine.trainer import train
 from pixelwise.models.weights import WeightsError
 
 
@@ -21,7 +23,7 @@ def camvid_config(tmp_path, camvid_dir, name, *extra):
 def test_staged_training_starts_from_the_coarser_net(tmp_path, camvid_dir, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     # Validation on all 101 val images is the slow part of a run; these runs skip it.
-    monkeypatch.setattr("pixelwise.engine.trainer.evaluate", lambda *a, **k: {"miou": 0.0})
+    monkeypatch.setattr("pixelwise.engine.tasks.semantic.SemanticTask.evaluate", lambda *a, **k: {"miou": 0.0})
     cfg32 = camvid_config(tmp_path, camvid_dir, "fcn32s", "train.loss_sampling_p=0.5")
     train(cfg32, progress=False)
     ckpt = str(tmp_path / "fcn32s" / "last.pt")
@@ -29,14 +31,14 @@ def test_staged_training_starts_from_the_coarser_net(tmp_path, camvid_dir, monke
     fcn32.load_state_dict(load_checkpoint(ckpt)["model"])
     cfg16 = camvid_config(tmp_path, camvid_dir, "fcn16s", f"model.init_from={ckpt}", "train.lr=1e-5")
     fcn16 = build_model(cfg16).eval()
-    init_weights(fcn16, ckpt)
+    init_weights(cfg16, fcn16, ckpt)
     x = torch.randn(1, 3, 72, 96)
     with torch.no_grad():
         torch.testing.assert_close(fcn16(x), fcn32(x), rtol=0, atol=1e-5)  # section 4.2
     state = train(cfg16, progress=False)  # the config path: model.init_from is loaded by train()
     assert state.step == 2
     with pytest.raises(WeightsError, match="not a coarser FCN"):  # FCN-16s weights into FCN-32s
-        init_weights(build_model(cfg32), str(tmp_path / "fcn16s" / "last.pt"))
+        init_weights(cfg32, build_model(cfg32), str(tmp_path / "fcn16s" / "last.pt"))
 
 
 def test_median_frequency_class_weights_from_config(tmp_path, camvid_dir):
@@ -51,7 +53,7 @@ def test_median_frequency_class_weights_from_config(tmp_path, camvid_dir):
 
 def test_auxiliary_head_loss(tmp_path, camvid_dir, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    monkeypatch.setattr("pixelwise.engine.trainer.evaluate", lambda *a, **k: {"miou": 0.0})
+    monkeypatch.setattr("pixelwise.engine.tasks.semantic.SemanticTask.evaluate", lambda *a, **k: {"miou": 0.0})
     cfg = camvid_config(tmp_path, camvid_dir, "fcn_resnet50", "model.args={aux_loss: true}", "train.max_steps=1",
                         "train.class_weights=null")
     state = train(cfg, progress=False)

@@ -5,12 +5,8 @@ import time
 from pathlib import Path
 
 from pixelwise.config import Config
-from pixelwise.data import build_dataset, dataset_meta
-from pixelwise.data.transforms import build_transforms
-from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
-from pixelwise.engine.distributed import resolve_device
-from pixelwise.engine.evaluator import evaluate, make_predictor
-from pixelwise.engine.trainer import build_model, train
+from pixelwise.engine.run import build_datasets, build_inference
+from pixelwise.engine.trainer import train
 from pixelwise.files import write_json
 from pixelwise.report.predictions import predict_to_folder
 from pixelwise.report.visualize import plot_curves
@@ -22,18 +18,13 @@ def run_demo(cfg: Config) -> dict:
     print(f"pixelwise demo: U-Net ({cfg.model.name}, {cfg.model.args}) on ISBI 2012 slices {cfg.data.train_split}, "
           f"validating on {cfg.data.val_split}; run folder {out}")
     state = train(cfg)
-    device = resolve_device(cfg.train.device)
-    val_ds = build_dataset(cfg.data, "val")
-    val_ds.transforms = build_transforms(cfg.data, train=False, ignore_index=val_ds.ignore_index)
-    meta = dataset_meta(cfg.data)
-    model = build_model(cfg, meta, pretrained=False).to(device)
     best = out / "best.pt"
-    load_model_weights(model, load_checkpoint(best, map_location=device), str(best))
-    metrics = evaluate(model, val_ds, cfg, device)
+    inference = build_inference(best, cfg=cfg)
+    val_ds = build_datasets(cfg, inference.model, splits=("val",))["val"]
+    metrics = inference.task.evaluate(inference.model, val_ds, inference.device)
     write_json(out / "metrics.json", {"checkpoint": str(best), "split": cfg.data.val_split, **metrics}, what="metrics file")
-    predict_to_folder(make_predictor(model, cfg, device), val_ds.image_paths, out / "predictions",
-                      in_channels=meta["in_channels"], num_classes=cfg.model.num_classes, mean=cfg.data.mean,
-                      std=cfg.data.std, palette=meta["palette"], threshold=cfg.infer.threshold,
+    meta = inference.meta
+    predict_to_folder(inference.predictor, val_ds.image_paths, out / "predictions", palette=meta["palette"],
                       class_names=meta["class_names"], note=meta["label_note"])
     plot_curves(out / "log.csv", out / "curves.png")
     minutes = (time.monotonic() - t0) / 60

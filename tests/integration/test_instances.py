@@ -13,7 +13,7 @@ from pixelwise.config import load_config
 from pixelwise.data import build_dataset
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine import train
-from pixelwise.engine.instances import collate_instances, evaluate_instances
+from pixelwise.engine.tasks.instance import collate_instances, evaluate_instances
 from pixelwise.engine.trainer import TrainingError
 from pixelwise.report.predictions import draw_instances, instance_map
 from conftest import _data_root, require_dataset
@@ -181,7 +181,7 @@ def test_instance_datasets_in_build_dataset(tmp_path):
     require_dataset("tiny-coco")
     cfg = _cfg("mask_rcnn_r50_fpn_coco", tmp_path, *[o for o in TINY_COCO if o != "-o"], "data.limit=3")
     ds = build_dataset(cfg.data, "train")
-    assert len(ds) == 3 and ds.image_ids == [391895, 522418, 184613] and ds.num_classes == 81
+    assert len(ds) == 3 and ds.image_ids == [391895, 522418, 184613] and ds.num_classes == 80
     images, targets = collate_instances([ds[0], ds[1]])
     assert isinstance(images, list) and images[0].shape == (3, 360, 640) and type(images[0]) is torch.Tensor
     assert [len(t["labels"]) for t in targets] == [4, 4] and targets[0]["image_id"] == 391895

@@ -13,7 +13,8 @@ import torch
 from pixelwise.config import load_config
 from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.engine.data import StepBatchSampler
-from pixelwise.engine.trainer import TrainingError, lr_factor, train
+from pixelwise.engine.run import lr_factor
+from pixelwise.engine.trainer import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,11 +39,12 @@ class StopAt:
     def __init__(self, step):
         self.step = step
 
-    def after_step(self, state, logs):
+    def after_step(self, trainer, logs):
+        state = trainer.state
         if state.step == self.step:
             state.stop_requested = True
 
-    def after_validation(self, state, metrics):
+    def after_validation(self, trainer, metrics):
         pass
 
 
@@ -171,13 +173,14 @@ def test_distributed_two_processes_match_one_process(tmp_path, data_root):
 
 def test_valid_unet_trains_on_input_sized_crops_with_context(tmp_path, data_root):
     from pixelwise import create_model
-    from pixelwise.engine.trainer import build_datasets, center_crop_like, training_crop
+    from pixelwise.engine.run import build_datasets, training_crop
+    from pixelwise.engine.tasks.semantic import center_crop_like
 
     model = create_model("unet", base_width=4, depth=2)
     crop, margin = training_crop(model, 48)
     out = model.output_size(crop)
     assert out >= 48 and crop - out == 2 * margin and margin > 0
-    train_ds, _ = build_datasets(tiny_config(tmp_path, data_root, "data.augment.elastic=false"), model)
+    train_ds = build_datasets(tiny_config(tmp_path, data_root, "data.augment.elastic=false"), model)["train"]
     image, target = train_ds[0]
     assert image.shape[-2:] == (crop, crop) and target["mask"].shape == (crop, crop)
     logits = model(image[None])
@@ -204,7 +207,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path, data_root):
 
 
 def test_bias_learning_rate_multiplier(tmp_path, data_root):
-    from pixelwise.engine.trainer import build_model, build_optimizer
+    from pixelwise.engine.run import build_model, build_optimizer
 
     cfg = tiny_config(tmp_path, data_root, "train.bias_lr_mult=2", "train.lr=0.01")
     model = build_model(cfg)

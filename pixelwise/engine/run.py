@@ -1,0 +1,229 @@
+"""The run builder: the only code that turns a Config into objects.
+
+`build_run(cfg)` gives the model, its task, the datasets with their transforms and the device;
+`build_optimizer` and `build_scheduler` the optimisation; `build_inference(checkpoint)` a model and
+predictor rebuilt from a checkpoint alone. `pixelwise train`, `eval`, `predict`, `demo` and the
+benchmark scripts all build through here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from pixelwise.config import Config, apply_override, check_ranges, from_dict
+from pixelwise.data import build_dataset, dataset_meta
+from pixelwise.data.transforms import build_transforms
+from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
+from pixelwise.engine.distributed import resolve_device
+from pixelwise.engine.predictor import geometry
+from pixelwise.engine.tasks import Task, build_task
+from pixelwise.errors import CheckpointError, ConfigError, TrainingError
+from pixelwise.models.weights import load_state_dict
+from pixelwise.registry import create_model
+
+# Model arguments naming pretrained weights; a model whose weights all come from a checkpoint leaves them out.
+PRETRAINED_ARGS = ("weights", "backbone_weights")
+
+
+@dataclass
+class Run:
+    cfg: Config
+    task: Task
+    model: nn.Module
+    meta: dict
+    datasets: dict[str, Any] = field(default_factory=dict)  # split -> dataset, transforms set
+
+    @property
+    def train_ds(self):
+        return self.datasets["train"]
+
+    @property
+    def val_ds(self):
+        return self.datasets["val"]
+
+
+def build_run(cfg: Config, *, model: nn.Module | None = None, datasets: dict | None = None, pretrained: bool = True,
+              splits: tuple[str, ...] = ("train", "val")) -> Run:
+    """Model, task and datasets as cfg describes them.
+
+    `model` replaces the one cfg.model describes (a model from elsewhere, e.g. a peer library);
+    `datasets` ({split: dataset}) replaces reading cfg.data (in-memory data: their transforms are
+    kept as given). pretrained=False leaves out the pretrained weights a checkpoint replaces next.
+    """
+    meta = dataset_meta(cfg.data)  # checks data.dataset
+    task = build_task(cfg, model)
+    task.check_config(meta)
+    if model is None:
+        model = build_model(cfg, meta, pretrained=pretrained)
+        if cfg.model.init_from and pretrained:
+            init_weights(cfg, model, cfg.model.init_from, task)
+    if datasets is None:
+        datasets = build_datasets(cfg, model, splits)
+    return Run(cfg, task, model, meta, dict(datasets))
+
+
+def init_weights(cfg: Config, model: nn.Module, path: str, task: Task | None = None) -> None:
+    """Load model.init_from: a coarser FCN's weights for staged training, else a whole-model state dict."""
+    task = task or build_task(cfg, model)
+    task.init_weights(model, load_state_dict(path, what="model.init_from"), f"model.init_from {path!r}")
+
+
+def build_model(cfg: Config, meta: dict | None = None, *, pretrained: bool = True) -> nn.Module:
+    """The model cfg.model describes; `meta` (from data.dataset_meta) checks the number of classes.
+
+    pretrained=False leaves out model.args.weights and backbone_weights, for a model whose weights
+    all come from a checkpoint next: nothing is downloaded or read only to be overwritten.
+    """
+    num_classes = cfg.model.num_classes
+    if meta is not None and meta["num_classes"] is not None and num_classes != meta["num_classes"]:
+        raise TrainingError(
+            f"model.num_classes={num_classes} but dataset {cfg.data.dataset!r} has {meta['num_classes']} classes "
+            f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
+        )
+    args = {k: v for k, v in cfg.model.args.items() if pretrained or k not in PRETRAINED_ARGS}
+    return create_model(cfg.model.name, num_classes=num_classes, **args)
+
+
+def build_datasets(cfg: Config, model: nn.Module | None = None, splits: tuple[str, ...] = ("train", "val")) -> dict:
+    """{split: dataset} with its transforms: augmentation for "train", none for the others.
+
+    With data.augment.crop_size and a model whose output is smaller than its input, training crops
+    are the model's input size, cut from the mirror-extended image, so that the output covers
+    crop_size target pixels with real context around them (U-Net section 2).
+    """
+    out = {}
+    for split in splits:
+        ds = build_dataset(cfg.data, split)
+        crop, context = training_crop(model, cfg.data.augment.crop_size) if split == "train" else (None, 0)
+        ds.transforms = build_transforms(cfg.data, train=split == "train",
+                                         ignore_index=getattr(ds, "ignore_index", None), crop_size=crop, context=context)
+        out[split] = ds
+    return out
+
+
+def training_crop(model: nn.Module | None, crop_size: int | None) -> tuple[int | None, int]:
+    """(input crop side, context margin) for an output crop of `crop_size` pixels."""
+    if crop_size is None or model is None:
+        return crop_size, 0
+    return geometry(model, crop_size)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params: list = [p for _, p in named]
+    if t.bias_lr_mult != 1.0:  # FCN section 4.3: "doubled learning rate for biases"
+        biases = [p for n, p in named if n.endswith(".bias")]
+        others = [p for n, p in named if not n.endswith(".bias")]
+        params = [{"params": others}, {"params": biases, "lr": t.lr * t.bias_lr_mult}]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def lr_factor(cfg: Config, step: int, total_steps: int, steps_per_epoch: int, time_fraction: float = 0.0) -> float:
+    """Multiplier of train.lr at `step`: linear warmup, then the schedule.
+
+    `time_fraction` is the share of train.time_limit used so far: a poly schedule decays over
+    whichever budget, steps or time, runs out first.
+    """
+    t = cfg.train
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "step":
+        return t.gamma ** (step // t.step_size)
+    if t.schedule == "poly":
+        return max(0.0, 1 - max(step / max(1, total_steps), time_fraction)) ** t.power
+    if t.schedule == "exponential":  # decay per epoch, as in FC-DenseNet section 4
+        return t.gamma ** (step // steps_per_epoch)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int, steps_per_epoch: int,
+                    time_fraction: Callable[[], float]) -> torch.optim.lr_scheduler.LambdaLR:
+    """train.schedule as a LambdaLR; `time_fraction()` is the share of train.time_limit used so far."""
+    def factor(step: int) -> float:
+        return lr_factor(cfg, step, total_steps, steps_per_epoch, time_fraction())
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
+    return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * steps_per_epoch
+
+
+@dataclass
+class Inference:
+    cfg: Config
+    task: Task
+    model: nn.Module
+    meta: dict
+    device: torch.device
+    checkpoint: dict
+    predictor: Any
+
+
+def config_of_checkpoint(ckpt: dict, source: str, overrides: list[str] = ()) -> Config:
+    """The resolved config a checkpoint stores, with `overrides` applied."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"checkpoint {source!r} holds no config; give the recipe it was trained with as well")
+    cfg = from_dict(saved, f"config stored in {source}")
+    for o in overrides:
+        apply_override(cfg, o)
+    check_ranges(cfg, f"config stored in {source}")
+    return cfg
+
+
+def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overrides: list[str] = (),
+                    tta: bool | None = None) -> Inference:
+    """Model (weights loaded, eval mode), task and predictor of a checkpoint; the config is the checkpoint's own
+    unless `cfg` is given, which must then agree with it on the model and the normalisation."""
+    source = str(checkpoint)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    if cfg is None:
+        cfg = config_of_checkpoint(ckpt, source, list(overrides))
+    else:
+        check_against_checkpoint(cfg, ckpt.get("config"), source)
+    device = resolve_device(cfg.train.device if device is None else str(device))
+    run = build_run(cfg, pretrained=False, splits=())
+    load_model_weights(run.model, ckpt, source)
+    model = run.model.to(device).eval()
+    names = ckpt.get("class_names") or run.meta["class_names"]
+    predictor = run.task.predictor(model, device, tta=tta, class_names=names)
+    return Inference(cfg, run.task, model, run.meta, device, ckpt, predictor)
+
+
+# What a checkpoint's weights were trained with and inference must repeat (the pretrained-weight sources
+# are replaced by the checkpoint, so they may differ).
+_MUST_MATCH = ("model.name", "model.num_classes", "model.args", "data.mean", "data.std")
+
+
+def _inference_settings(values: dict) -> dict:
+    model, data = values.get("model") or {}, values.get("data") or {}
+    return {"model.name": model.get("name"), "model.num_classes": model.get("num_classes"),
+            "model.args": {k: v for k, v in (model.get("args") or {}).items() if k not in PRETRAINED_ARGS},
+            "data.mean": data.get("mean"), "data.std": data.get("std")}
+
+
+def check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
+    from pixelwise.config import to_dict
+
+    if not isinstance(saved, dict):
+        return
+    ours, theirs = _inference_settings(to_dict(cfg)), _inference_settings(saved)
+    differ = [f"{k}={ours[k]!r} (checkpoint: {theirs[k]!r})" for k in _MUST_MATCH if ours[k] != theirs[k]]
+    if differ:
+        raise CheckpointError(f"checkpoint {checkpoint!r} was trained with other settings than this config: "
+                              f"{'; '.join(differ)}. Leave out the CONFIG (the checkpoint holds its own), use the "
+                              "recipe it was trained with, or drop the overrides")
+
+
+__all__ = ["Inference", "PRETRAINED_ARGS", "Run", "build_datasets", "build_inference", "build_model",
+           "build_optimizer", "build_run", "init_weights", "build_scheduler", "check_against_checkpoint", "config_of_checkpoint",
+           "lr_factor", "total_steps_for", "training_crop"]

@@ -1,0 +1,108 @@
+"""Tasks: what differs between model families, so that the run builder, the loop and inference do not branch.
+
+A task owns how a batch is collated and moved to the device, `loss(model, batch) -> {name: scalar}`
+(the loop sums the dict), evaluation and the metrics it reports with their directions, the
+predictor that applies a model to images as users have them, and how predictions are written.
+The task of a run is chosen once, from the model: its registry entry (`register_model(task=...)`)
+or, for a model from elsewhere, its `pixelwise_task` attribute. Adding a family means adding one
+task module here and registering it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from pixelwise.data import dataset_entry
+from pixelwise.errors import TrainingError
+from pixelwise.metrics import LOWER_IS_BETTER, better
+
+__all__ = ["Task", "TASKS", "build_task", "register_task", "task_name"]
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def register_task(cls: type["Task"]) -> type["Task"]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+class Task:
+    """The interface every family implements (see the module docstring)."""
+
+    name = ""
+    metrics: tuple[str, ...] = ()  # reported by `evaluate` on every dataset of the task
+    lower_is_better = LOWER_IS_BETTER  # the other metrics are higher-is-better
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def metric_names(self, dataset: str) -> tuple[str, ...]:
+        """The scalar metrics `evaluate` reports on the named dataset (what train.best_metric may name)."""
+        return self.metrics + dataset_entry(dataset).metrics
+
+    def better(self, metric: str, value: float, best: float | None) -> bool:
+        return better(metric, value, best)
+
+    def check_config(self, meta: dict) -> None:
+        """Refuse settings that cannot fit the dataset (`meta`: data.dataset_meta), before the model is built."""
+
+    def init_weights(self, model: nn.Module, state: dict, source: str) -> None:
+        """Start from a whole-model state dict (model.init_from), every tensor fitting."""
+        from pixelwise.models.weights import fit_state_dict
+
+        fit_state_dict(model, state, what=source)
+
+    def check(self, model: nn.Module, train_ds) -> None:
+        """Refuse a model / dataset / settings combination that cannot train."""
+
+    def prepare(self, train_ds, device: torch.device, progress: bool) -> None:
+        """Read what the loss needs from the training set (class weights, ...), once before training."""
+
+    def collate(self, batch: list) -> Any:
+        raise NotImplementedError
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
+                 tta: bool | None = None) -> dict:
+        raise NotImplementedError
+
+    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None):
+        raise NotImplementedError
+
+    def write_predictions(self, predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
+        """Write the predictions of `paths` into `out`; returns (files written, what was written, in words)."""
+        raise NotImplementedError
+
+
+def task_name(cfg, model: nn.Module | None = None) -> str:
+    from pixelwise.registry import model_task
+
+    return getattr(model, "pixelwise_task", None) or model_task(cfg.model.name)
+
+
+def build_task(cfg, model: nn.Module | None = None) -> Task:
+    """The task of `model` (else of the registered cfg.model.name), checked against cfg.data.dataset's."""
+    from pixelwise.engine.tasks import instance, semantic  # noqa: F401  (register the tasks)
+
+    name, data_task = task_name(cfg, model), dataset_entry(cfg.data.dataset).task
+    if name != data_task:
+        instances = [d for d in _datasets() if dataset_entry(d).task == "instance"]
+        if name == "instance":
+            raise TrainingError(f"model.name={cfg.model.name!r} detects object instances; data.dataset="
+                                f"{cfg.data.dataset!r} is semantic. Use one of {', '.join(instances)}")
+        raise TrainingError(f"data.dataset={cfg.data.dataset!r} holds object instances; model.name={cfg.model.name!r} "
+                            "is a semantic model. Use a Mask R-CNN model (see `pixelwise models`)")
+    return TASKS[name](cfg)
+
+
+def _datasets() -> list[str]:
+    from pixelwise.data import list_datasets
+
+    return list_datasets()

@@ -1,0 +1,142 @@
+"""Instance segmentation (Mask R-CNN): batches as lists, the model's loss dict, COCO box and mask AP.
+
+Such a model takes a list of (3, H, W) images in [0, 1] and a list of target dicts, and returns
+{"losses": {name: scalar}, "detections": [per-image dict]} (see pixelwise.models.mask_rcnn). It
+normalises its input itself (ImageNet mean and std, inside the model), so images go in as read.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from pixelwise.data.isbi_instances import to_coco
+from pixelwise.engine.tasks import Task, register_task
+from pixelwise.errors import TrainingError
+from pixelwise.metrics import COCO_METRICS
+from pixelwise.metrics.coco import coco_evaluate, masks_to_rle
+from pixelwise.progress import progress as track
+from pixelwise.report.predictions import predict_instances_to_folder
+
+__all__ = ["InstancePredictor", "InstanceTask", "collate_instances", "evaluate_instances", "detect",
+           "instances_to_device", "max_detections"]
+
+
+@register_task
+class InstanceTask(Task):
+    name = "instance"
+    metrics = COCO_METRICS
+
+    def check(self, model: nn.Module, train_ds) -> None:
+        """One class per object category, and none of the semantic loss options."""
+        k, cfg = model.num_classes, self.cfg
+        if k != train_ds.num_classes:
+            raise TrainingError(f"model.num_classes={k} but dataset {cfg.data.dataset!r} has {train_ds.num_classes} "
+                                f"object classes (background excluded); set model.num_classes={train_ds.num_classes}")
+        t = cfg.train
+        for key, value, default in (("class_weights", t.class_weights, None), ("loss_sampling_p", t.loss_sampling_p, None),
+                                    ("loss_reduction", t.loss_reduction, "mean")):
+            if value != default:
+                raise TrainingError(f"train.{key}={value!r} applies to semantic models; Mask R-CNN's losses are the paper's")
+
+    def collate(self, batch: list):
+        return collate_instances(batch)
+
+    def to_device(self, batch, device: torch.device):
+        return instances_to_device(*batch, device, non_blocking=True)
+
+    def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        """The RPN and RoI head losses (section 3: L = Lcls + Lbox + Lmask, plus the RPN's two terms)."""
+        images, targets = batch
+        return model(images, targets, detect=False)["losses"]
+
+    def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
+                 tta: bool | None = None) -> dict:
+        return evaluate_instances(model, dataset, device, batch_size=self.cfg.infer.batch_size, progress=progress)
+
+    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None,
+                  class_names=None) -> "InstancePredictor":
+        return InstancePredictor(model, device, class_names=class_names, score_threshold=self.cfg.infer.score_threshold)
+
+    def write_predictions(self, predictor: "InstancePredictor", paths, out, *, meta: dict, protected=()):
+        written = predict_instances_to_folder(predictor, paths, out, protected=protected)
+        return written, (".json with boxes, scores and RLE masks + _instances.png + _overlay.png; classes.json names "
+                         "the classes")
+
+
+class InstancePredictor:
+    """Detections of a Mask R-CNN for images as users have them (a path, a PIL image, a uint8 array (H, W)
+    or (H, W, C), or a float tensor (3, H, W) in [0, 1]); grey images are repeated to RGB.
+
+    Calling it returns {"boxes" (N, 4) x1 y1 x2 y2, "labels" (N,), "scores" (N,), "masks" (N, H, W) bool,
+    "class_names": [N names]} on the CPU, every detection the model keeps (score_threshold is what
+    `pixelwise predict` uses for its instance maps and overlays).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, *, class_names=None, score_threshold: float = 0.5):
+        self.model, self.device, self.class_names, self.score_threshold = model, device, class_names, score_threshold
+
+    def __call__(self, image, name: str = "the image") -> dict:
+        from pixelwise.data.io import as_image
+
+        d = detect(self.model, [as_image(image, channels=3, name=name)], self.device)[0]
+        names = self.class_names or []
+        d["class_names"] = [names[k] if k < len(names) else f"class{k}" for k in d["labels"].tolist()]
+        return d
+
+
+def collate_instances(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """[(image, target)] -> ([images], [targets]) as plain tensors; images keep their own sizes."""
+    images = [b[0].as_subclass(torch.Tensor) for b in batch]
+    targets = [{k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in b[1].items()}
+               for b in batch]
+    return images, targets
+
+
+def instances_to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device,
+                        non_blocking: bool = False):
+    images = [img.to(device, non_blocking=non_blocking) for img in images]
+    targets = [{k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+               for t in targets]
+    return images, targets
+
+
+def max_detections(model: nn.Module) -> int:
+    """Detections per image the model keeps (at least COCO's 100), so that AP counts all of them."""
+    heads = getattr(model, "roi_heads", None)
+    return max(100, int(getattr(heads, "detections_per_img", 100)))
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """The model's detections for a list of images, on the CPU, the model left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model([img.to(device) for img in images], detect=True)["detections"]
+    finally:
+        model.train(was_training)
+    return [{k: v.cpu() for k, v in d.items()} for d in out]
+
+
+@torch.no_grad()
+def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch_size: int = 1,
+                       progress: bool = True) -> dict:
+    """COCO box and mask AP (bbox_AP, segm_AP, ...; see metrics.coco_evaluate) of `model` on `dataset`.
+
+    The ground truth is the dataset as read (with its transforms), converted by data.to_coco, so
+    crowd regions are scored as COCO does.
+    """
+    gt = to_coco(dataset)
+    detections = []
+    indices = range(0, len(dataset), batch_size)
+    for start in track(indices, desc="evaluate", unit="batch", enabled=progress, leave=False):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for (_, target), d in zip(samples, detect(model, [s[0].as_subclass(torch.Tensor) for s in samples], device)):
+            detections.append({"image_id": int(target["image_id"]), "boxes": d["boxes"], "scores": d["scores"],
+                               "labels": d["labels"], "masks": masks_to_rle(d["masks"])})
+    metrics = coco_evaluate(gt, detections, dataset.category_ids, max_dets=max_detections(model))
+    metrics["num_images"] = len(dataset)
+    metrics["num_detections"] = sum(len(d["scores"]) for d in detections)
+    return metrics

@@ -1,0 +1,170 @@
+"""Semantic segmentation (FCN, U-Net, FC-DenseNet): a class per pixel.
+
+Batches are (images (B,C,H,W), {"mask": (B,H,W), optional "weight": (B,H,W)}); the loss is the
+configured cross-entropy; evaluation scores the confusion matrix (FCN section 5), plus the ISBI 2012
+challenge scores on datasets that declare them. Input normalisation is data.mean / data.std, applied
+by the training transforms and by the Predictor with the same Normalize.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from pixelwise.data.stats import class_frequencies, label_census, median_frequency_weights
+from pixelwise.engine.data import collate
+from pixelwise.engine.predictor import Predictor, forward_aligned, probs_to_labels
+from pixelwise.engine.tasks import Task, register_task
+from pixelwise.errors import ConfigError, DataError
+from pixelwise.losses import cross_entropy
+from pixelwise.metrics import ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, isbi_scores, mean_isbi_scores
+from pixelwise.progress import progress as track
+from pixelwise.report.predictions import predict_to_folder
+from pixelwise.registry import model_arguments
+
+
+@register_task
+class SemanticTask(Task):
+    name = "semantic"
+    metrics = SEMANTIC_METRICS
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.class_weights: torch.Tensor | None = None
+        self.ignore_index: int | None = None
+
+    def check_config(self, meta: dict) -> None:
+        """The model's input channels, data.mean / data.std and the dataset's images must agree."""
+        cfg = self.cfg
+        channels, name = meta["in_channels"], cfg.data.dataset
+        if len(cfg.data.mean) not in (1, channels):
+            raise ConfigError(f"data.mean has {len(cfg.data.mean)} values but the images of {name!r} have {channels} "
+                              f"channel{'s' if channels > 1 else ''}; expected 1 value or {channels}")
+        model_channels = cfg.model.args.get("in_channels", model_arguments(cfg.model.name).get("in_channels"))
+        if isinstance(model_channels, int) and model_channels != channels:
+            raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
+                              f"channel{'s' if channels > 1 else ''}; set model.args.in_channels={channels}")
+
+    def init_weights(self, model: nn.Module, state: dict, source: str) -> None:
+        """A coarser FCN's weights for staged training (FCN section 4.2: FCN-32s -> 16s -> 8s), else any model's."""
+        if hasattr(model, "load_staged"):
+            model.load_staged(state, source=source)
+        else:
+            super().init_weights(model, state, source)
+
+    def prepare(self, train_ds, device: torch.device, progress: bool) -> None:
+        self.ignore_index = train_ds.ignore_index
+        counts = check_training_labels(train_ds, self.cfg.model.num_classes, progress)
+        weights = resolve_class_weights(self.cfg, train_ds, progress, counts)
+        self.class_weights = None if weights is None else weights.to(device)
+
+    def collate(self, batch: list):
+        return collate(batch)
+
+    def to_device(self, batch, device: torch.device):
+        images, targets = batch
+        return images.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+
+    def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        """{"ce": ...}, and {"aux": ...} weighted by train.aux_loss_weight for a model with an auxiliary head."""
+        images, targets = batch
+        if self.cfg.data.augment.crop_size is not None:  # crops carry their context: the output predicts their centre
+            logits = model(images)
+            targets = center_crop_like(targets, logits["out"] if isinstance(logits, dict) else logits)
+        else:
+            logits = forward_aligned(model, images)
+        t = self.cfg.train
+
+        def ce(x: torch.Tensor) -> torch.Tensor:
+            return cross_entropy(x, targets["mask"], weight_map=targets.get("weight"), class_weights=self.class_weights,
+                                 ignore_index=self.ignore_index, sample_p=t.loss_sampling_p, reduction=t.loss_reduction)
+
+        if isinstance(logits, dict):
+            return {"ce": ce(logits["out"]), "aux": t.aux_loss_weight * ce(logits["aux"])}
+        return {"ce": ce(logits)}
+
+    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None) -> Predictor:
+        """The predictor cfg.infer describes; `tta` overrides infer.tta (validation during training skips it)."""
+        from pixelwise.data import dataset_meta
+
+        i, data = self.cfg.infer, self.cfg.data
+        return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta if tta is None else tta,
+                         batch_size=i.batch_size, amp=self.cfg.train.amp, channels=dataset_meta(data)["in_channels"],
+                         mean=data.mean, std=data.std, threshold=i.threshold, class_names=class_names)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
+                 tta: bool | None = None) -> dict:
+        """Metrics of `model` on every sample of `dataset` (whole images, as configured in cfg.infer)."""
+        predictor = self.predictor(model, device, tta=tta)
+        cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
+        isbi = set(ISBI_METRICS) <= set(getattr(dataset, "metrics", ()))  # the dataset declares the ISBI scores
+        scores = []
+        for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
+            image, target = dataset[i]
+            mask = target["mask"].as_subclass(torch.Tensor)
+            pred = probs_to_labels(predictor.predict_probs(image), self.cfg.infer.threshold)
+            cm.update(pred, mask)
+            if isbi:
+                scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
+        if cm.matrix.sum() == 0:
+            raise DataError(f"every target pixel of the {len(dataset)} evaluation images is ignore_index="
+                            f"{dataset.ignore_index}; expected some labelled pixels to score")
+        metrics = cm.compute()
+        if isbi:
+            metrics["membrane_iou"] = metrics["per_class_iou"][1]
+            metrics.update(mean_isbi_scores(scores))
+        metrics["num_images"] = len(dataset)
+        names = getattr(dataset, "class_names", None)
+        if names is not None:
+            metrics["class_names"] = list(names)  # the order of per_class_iou, per_class_acc and dice
+        return metrics
+
+    def write_predictions(self, predictor: Predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
+        save = self.cfg.infer.save_probs
+        written = predict_to_folder(predictor, paths, out, palette=meta["palette"], save_probs=save,
+                                    class_names=meta["class_names"], note=meta.get("label_note"), protected=protected)
+        return written, f"index PNG + _overlay.png{' + _probs.npy' if save else ''}; classes.json says what each pixel value means"
+
+
+def center_crop_like(targets: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Crop (B,H,W) targets to the centre region that (B,K,h,w) logits predict."""
+    h, w = logits.shape[-2:]
+    out = {}
+    for k, t in targets.items():
+        top, left = (t.shape[-2] - h) // 2, (t.shape[-1] - w) // 2
+        out[k] = t[..., top : top + h, left : left + w]
+    return out
+
+
+def check_training_labels(train_ds, num_classes: int, progress: bool):
+    """Read the training masks once (when the dataset lists them) and refuse labels that cannot train.
+
+    Returns the (N, K) class counts (for median-frequency weights), or None for datasets without mask files.
+    """
+    paths = getattr(train_ds, "mask_paths", None)
+    if not paths:
+        return None
+    counts, ignored = label_census(train_ds, num_classes, train_ds.ignore_index, progress=progress)
+    if num_classes >= 2 and counts[:, 1:].sum() == 0:
+        ig = train_ds.ignore_index
+        only = f"class 0 and ignore_index={ig}" if ignored.sum() else "class 0"
+        fix = (f" If {ig} marks the foreground (binary masks stored as 0/{ig}), map it to class 1 with "
+               f"-o data.label_map={{{ig}: 1}} (or rewrite the masks with 1 for foreground)") if ignored.sum() else ""
+        raise DataError(f"the {len(paths)} training masks (for example {str(paths[0])!r}) hold only {only}: no pixel "
+                        f"of the other {num_classes - 1} classes would be learnt, so training would be wrong.{fix}")
+    return counts
+
+
+def resolve_class_weights(cfg, train_ds, progress: bool = False, counts=None) -> torch.Tensor | None:
+    """train.class_weights as a (K,) tensor; "median_frequency" counts the training masks (FCN section 4.3)."""
+    spec, k = cfg.train.class_weights, cfg.model.num_classes
+    if spec is None:
+        return None
+    if spec == "median_frequency":
+        if counts is None:
+            counts = class_frequencies(train_ds, k, train_ds.ignore_index, progress=progress)
+        return torch.as_tensor(median_frequency_weights(counts), dtype=torch.float32)
+    if len(spec) != k:
+        raise ConfigError(f"train.class_weights has {len(spec)} values, expected one per class ({k})")
+    return torch.tensor(spec, dtype=torch.float32)
+

@@ -1,0 +1,78 @@
+"""`pixelwise eval` and `pixelwise predict` with --checkpoint alone (the checkpoint holds its config), on a
+folder dataset written here (no shared data needed)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from synthetic import Disks  # noqa: E402
+
+from pixelwise.cli import main  # noqa: E402
+
+RECIPE = """\
+output_dir: {out}
+model: {{name: unet_padded, num_classes: 2, args: {{base_width: 4, depth: 2, in_channels: 1}}}}
+data: {{dataset: folder, root: {root}, path: disks, num_classes: 2, mean: [0.5], std: [0.25]}}
+train: {{batch_size: 2, max_steps: 4, val_every: 2, lr: 0.01, optimizer: adam, threads: 2}}
+"""
+
+
+def write_split(folder: Path, dataset: Disks) -> None:
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(len(dataset)):
+        image = (dataset.images[i][0].clamp(0, 1) * 255).round().numpy().astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"{i:02d}.png")
+        Image.fromarray(dataset.masks[i].numpy().astype(np.uint8)).save(folder / "masks" / f"{i:02d}.png")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt_only")
+    write_split(tmp / "data" / "disks" / "train", Disks(6, seed=0))
+    write_split(tmp / "data" / "disks" / "val", Disks(2, seed=1))
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(RECIPE.format(out=tmp / "run", root=tmp / "data"))
+    assert main(["train", str(recipe)]) == 0
+    return tmp
+
+
+def test_eval_with_the_checkpoint_alone(run, capsys):
+    assert main(["eval", "--checkpoint", str(run / "run" / "best.pt")]) == 0
+    metrics = json.loads((run / "run" / "metrics.json").read_text())
+    assert metrics["dataset"] == "folder" and metrics["split"] == "val" and metrics["num_images"] == 2
+    assert metrics["class_names"] == ["class0", "class1"]
+    # The same numbers with the recipe given, and overrides still apply without it.
+    assert main(["eval", str(run / "recipe.yaml"), "--checkpoint", str(run / "run" / "best.pt"),
+                 "--out", str(run / "with_recipe.json")]) == 0
+    assert json.loads((run / "with_recipe.json").read_text())["miou"] == metrics["miou"]
+    assert main(["eval", "--checkpoint", str(run / "run" / "best.pt"), "-o", "data.val_split=train",
+                 "--out", str(run / "train.json")]) == 0
+    assert json.loads((run / "train.json").read_text())["num_images"] == 6
+
+
+def test_predict_with_the_checkpoint_alone_or_with_a_recipe(run):
+    images = run / "data" / "disks" / "val" / "images"
+    assert main(["predict", "--checkpoint", str(run / "run" / "best.pt"), str(images), "--out", str(run / "a")]) == 0
+    assert main(["predict", str(run / "recipe.yaml"), "--checkpoint", str(run / "run" / "best.pt"), str(images / "00.png"),
+                 str(images / "01.png"), "--out", str(run / "b")]) == 0
+    for name in ("00", "01"):
+        assert np.array_equal(np.array(Image.open(run / "a" / f"{name}.png")), np.array(Image.open(run / "b" / f"{name}.png")))
+    assert json.loads((run / "a" / "classes.json").read_text())["classes"][1]["name"] == "class1"
+
+
+def test_a_recipe_that_disagrees_with_the_checkpoint_is_refused(run, capsys):
+    code = main(["eval", str(run / "recipe.yaml"), "-o", "model.args.base_width=8", "--checkpoint",
+                 str(run / "run" / "best.pt"), "--out", str(run / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.args" in err and "Leave out the CONFIG" in err
+    with pytest.raises(SystemExit) as e:  # no INPUTS: argparse's usage error
+        main(["predict", "--checkpoint", str(run / "run" / "best.pt"), "--out", str(run / "c")])
+    assert e.value.code == 2
+    assert main(["predict", str(run / "recipe.yaml"), "--checkpoint", str(run / "run" / "best.pt"),
+                 "--out", str(run / "c")]) == 2  # a recipe but no image
+    assert "needs INPUTS" in capsys.readouterr().err
