@@ -5,7 +5,6 @@ Imports here are light (no torch) until a command runs, so `pixelwise --help` an
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import traceback
@@ -84,7 +83,8 @@ def _config_of_checkpoint(path: str, overrides: list[str]) -> Config:
     from pixelwise.engine.checkpoint import load_checkpoint
     from pixelwise.engine.run import config_of_checkpoint
 
-    return config_of_checkpoint(load_checkpoint(path), path, overrides)
+    # Mapped, not read: train() reads the checkpoint itself, once.
+    return config_of_checkpoint(load_checkpoint(path, mmap=True), path, overrides)
 
 
 def _inference(args):
@@ -268,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def trust(sp):
         sp.add_argument("--trust-checkpoint", action="store_true", help=(
-            "also read checkpoint and weight files that hold pickled Python objects. Without it only tensors and "
-            "plain values are read, since unpickling can run arbitrary code: use it only for files you made or "
-            "trust (for example checkpoints of pixelwise 0.1 with extra objects)"))
+            "also read the checkpoint named by --checkpoint / --resume (that file only) when it holds pickled Python "
+            "objects. Without it only tensors and plain values are read, since unpickling can run arbitrary code: use "
+            "it only for files you made or trust (for example checkpoints of pixelwise 0.1 with extra objects)"))
 
     ckpt_help = "checkpoint to use: a run's best.pt (best validation score) or last.pt (latest step)"
     sp = sub.add_parser("train", help="train a model from a recipe", description=(
@@ -363,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or bool(os.environ.get("PIXELWISE_DEBUG"))
     try:
-        trusted = getattr(args, "trust_checkpoint", False)
-        if trusted:
+        trusted = [p for p in (getattr(args, "checkpoint", None), getattr(args, "resume", None)) if p]
+        if getattr(args, "trust_checkpoint", False) and trusted:
             from pixelwise.files import trusting_pickles
-        with trusting_pickles() if trusted else contextlib.nullcontext():
-            return args.fn(args)
+
+            with trusting_pickles(*trusted):  # the file the user named, and no other
+                return args.fn(args)
+        return args.fn(args)
     except PixelwiseError as e:  # the user can fix these; anything else is a bug and keeps its traceback
         if debug:
             traceback.print_exc()

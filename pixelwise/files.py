@@ -1,8 +1,8 @@
 """Reading and writing files safely.
 
 - `torch_load`: .pt files are read with `weights_only=True`, so a file from elsewhere cannot run
-  code when it is loaded; `trusting_pickles()` (the CLI's --trust-checkpoint) lifts that for files
-  the user vouches for.
+  code when it is loaded; `trusting_pickles(path)` (the CLI's --trust-checkpoint) lifts that for the
+  named files only, the ones the user vouches for.
 - `atomic_write`: a temporary file in the same folder, fsync, rename; a crash leaves the old file
   or the new one, never half of one. Files get the mode the umask gives any new file.
 - `RunLock`: one training per run folder at a time.
@@ -26,19 +26,19 @@ from pixelwise.errors import OutputError, PixelwiseError, TrainingError
 __all__ = ["RunLock", "atomic_write", "clean_stale_temporaries", "ensure_dir", "torch_load", "trusting_pickles",
            "write_json", "write_text"]
 
-_TRUST = contextvars.ContextVar("pixelwise_trust_pickles", default=False)
-TRUST_HINT = ("If you made this file yourself or trust where it came from, pass --trust-checkpoint "
-              "(or load it inside pixelwise.files.trusting_pickles()) to read it anyway")
+_TRUSTED: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("pixelwise_trusted", default=frozenset())
+TRUST_HINT = ("If you made this file yourself or trust where it came from, pass --trust-checkpoint with it as "
+              "--checkpoint / --resume (or load it inside pixelwise.files.trusting_pickles(path)) to read it anyway")
 
 
 @contextlib.contextmanager
-def trusting_pickles() -> Iterator[None]:
-    """Within this block torch_load also unpickles arbitrary objects (only for files you trust)."""
-    token = _TRUST.set(True)
+def trusting_pickles(*paths: str | Path) -> Iterator[None]:
+    """Within this block torch_load also unpickles arbitrary objects from these files, and from no other."""
+    token = _TRUSTED.set(_TRUSTED.get() | {Path(p).expanduser().resolve() for p in paths})
     try:
         yield
     finally:
-        _TRUST.reset(token)
+        _TRUSTED.reset(token)
 
 
 def _numpy_globals() -> list:
@@ -50,22 +50,24 @@ def _numpy_globals() -> list:
 
 
 def torch_load(path: str | Path, *, what: str, map_location: Any = "cpu",
-               error: type[PixelwiseError] = PixelwiseError) -> Any:
-    """torch.load without unpickling code; every failure is `error` naming `what` and the file."""
+               error: type[PixelwiseError] = PixelwiseError, mmap: bool = False) -> Any:
+    """torch.load without unpickling code; every failure is `error` naming `what` and the file.
+
+    mmap=True maps the tensors instead of reading them (for a look at a checkpoint's config)."""
     import torch
 
     path = Path(path).expanduser()
     if not path.is_file():
         where = " (it is a folder)" if path.is_dir() else ""
         raise error(f"{what} {str(path)!r} does not exist{where}")
-    if _TRUST.get():
+    if path.resolve() in _TRUSTED.get():  # the user vouched for this very file (--trust-checkpoint)
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         except Exception as e:
             raise error(f"{what} {str(path)!r} could not be read ({type(e).__name__}: {e})") from None
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
         if not any(s in detail for s in ("Unsupported global", "Can only build", "allowlisted")):

@@ -27,7 +27,6 @@ from torchvision import tv_tensors
 from pixelwise.data.io import DataError, _open
 from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import register_dataset
-from pixelwise.errors import ConfigError
 
 __all__ = ["CocoInstances", "decode_segmentation", "instance_fields"]
 
@@ -340,7 +339,5 @@ def coco_meta(data_cfg) -> dict:  # only the JSON knows the classes
 
 @register_dataset("coco", task="instance", splits=("train2017", "val2017"), meta=coco_meta, reads=("skip_invalid",))
 def build_coco(data_cfg, role: str, spec: str) -> CocoInstances:
-    if data_cfg.weight_map:
-        raise ConfigError("data.weight_map=true is for semantic models; 'coco' is an instance dataset")
     root = None if _absolute(spec) else dataset_dir(data_cfg)
     return CocoInstances(*coco_files(root, spec), skip_invalid=data_cfg.skip_invalid)

@@ -160,15 +160,9 @@ def to_coco(dataset: torch.utils.data.Dataset) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def _no_weight_map(data_cfg) -> None:
-    if data_cfg.weight_map:
-        raise ConfigError(f"data.weight_map=true is for semantic models; {data_cfg.dataset!r} is an instance dataset")
-
-
 @register_dataset("isbi_instances", task="instance", splits=("0-24", "25-29"),
                   meta=class_meta(ISBIInstances, in_channels=3, ignore_index=None))
 def build_isbi_instances(data_cfg, role: str, spec: str) -> ISBIInstances:
-    _no_weight_map(data_cfg)
     try:
         indices = parse_indices(spec)
     except ValueError as e:

@@ -29,8 +29,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f), what="checkpoint")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    state = torch_load(path, what="checkpoint", map_location=map_location, error=CheckpointError)
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """A pixelwise checkpoint, checked; mmap=True maps the tensors instead of reading them."""
+    state = torch_load(path, what="checkpoint", map_location=map_location, error=CheckpointError, mmap=mmap)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a pixelwise checkpoint (no 'model' entry); "
                               "expected a best.pt or last.pt written by pixelwise train")

@@ -9,11 +9,6 @@ from pixelwise.config import Config
 from pixelwise.engine.tasks import build_task
 
 
-def metric_names(cfg: Config) -> tuple[str, ...]:
-    """The scalar metrics `evaluate` reports for this config (what train.best_metric may name)."""
-    return build_task(cfg).metric_names(cfg.data.dataset)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, *, progress: bool = True,
              tta: bool | None = None) -> dict:

@@ -66,12 +66,13 @@ class ProgressBar(HookBase):
 
 
 class Logger(HookBase):
-    """log.csv (a row per logged step or validation, written atomically) and TensorBoard, on rank 0 only.
+    """log.csv (a row per logged step or validation) and TensorBoard, on rank 0 only.
 
-    A resumed run keeps the rows up to its step and drops the ones it will redo."""
+    Rows are appended; the file is rewritten (atomically) only when a column appears, such as the first
+    validation's, and at the start of a resumed run, which keeps the rows up to its step."""
 
     def __init__(self, out: Path, enabled: bool) -> None:
-        self.enabled, self.path, self.rows, self.tb = enabled, Path(out) / "log.csv", [], None
+        self.enabled, self.path, self.rows, self.keys, self.tb = enabled, Path(out) / "log.csv", [], [], None
 
     def before_train(self, trainer) -> None:
         if not self.enabled:
@@ -79,14 +80,16 @@ class Logger(HookBase):
         step = trainer.state.step
         if self.path.exists():
             with self.path.open() as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+                self.rows = [r for r in csv.DictReader(f) if _step_of(r) is not None and _step_of(r) <= step]
+        for r in self.rows:
+            self.keys += [k for k in r if k not in self.keys]
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=step + 1 if step else None)
         except ImportError:
             self.tb = None
-        self._flush()
+        self._rewrite()
 
     def after_step(self, trainer, logs) -> None:
         state = trainer.state
@@ -105,15 +108,17 @@ class Logger(HookBase):
             for k, v in row.items():
                 if k != "step":
                     self.tb.add_scalar(k, v, step)
-        self._flush()
+        new = [k for k in row if k not in self.keys]
+        if new:
+            self.keys += new
+            self._rewrite()
+            return
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.keys).writerow(row)
 
-    def _flush(self) -> None:
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-
+    def _rewrite(self) -> None:
         def write(f) -> None:
-            writer = csv.DictWriter(f, fieldnames=keys or ["step"])
+            writer = csv.DictWriter(f, fieldnames=self.keys or ["step"])
             writer.writeheader()
             writer.writerows(self.rows)
 
@@ -123,6 +128,14 @@ class Logger(HookBase):
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+def _step_of(row: dict) -> int | None:
+    """A row's step; None for a line cut short by a kill."""
+    try:
+        return int(row["step"])
+    except (TypeError, ValueError):
+        return None
 
 
 class StopConditions(HookBase):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -177,7 +178,7 @@ class Predictor:
 
     def __call__(self, image, name: str | None = None) -> torch.Tensor:
         """The label map (H, W) int64 of an image as users have it (see the class docstring)."""
-        name = name or (str(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else "the image")
+        name = name or (str(image) if isinstance(image, (str, Path)) else "the image")
         return self.labels(self.predict_probs(self.preprocess(image, name), name=name))
 
     def labels(self, probs: torch.Tensor) -> torch.Tensor:

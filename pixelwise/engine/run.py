@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from pixelwise.config import Config, apply_override, check_ranges, from_dict
+from pixelwise.config import Config, apply_override, check_ranges, from_dict, to_dict
 from pixelwise.data import build_dataset, dataset_meta
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
@@ -212,8 +212,6 @@ def _inference_settings(values: dict) -> dict:
 
 
 def check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
-    from pixelwise.config import to_dict
-
     if not isinstance(saved, dict):
         return
     ours, theirs = _inference_settings(to_dict(cfg)), _inference_settings(saved)

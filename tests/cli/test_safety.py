@@ -65,6 +65,9 @@ def test_a_checkpoint_cannot_run_code_unless_trusted(tmp_path, run, data_root, c
         assert "unpickling such objects can run arbitrary code" in err and "--trust-checkpoint" in err, argv
         assert len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "PWNED").exists(), argv
+    # --trust-checkpoint trusts the file given as --checkpoint / --resume, not a file the config names.
+    assert main([*attempts[3], "--trust-checkpoint"]) == 2 and not (tmp_path / "PWNED").exists()
+    assert "arbitrary code" in capsys.readouterr().err
     assert main([*attempts[0][:-len(common)], "--trust-checkpoint", *common]) == 0
     assert (tmp_path / "PWNED").exists()  # trusted: read as the user asked, objects and all
 

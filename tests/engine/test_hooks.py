@@ -159,3 +159,28 @@ def test_progress_bar_counts_steps_in_plain_lines_when_not_a_terminal(capsys, mo
     hook.close(t)
     err = capsys.readouterr().err
     assert "3/10" in err and "loss=1.0000" in err and "\r" not in err
+
+
+def test_logger_appends_rows_and_rewrites_only_for_a_new_column(tmp_path, monkeypatch):
+    import pixelwise.engine.hooks as hooks
+
+    rewrites = []
+    real = hooks.atomic_write
+    monkeypatch.setattr(hooks, "atomic_write", lambda *a, **k: (rewrites.append(1), real(*a, **k))[1])
+    t = fake_trainer(tmp_path, log_every=1)
+    logger = Logger(tmp_path, enabled=True)
+    logger.before_train(t)
+    steps(logger, t, 50)
+    assert len(rewrites) == 2  # the empty file at the start, then the loss and lr columns at step 1
+    logger.after_validation(t, {"miou": 0.5})
+    assert len(rewrites) == 3
+    logger.close(t)
+    with (tmp_path / "log.csv").open("a") as f:
+        f.write("5")  # a line cut short by a kill: "5" parses, so cut inside a number
+        f.write("x,0.")
+    t.state.step = 50
+    resumed = Logger(tmp_path, enabled=True)
+    resumed.before_train(t)
+    resumed.close(t)
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(lines) == 1 + 50 + 1 and lines[-1] == "50,,,0.5"

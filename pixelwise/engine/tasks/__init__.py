@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from pixelwise.data import dataset_entry
+from pixelwise.data import dataset_entry, list_datasets
 from pixelwise.errors import TrainingError
-from pixelwise.metrics import LOWER_IS_BETTER, better
+from pixelwise.metrics import better
 
 __all__ = ["Task", "TASKS", "build_task", "register_task", "task_name"]
 
@@ -33,7 +33,6 @@ class Task:
 
     name = ""
     metrics: tuple[str, ...] = ()  # reported by `evaluate` on every dataset of the task
-    lower_is_better = LOWER_IS_BETTER  # the other metrics are higher-is-better
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -43,6 +42,7 @@ class Task:
         return self.metrics + dataset_entry(dataset).metrics
 
     def better(self, metric: str, value: float, best: float | None) -> bool:
+        """Whether `value` beats `best`: lower for errors and distances (metrics.LOWER_IS_BETTER), else higher."""
         return better(metric, value, best)
 
     def check_config(self, meta: dict) -> None:
@@ -93,16 +93,10 @@ def build_task(cfg, model: nn.Module | None = None) -> Task:
 
     name, data_task = task_name(cfg, model), dataset_entry(cfg.data.dataset).task
     if name != data_task:
-        instances = [d for d in _datasets() if dataset_entry(d).task == "instance"]
+        instances = [d for d in list_datasets() if dataset_entry(d).task == "instance"]
         if name == "instance":
             raise TrainingError(f"model.name={cfg.model.name!r} detects object instances; data.dataset="
                                 f"{cfg.data.dataset!r} is semantic. Use one of {', '.join(instances)}")
         raise TrainingError(f"data.dataset={cfg.data.dataset!r} holds object instances; model.name={cfg.model.name!r} "
                             "is a semantic model. Use a Mask R-CNN model (see `pixelwise models`)")
     return TASKS[name](cfg)
-
-
-def _datasets() -> list[str]:
-    from pixelwise.data import list_datasets
-
-    return list_datasets()
