@@ -92,10 +92,10 @@ def _inference(args):
     from pixelwise.engine.run import build_inference
 
     if args.config is None:
-        inference = build_inference(args.checkpoint, overrides=args.override)
+        inference = build_inference(args.checkpoint, overrides=args.override, runtime=args.runtime)
         _apply_cli(inference.cfg, args)
         return inference
-    return build_inference(args.checkpoint, cfg=_load(args))
+    return build_inference(args.checkpoint, cfg=_load(args), runtime=args.runtime)
 
 
 def _inputs_of(args) -> list[Path]:
@@ -200,6 +200,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pixelwise.deploy.export import export
+
+    report = export(args.checkpoint, args.format, args.out, image=args.image, overrides=args.override)
+    print(f"checked with {report['runtime']} on {report['image']}: {report['summary']}")
+    for f in report["files"]:
+        print(f"wrote {f}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from pixelwise.registry import list_models, model_arguments, model_summary
 
@@ -272,7 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
             "objects. Without it only tensors and plain values are read, since unpickling can run arbitrary code: use "
             "it only for files you made or trust (for example checkpoints of pixelwise 0.1 with extra objects)"))
 
-    ckpt_help = "checkpoint to use: a run's best.pt (best validation score) or last.pt (latest step)"
+    ckpt_help = ("checkpoint to use: a run's best.pt (best validation score) or last.pt (latest step), or a model "
+                 "written by pixelwise export (.onnx, .xml, .pt2)")
+
+    def runtime(sp):
+        sp.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), help=(
+            "what runs the model: torch (checkpoints and .pt2), onnxruntime (.onnx) or openvino (.onnx, .xml); "
+            "default: the file's own. Tiling, TTA and outputs are the same; -o infer.precision=bf16 runs OpenVINO "
+            "in bf16. onnxruntime and openvino come with pip install 'pixelwise[deploy]'"))
     sp = sub.add_parser("train", help="train a model from a recipe", description=(
         "Train a model as the recipe says. Writes config.yaml, log.csv, tensorboard/, last.pt and best.pt "
         "to output_dir (locked while the run goes on). Ctrl-C or SIGTERM saves last.pt before exiting, and so "
@@ -300,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CamVid and VOC lists, a slice list such as 25-29 for ISBI 2012 (default val)"))
     sp.add_argument("--out", help="metrics file (default OUTPUT_DIR/metrics.json)")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
+    runtime(sp)
     trust(sp)
     sp.set_defaults(fn=cmd_eval)
 
@@ -319,8 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
         "files or folders"))
     sp.add_argument("--out", required=True, metavar="DIR", help="output folder")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
+    runtime(sp)
     trust(sp)
     sp.set_defaults(fn=cmd_predict)
+
+    sp = sub.add_parser("export", help="export a checkpoint to ONNX, OpenVINO or torch.export, checked on a real image",
+                        description=(
+        "Write a checkpoint as an ONNX, OpenVINO (.xml + .bin) or torch.export (.pt2) model holding its config and "
+        "class names. Semantic models are exported whole, input normalisation included (input float (N, C, H, W) in "
+        "[0, 1], dynamic batch, height and width, the model's size rule kept); Mask R-CNN as its parts with weights "
+        "(backbone, rpn_head, box_head, mask_head, res5 for C4; STEM.PART.SUFFIX beside --out), with resizing, "
+        "anchors, NMS, RoI pooling and mask pasting in PyTorch. The exported model is then run on a real image beside "
+        "PyTorch and nothing is written if they disagree. Use the file with eval / predict --checkpoint FILE "
+        "[--runtime onnxruntime|openvino]."))
+    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run's best.pt or last.pt")
+    sp.add_argument("--format", required=True, choices=("onnx", "openvino", "torch-export"), help="what to write")
+    sp.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, .xml or .pt2); never overwritten")
+    sp.add_argument("--image", metavar="FILE", help="image to check the export on (default: the recipe's first "
+                                                    "validation image)")
+    sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the checkpoint's config, e.g. -o data.root=DIR")
+    trust(sp)
+    sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("models", help="list registered models, or show one model's arguments",
                         description="List the registered models; with a NAME, show the builder's arguments and defaults.")

@@ -92,7 +92,10 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 1  # micro-batches per optimizer step (FCN: 20 whole images of different sizes, one at a time)
     grad_clip: Optional[float] = None  # max global gradient norm
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # The fast path (issue 12): autocast to bf16 (CPU with avx512_bf16, or GPU) or fp16 (GPU, with a
+    # GradScaler); losses, metrics, weights and BatchNorm statistics stay fp32. Was train.amp (none = fp32).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     seed: int = 0
     deterministic: bool = False
@@ -119,6 +122,9 @@ class InferConfig:
     save_probs: bool = False  # predict: also write probability maps (.npy, float16)
     threshold: Optional[float] = None  # binary models: foreground if p(class 1) >= threshold
     score_threshold: float = 0.5  # Mask R-CNN predict: instances drawn and in <name>_instances.png (JSON keeps all)
+    precision: Optional[Literal["fp32", "bf16", "fp16"]] = None  # null: as train.precision
+    channels_last: Optional[bool] = None  # null: as train.channels_last
+    fold_bn: bool = False  # eval and predict: fold eval-mode BatchNorm into the convolution before it (checked)
 
 
 @dataclass
@@ -216,9 +222,28 @@ def _update(obj, values: dict, source: str, prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], f"{source}: {prefix}{key}"))
 
 
+# Keys renamed since a release: old recipes and the configs stored in old checkpoints still load.
+_RENAMED = {("train", "amp"): ("precision", {"none": "fp32"})}
+
+
+def upgrade(values: dict) -> dict:
+    """A config mapping with renamed keys given their new names (values translated)."""
+    if not isinstance(values, dict):
+        return values
+    out = dict(values)
+    for (section, old), (new, translate) in _RENAMED.items():
+        part = out.get(section)
+        if isinstance(part, dict) and old in part:
+            part = dict(part)
+            value = part.pop(old)
+            part.setdefault(new, translate.get(value, value) if isinstance(value, str) else value)
+            out[section] = part
+    return out
+
+
 def from_dict(values: dict, source: str = "config") -> Config:
     cfg = Config()
-    _update(cfg, values or {}, source)
+    _update(cfg, upgrade(values or {}), source)
     return cfg
 
 
@@ -253,7 +278,7 @@ def apply_override(cfg: Config, override: str) -> str:
     nested: Any = value
     for p in reversed(parts):
         nested = {p: nested}
-    _update(cfg, nested, f"override {override!r}")
+    _update(cfg, upgrade(nested), f"override {override!r}")
     return key
 
 

@@ -23,7 +23,7 @@ from typing import IO, Any, Callable, Iterator
 
 from pixelwise.errors import OutputError, PixelwiseError, TrainingError
 
-__all__ = ["RunLock", "atomic_write", "clean_stale_temporaries", "ensure_dir", "torch_load", "trusting_pickles",
+__all__ = ["RunLock", "atomic_write", "clean_stale_temporaries", "ensure_dir", "torch_load", "trusting_pickles", "is_trusted",
            "write_json", "write_text"]
 
 _TRUSTED: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("pixelwise_trusted", default=frozenset())
@@ -39,6 +39,11 @@ def trusting_pickles(*paths: str | Path) -> Iterator[None]:
         yield
     finally:
         _TRUSTED.reset(token)
+
+
+def is_trusted(path: str | Path) -> bool:
+    """True when the user vouched for this very file (``--trust-checkpoint``)."""
+    return Path(path).expanduser().resolve() in _TRUSTED.get()
 
 
 def _numpy_globals() -> list:

@@ -8,7 +8,6 @@ part of the output that belongs to the window.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -17,16 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixelwise.engine.precision import autocast, channels_last
 from pixelwise.errors import ConfigError, InferenceError
-
-
-def autocast(device: torch.device, amp: str):
-    """The mixed-precision context of train.amp ("none", "bf16", "fp16"), for training and inference alike."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type == "cpu":
-        raise ConfigError("train.amp=fp16 needs a GPU; on the CPU use train.amp=bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -131,7 +122,8 @@ class Predictor:
         overlap: int = 0,
         tta: bool = False,
         batch_size: int = 4,
-        amp: str = "none",
+        precision: str = "fp32",
+        channels_last: bool = False,
         channels: int | None = None,
         mean=None,
         std=None,
@@ -144,7 +136,11 @@ class Predictor:
             raise ConfigError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.tile, self.overlap, self.tta, self.batch_size, self.amp = tile, overlap, tta, batch_size, amp
+        self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
+        self.precision, self.channels_last = precision, channels_last
+        autocast(self.device, precision, "infer.precision")  # checked now, not at the first image
+        if channels_last and isinstance(model, nn.Module):
+            model.to(memory_format=torch.channels_last)
         self.channels, self.threshold, self.class_names = channels, threshold, class_names
         self.normalize = None
         if mean is not None:
@@ -153,17 +149,18 @@ class Predictor:
             self.normalize = Normalize(mean, std)
 
     @classmethod
-    def from_checkpoint(cls, path, *, device=None, **overrides):
-        """The predictor of a pixelwise checkpoint (best.pt or last.pt), rebuilt from the config it stores.
+    def from_checkpoint(cls, path, *, device=None, runtime: str | None = None, **overrides):
+        """The predictor of a pixelwise checkpoint (best.pt or last.pt), rebuilt from the config it stores, or of
+        a file of `pixelwise export` (.onnx, .xml, .pt2) run by `runtime` (onnxruntime, openvino, torch).
 
-        `overrides` are infer.* settings (tile=256, tta=True, threshold=0.5, ...). Returns a Predictor
+        `overrides` are infer.* settings (tile=256, tta=True, threshold=0.5, precision="bf16", ...). Returns a Predictor
         for a semantic model and an InstancePredictor (pixelwise.engine.tasks.instance) for Mask R-CNN;
         both are called on images as users have them.
         """
         from pixelwise.engine.run import build_inference
 
         # JSON is YAML: each value reads back as given.
-        return build_inference(path, device=device, overrides=[f"infer.{k}={json.dumps(v)}"
+        return build_inference(path, device=device, runtime=runtime, overrides=[f"infer.{k}={json.dumps(v)}"
                                                                for k, v in overrides.items()]).predictor
 
     def preprocess(self, image, name: str = "the image") -> torch.Tensor:
@@ -190,8 +187,8 @@ class Predictor:
         transforms = _DIHEDRAL if self.tta else _DIHEDRAL[:1]
         total = None
         for k, flip in transforms:
-            with autocast(self.device, self.amp):
-                logits = self.model(_apply(windows, k, flip))
+            with autocast(self.device, self.precision, "infer.precision"):
+                logits = self.model(channels_last(_apply(windows, k, flip), self.channels_last))
             probs = _invert(F.softmax(logits.float(), dim=1), k, flip)
             total = probs if total is None else total + probs
         # Margins are symmetric, so after inverting any transform the window starts at index 0.

@@ -18,6 +18,7 @@ from pixelwise.data import build_dataset, dataset_meta
 from pixelwise.data.transforms import build_transforms
 from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
 from pixelwise.engine.distributed import resolve_device
+from pixelwise.engine.precision import fold_batchnorm
 from pixelwise.engine.predictor import geometry
 from pixelwise.engine.tasks import Task, build_task
 from pixelwise.errors import CheckpointError, ConfigError, TrainingError
@@ -181,9 +182,18 @@ def config_of_checkpoint(ckpt: dict, source: str, overrides: list[str] = ()) -> 
 
 
 def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overrides: list[str] = (),
-                    tta: bool | None = None) -> Inference:
+                    tta: bool | None = None, runtime: str | None = None) -> Inference:
     """Model (weights loaded, eval mode), task and predictor of a checkpoint; the config is the checkpoint's own
-    unless `cfg` is given, which must then agree with it on the model and the normalisation."""
+    unless `cfg` is given, which must then agree with it on the model and the normalisation.
+
+    `checkpoint` may also be a file of `pixelwise export` (.onnx, .xml, .pt2), run by `runtime`
+    ("onnxruntime", "openvino", or "torch" for .pt2 and checkpoints; default: the format's own).
+    """
+    from pixelwise.deploy.runtime import check_runtime, exported_format, load_exported
+
+    if exported_format(checkpoint) is not None:
+        return load_exported(checkpoint, runtime, cfg=cfg, overrides=list(overrides), tta=tta)
+    check_runtime(checkpoint, runtime or "torch")
     source = str(checkpoint)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     if cfg is None:
@@ -194,6 +204,14 @@ def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overr
     run = build_run(cfg, pretrained=False, splits=())
     load_model_weights(run.model, ckpt, source)
     model = run.model.to(device).eval()
+    if cfg.infer.fold_bn:  # BatchNorm folded into the convolution before it, checked on an example
+        name, example = run.task.fold_example(model)
+        folded, _ = fold_batchnorm(model.get_submodule(name) if name else model, example)
+        if name:
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, folded)
+        else:
+            model = folded
     names = ckpt.get("class_names") or run.meta["class_names"]
     predictor = run.task.predictor(model, device, tta=tta, class_names=names)
     return Inference(cfg, run.task, model, run.meta, device, ckpt, predictor)

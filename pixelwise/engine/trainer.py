@@ -22,12 +22,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from pixelwise.config import Config, save_config, to_dict
+from pixelwise.config import Config, from_dict, save_config, to_dict
 from pixelwise.engine import distributed as D
 from pixelwise.engine.checkpoint import Checkpointer, load_checkpoint, load_model_weights, set_rng_state
 from pixelwise.engine.data import SeededSamples, StepBatchSampler
 from pixelwise.engine.hooks import HookBase, NonFiniteLoss, default_hooks
-from pixelwise.engine.predictor import autocast
+from pixelwise.engine.precision import autocast
 from pixelwise.engine.run import Run, build_optimizer, build_run, build_scheduler, total_steps_for
 from pixelwise.engine.tasks import build_task
 from pixelwise.errors import CheckpointError, ConfigError, TrainingError
@@ -80,6 +80,8 @@ class Trainer:
         self.cfg, self.task, self.info, self.device, self.run = run.cfg, run.task, info, device, run
         self.out, t = Path(run.cfg.output_dir), run.cfg.train
         self.model = run.model.to(device)
+        if t.channels_last:  # NHWC weights; the task gives the inputs in NHWC too
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.accum = t.grad_accum  # micro-batches per optimizer step
         batches = StepBatchSampler.steps_per_epoch_for(len(run.train_ds), t.batch_size, info.world_size)
@@ -90,7 +92,8 @@ class Trainer:
         # The schedule holds the clock, not the trainer: no reference cycle keeps a finished run's tensors alive.
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.state.total_steps, self.state.steps_per_epoch,
                                          lambda: clock.elapsed() / limit if limit else 0.0)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+        autocast(device, t.precision)  # fp16 on the CPU is refused before any work
+        self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
         self.val_every = t.val_every or self.state.steps_per_epoch
         self.ckpt_every = t.ckpt_every or self.state.steps_per_epoch
         self.validate_first, self.elapsed_before = False, 0.0
@@ -134,7 +137,7 @@ class Trainer:
         """Forward, loss dict, backward; every grad_accum micro-batches, clip and step. Returns the step's logs
         after an optimizer step, else None."""
         batch = self.task.to_device(batch, self.device)
-        with autocast(self.device, self.cfg.train.amp):
+        with autocast(self.device, self.cfg.train.precision):
             parts = self.task.loss(self.ddp_model, batch)
             loss = sum(parts.values())
         self.call("after_forward", loss, parts)
@@ -300,7 +303,8 @@ def resume_changes(saved: dict | None, cfg: Config, source: str) -> dict[str, tu
     """{key: (checkpoint's value, new value)} of the settings that differ; ConfigError for those that cannot."""
     if saved is None:
         return {}
-    old, new, unset = _flatten(saved), _flatten(to_dict(cfg)), _Unset()
+    # Through from_dict: renamed keys take their new names and keys added since then their defaults.
+    old, new, unset = _flatten(to_dict(from_dict(saved, source))), _flatten(to_dict(cfg)), _Unset()
     keys = list(new) + [k for k in old if k not in new]
     changes = {k: (old.get(k, unset), new.get(k, unset)) for k in keys if old.get(k, unset) != new.get(k, unset)}
     refused = [k for k in changes if k not in RESUMABLE and not k.startswith("infer.")]

@@ -168,7 +168,8 @@ class UNet(nn.Module):
                 f"UNet: images of shape {tuple(images.shape)}, expected (B, {self.in_channels}, H, W)"
             )
         for what, size in (("height", images.shape[-2]), ("width", images.shape[-1])):
-            if self._trace(int(size)) is None:
+            # Exported graphs have symbolic sizes; `pixelwise export` documents the size rule instead.
+            if not torch.compiler.is_exporting() and self._trace(int(size)) is None:
                 raise self._invalid(int(size), f"image {what}")
 
         skips = []

@@ -78,7 +78,7 @@ def test_run_folder_contents_and_best_checkpoint(tmp_path, data_root):
 
 
 def test_bf16_autocast_on_cpu_and_gradient_clipping(tmp_path, data_root):
-    state = train(tiny_config(tmp_path, data_root, "train.amp=bf16", "train.grad_clip=0.5", "train.max_steps=2",
+    state = train(tiny_config(tmp_path, data_root, "train.precision=bf16", "train.grad_clip=0.5", "train.max_steps=2",
                               "train.optimizer=rmsprop"), progress=False)
     assert state.step == 2 and torch.isfinite(torch.tensor(state.last_loss))
 

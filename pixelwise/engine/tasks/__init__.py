@@ -76,6 +76,16 @@ class Task:
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None):
         raise NotImplementedError
 
+    def inference_precision(self) -> tuple[str, bool]:
+        """(precision, channels_last) of evaluation and prediction: infer.* where set, else train.*."""
+        i, t = self.cfg.infer, self.cfg.train
+        return i.precision or t.precision, t.channels_last if i.channels_last is None else i.channels_last
+
+    def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
+        """(name of the submodule holding the BatchNorms, "" for all of `model`; an example input for it):
+        what infer.fold_bn folds."""
+        raise NotImplementedError
+
     def write_predictions(self, predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
         """Write the predictions of `paths` into `out`; returns (files written, what was written, in words)."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from pixelwise.data.isbi_instances import to_coco
+from pixelwise.engine.precision import as_float, autocast
 from pixelwise.engine.tasks import Task, register_task
 from pixelwise.errors import TrainingError
 from pixelwise.metrics import COCO_METRICS
@@ -53,11 +54,20 @@ class InstanceTask(Task):
 
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
                  tta: bool | None = None) -> dict:
-        return evaluate_instances(model, dataset, device, batch_size=self.cfg.infer.batch_size, progress=progress)
+        precision, nhwc = self.inference_precision()
+        return evaluate_instances(model, dataset, device, batch_size=self.cfg.infer.batch_size, progress=progress,
+                                  precision=precision, channels_last=nhwc)
 
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None,
                   class_names=None) -> "InstancePredictor":
-        return InstancePredictor(model, device, class_names=class_names, score_threshold=self.cfg.infer.score_threshold)
+        precision, nhwc = self.inference_precision()
+        return InstancePredictor(model, device, class_names=class_names, score_threshold=self.cfg.infer.score_threshold,
+                                 precision=precision, channels_last=nhwc)
+
+    def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
+        """The trunk's (frozen) BatchNorms; the example is a normalised batch as the backbone sees it."""
+        device = next(model.parameters()).device
+        return "backbone", (torch.randn(1, 3, 128, 128, device=device),)
 
     def write_predictions(self, predictor: "InstancePredictor", paths, out, *, meta: dict, protected=()):
         written = predict_instances_to_folder(predictor, paths, out, protected=protected)
@@ -71,16 +81,22 @@ class InstancePredictor:
 
     Calling it returns {"boxes" (N, 4) x1 y1 x2 y2, "labels" (N,), "scores" (N,), "masks" (N, H, W) bool,
     "class_names": [N names]} on the CPU, every detection the model keeps (score_threshold is what
-    `pixelwise predict` uses for its instance maps and overlays).
+    `pixelwise predict` uses for its instance maps and overlays). precision and channels_last are the
+    fast path for the network (pixelwise.engine.precision); boxes, scores and masks leave it in float32.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, *, class_names=None, score_threshold: float = 0.5):
+    def __init__(self, model: nn.Module, device: torch.device, *, class_names=None, score_threshold: float = 0.5,
+                 precision: str = "fp32", channels_last: bool = False):
         self.model, self.device, self.class_names, self.score_threshold = model, device, class_names, score_threshold
+        self.precision = precision
+        autocast(device, precision, "infer.precision")  # checked now
+        if channels_last and isinstance(model, nn.Module):
+            model.to(memory_format=torch.channels_last)
 
     def __call__(self, image, name: str = "the image") -> dict:
         from pixelwise.data.io import as_image
 
-        d = detect(self.model, [as_image(image, channels=3, name=name)], self.device)[0]
+        d = detect(self.model, [as_image(image, channels=3, name=name)], self.device, self.precision)[0]
         names = self.class_names or []
         d["class_names"] = [names[k] if k < len(names) else f"class{k}" for k in d["labels"].tolist()]
         return d
@@ -109,12 +125,14 @@ def max_detections(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device) -> list[dict[str, torch.Tensor]]:
+def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device,
+           precision: str = "fp32") -> list[dict[str, torch.Tensor]]:
     """The model's detections for a list of images, on the CPU, the model left in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
-        out = model([img.to(device) for img in images], detect=True)["detections"]
+        with autocast(device, precision, "infer.precision"):
+            out = as_float(model([img.to(device) for img in images], detect=True)["detections"])
     finally:
         model.train(was_training)
     return [{k: v.cpu() for k, v in d.items()} for d in out]
@@ -122,18 +140,21 @@ def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device) -
 
 @torch.no_grad()
 def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch_size: int = 1,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, precision: str = "fp32", channels_last: bool = False) -> dict:
     """COCO box and mask AP (bbox_AP, segm_AP, ...; see metrics.coco_evaluate) of `model` on `dataset`.
 
     The ground truth is the dataset as read (with its transforms), converted by data.to_coco, so
     crowd regions are scored as COCO does.
     """
     gt = to_coco(dataset)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     detections = []
     indices = range(0, len(dataset), batch_size)
     for start in track(indices, desc="evaluate", unit="batch", enabled=progress, leave=False):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        for (_, target), d in zip(samples, detect(model, [s[0].as_subclass(torch.Tensor) for s in samples], device)):
+        for (_, target), d in zip(samples, detect(model, [s[0].as_subclass(torch.Tensor) for s in samples], device,
+                                                  precision)):
             detections.append({"image_id": int(target["image_id"]), "boxes": d["boxes"], "scores": d["scores"],
                                "labels": d["labels"], "masks": masks_to_rle(d["masks"])})
     metrics = coco_evaluate(gt, detections, dataset.category_ids, max_dets=max_detections(model))

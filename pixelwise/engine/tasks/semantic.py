@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from pixelwise.data.stats import class_frequencies, label_census, median_frequency_weights
 from pixelwise.engine.data import collate
-from pixelwise.engine.predictor import Predictor, forward_aligned, probs_to_labels
+from pixelwise.engine.precision import channels_last
+from pixelwise.engine.predictor import Predictor, forward_aligned, geometry, probs_to_labels
 from pixelwise.engine.tasks import Task, register_task
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.losses import cross_entropy
@@ -62,7 +63,8 @@ class SemanticTask(Task):
 
     def to_device(self, batch, device: torch.device):
         images, targets = batch
-        return images.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+        images = channels_last(images.to(device, non_blocking=True), self.cfg.train.channels_last)
+        return images, {k: v.to(device, non_blocking=True) for k, v in targets.items()}
 
     def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
         """{"ce": ...}, and {"aux": ...} weighted by train.aux_loss_weight for a model with an auxiliary head."""
@@ -74,8 +76,8 @@ class SemanticTask(Task):
             logits = forward_aligned(model, images)
         t = self.cfg.train
 
-        def ce(x: torch.Tensor) -> torch.Tensor:
-            return cross_entropy(x, targets["mask"], weight_map=targets.get("weight"), class_weights=self.class_weights,
+        def ce(x: torch.Tensor) -> torch.Tensor:  # in float32 whatever the autocast precision
+            return cross_entropy(x.float(), targets["mask"], weight_map=targets.get("weight"), class_weights=self.class_weights,
                                  ignore_index=self.ignore_index, sample_p=t.loss_sampling_p, reduction=t.loss_reduction)
 
         if isinstance(logits, dict):
@@ -87,9 +89,18 @@ class SemanticTask(Task):
         from pixelwise.data import dataset_meta
 
         i, data = self.cfg.infer, self.cfg.data
+        precision, nhwc = self.inference_precision()
         return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta if tta is None else tta,
-                         batch_size=i.batch_size, amp=self.cfg.train.amp, channels=dataset_meta(data)["in_channels"],
-                         mean=data.mean, std=data.std, threshold=i.threshold, class_names=class_names)
+                         batch_size=i.batch_size, precision=precision, channels_last=nhwc,
+                         channels=dataset_meta(data)["in_channels"], mean=data.mean, std=data.std,
+                         threshold=i.threshold, class_names=class_names)
+
+    def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
+        from pixelwise.data import dataset_meta
+
+        side = geometry(model, 64)[0]
+        device = next(model.parameters()).device
+        return "", (torch.rand(1, dataset_meta(self.cfg.data)["in_channels"], side, side, device=device),)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,

@@ -1,0 +1,236 @@
+"""`pixelwise export` and `--runtime`: every format and runtime on tiny trained models, checked against PyTorch."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+from synthetic import Disks  # noqa: E402
+from test_checkpoint_only import write_split  # noqa: E402
+
+import pixelwise.deploy.export as export_module  # noqa: E402
+from pixelwise.cli import main  # noqa: E402
+from pixelwise.deploy.runtime import read_metadata  # noqa: E402
+from pixelwise.engine import Predictor  # noqa: E402
+from pixelwise.errors import ConfigError  # noqa: E402
+from pixelwise.files import trusting_pickles  # noqa: E402
+
+MODELS = {
+    # the valid-convolution U-Net: its size rule (sides 8k + 44 for depth 2) must survive the export
+    "unet": "{name: unet, num_classes: 2, args: {base_width: 4, depth: 2, in_channels: 1, batch_norm: true}}",
+    # FCN-8s: pad100, crops and the learnable 2x upsamplings with dynamic sizes
+    "fcn8s": "{name: fcn8s, num_classes: 2, args: {width: 0.0625, fc_channels: 16, in_channels: 1, batch_norm: true}}",
+}
+RECIPE = """\
+output_dir: {out}
+model: {model}
+data: {{dataset: folder, root: {root}, path: disks, num_classes: 2, mean: [0.5], std: [0.25]}}
+train: {{batch_size: 2, max_steps: 2, val_every: 2, lr: 0.01, optimizer: adam, threads: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    # 64 pixels: OpenVINO's CPU plugin cannot run FCN-8s on smaller inputs (see README, "Export")
+    write_split(tmp / "data" / "disks" / "train", Disks(4, size=64, seed=0))
+    write_split(tmp / "data" / "disks" / "val", Disks(2, size=64, seed=1))
+    for name, model in MODELS.items():
+        recipe = tmp / f"{name}.yaml"
+        recipe.write_text(RECIPE.format(out=tmp / name, root=tmp / "data", model=model))
+        assert main(["train", str(recipe)]) == 0
+    return tmp
+
+
+def _exported(runs: Path, fmt: str, suffix: str) -> Path:
+    """The tiny U-Net exported as `fmt` (made once per module)."""
+    out = runs / f"unet-{fmt}{suffix}"
+    if not out.exists():
+        assert main(["export", "--checkpoint", str(runs / "unet" / "best.pt"), "--format", fmt, "--out", str(out)]) == 0
+    return out
+
+
+def _labels(folder: Path) -> np.ndarray:
+    return np.stack([np.array(Image.open(folder / f"{i:02d}.png")) for i in range(2)])
+
+
+FORMATS = [("onnx", ".onnx", ["onnxruntime", "openvino"]), ("openvino", ".xml", ["openvino"]),
+           ("torch-export", ".pt2", ["torch"])]
+# Every format on the U-Net; FCN-8s's other formats run with -m slow (the default suite stays under 10 minutes).
+CASES = [pytest.param("unet", *f, id=f"unet-{f[0]}") for f in FORMATS] + [
+    pytest.param("fcn8s", *f, id=f"fcn8s-{f[0]}", marks=() if f[0] == "onnx" else pytest.mark.slow) for f in FORMATS]
+
+
+@pytest.mark.parametrize("model,fmt,suffix,runtimes", CASES)
+def test_export_then_eval_and_predict_agree_with_pytorch(runs, model, fmt, suffix, runtimes, capsys):
+    ckpt, out = runs / model / "best.pt", runs / f"{model}-{fmt}{suffix}"
+    trust = ["--trust-checkpoint"] if fmt == "torch-export" else []
+    assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "largest probability difference" in said and f"wrote {out}" in said
+    meta = read_metadata(out)
+    assert meta["task"] == "semantic" and meta["config"]["model"]["name"] == model and meta["format"] == fmt
+    assert not list(runs.glob(".pixelwise-export-*"))  # the staging folder is gone
+
+    images = runs / "data" / "disks" / "val" / "images"
+    assert main(["eval", "--checkpoint", str(ckpt), "--out", str(runs / f"{model}-torch.json")]) == 0
+    assert main(["predict", "--checkpoint", str(ckpt), str(images), "--out", str(runs / f"{model}-torch")]) == 0
+    reference = json.loads((runs / f"{model}-torch.json").read_text())
+    for runtime in runtimes:
+        tag = f"{model}-{fmt}-{runtime}"
+        assert main(["eval", "--checkpoint", str(out), "--runtime", runtime, "--out", str(runs / f"{tag}.json"),
+                     *trust]) == 0
+        metrics = json.loads((runs / f"{tag}.json").read_text())
+        assert abs(metrics["miou"] - reference["miou"]) < 1e-3, runtime
+        assert main(["predict", "--checkpoint", str(out), "--runtime", runtime, str(images), "--out",
+                     str(runs / tag), *trust]) == 0
+        agreement = (_labels(runs / tag) == _labels(runs / f"{model}-torch")).mean()
+        assert agreement > 0.999, (runtime, agreement)
+    # Height and width are dynamic: another, non-square size than the export's example.
+    image = np.random.default_rng(1).integers(0, 256, (80, 112), dtype=np.uint8)
+    with trusting_pickles(out):
+        labels = Predictor.from_checkpoint(out, runtime=runtimes[0])(image)
+    assert (labels == Predictor.from_checkpoint(ckpt)(image)).float().mean() > 0.999
+
+
+def test_the_exported_unet_keeps_its_size_rule_and_openvino_runs_in_bf16(runs):
+    out = runs / "unet-rule.onnx"
+    assert main(["export", "--checkpoint", str(runs / "unet" / "best.pt"), "--format", "onnx", "--out", str(out)]) == 0
+    fp32 = Predictor.from_checkpoint(out, runtime="openvino")
+    bf16 = Predictor.from_checkpoint(out, runtime="openvino", precision="bf16")
+    torch_predictor = Predictor.from_checkpoint(runs / "unet" / "best.pt")
+    assert fp32.model.input_size_for(20) == torch_predictor.model.input_size_for(20)
+    image = runs / "data" / "disks" / "val" / "images" / "00.png"
+    reference = torch_predictor(image)
+    assert (fp32(image) == reference).float().mean() > 0.999
+    assert (bf16(image) == reference).float().mean() > 0.98  # bf16 has an 8-bit mantissa
+    # The graph takes images in [0, 1] and normalises them itself: run it by hand on a valid size.
+    import onnxruntime as ort
+
+    side = torch_predictor.model.input_size_for(20)
+    x = np.random.default_rng(0).random((1, 1, side, side), dtype=np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        expected = torch_predictor.model((torch.from_numpy(x) - 0.5) / 0.25).numpy()
+    assert logits.shape == expected.shape and np.abs(logits - expected).max() < 1e-4
+
+
+def test_export_never_overwrites_and_refuses_a_disagreeing_model(runs, capsys, monkeypatch):
+    ckpt = runs / "unet" / "best.pt"
+    taken = runs / "taken.onnx"
+    taken.write_bytes(b"mine")
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(taken)]) == 2
+    assert "never overwrites" in capsys.readouterr().err and taken.read_bytes() == b"mine"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(runs / "x.xml")]) == 2
+    assert "*.onnx" in capsys.readouterr().err
+
+    monkeypatch.setitem(export_module.TOLERANCE, "prob", -1.0)  # no difference is small enough
+    out = runs / "refused.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "disagrees with PyTorch" in err and "nothing was written" in err
+    assert not out.exists() and not list(runs.glob(".pixelwise-export-*"))
+
+
+def test_runtime_mismatches_untrusted_pt2_and_a_missing_runtime_are_clear_errors(runs, capsys, monkeypatch):
+    ckpt, images = runs / "unet" / "best.pt", runs / "data" / "disks" / "val" / "images"
+    assert main(["eval", "--checkpoint", str(ckpt), "--runtime", "onnxruntime", "--out", str(runs / "e.json")]) == 2
+    assert "export it first: pixelwise export" in capsys.readouterr().err
+    xml = _exported(runs, "openvino", ".xml")
+    assert main(["eval", "--checkpoint", str(xml), "--runtime", "onnxruntime", "--out", str(runs / "e.json")]) == 2
+    assert "runs with: openvino" in capsys.readouterr().err
+    pt2 = _exported(runs, "torch-export", ".pt2")
+    assert main(["predict", "--checkpoint", str(pt2), str(images), "--out", str(runs / "p")]) == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err and not (runs / "p").exists()
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
+    with pytest.raises(ConfigError, match=r"pixelwise\[deploy\]"):
+        Predictor.from_checkpoint(_exported(runs, "onnx", ".onnx"), runtime="onnxruntime")
+
+
+def test_a_file_without_pixelwise_metadata_is_refused(runs, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    foreign = runs / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    assert main(["eval", "--checkpoint", str(foreign), "--out", str(runs / "f.json")]) == 2
+    assert "not written by `pixelwise export`" in capsys.readouterr().err
+    (runs / "garbage.onnx").write_bytes(b"\x00not a model")
+    assert main(["eval", "--checkpoint", str(runs / "garbage.onnx"), "--out", str(runs / "g.json")]) == 2
+    assert "cannot be read as a onnx model" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def mask_rcnn(tmp_path_factory):
+    """A Mask R-CNN R18-FPN trained 2 steps on synthetic boxes, and one image of them."""
+    from synthetic import Boxes, instance_config, instance_data
+
+    from pixelwise.engine import train
+
+    tmp = tmp_path_factory.mktemp("export_mask_rcnn")
+    # A low score threshold: an untrained model's detections still exercise every part.
+    train(instance_config(tmp / "run", "model.args.box_score_thresh=0.0"), datasets=instance_data(), progress=False)
+    image = tmp / "boxes.png"
+    Image.fromarray((Boxes(1, seed=5).samples[0][0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(image)
+    return tmp, image
+
+
+@pytest.mark.parametrize("fmt,suffix,runtimes", [("onnx", ".onnx", ["onnxruntime", "openvino"]),
+                                                 ("torch-export", ".pt2", ["torch"])])
+def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suffix, runtimes, capsys):
+    tmp, image = mask_rcnn
+    out = tmp / f"mrcnn{suffix}"
+    assert main(["export", "--checkpoint", str(tmp / "run" / "last.pt"), "--format", fmt, "--out", str(out),
+                 "--image", str(image)]) == 0
+    said = capsys.readouterr().out
+    assert "detections each" in said
+    parts = [out] + [out.with_name(f"mrcnn.{p}{suffix}") for p in ("rpn_head", "box_head", "mask_head")]
+    assert all(p.exists() for p in parts)
+    assert read_metadata(out)["parts"].keys() == {"backbone", "rpn_head", "box_head", "mask_head"}
+    wide = tmp / "wide.png"  # another size than the one exported on: the graphs' dynamic dimensions
+    Image.fromarray(np.concatenate([np.array(Image.open(image))] * 2, axis=1)).save(wide)
+    # (A torch.export program keeps a guard that every FPN level is at least 2 pixels: here the wide image's
+    # 32-pixel-high batch gives a 1-pixel level, which it refuses with a clear error; ONNX has no such guard.)
+    for picture in (image, wide) if fmt == "onnx" else (image,):
+        reference = Predictor.from_checkpoint(tmp / "run" / "last.pt")(picture)
+        assert len(reference["boxes"]) > 0
+        for runtime in runtimes:
+            with trusting_pickles(out):
+                d = Predictor.from_checkpoint(out, runtime=runtime)(picture)
+            assert len(d["boxes"]) == len(reference["boxes"]), runtime
+            assert torch.allclose(d["boxes"], reference["boxes"], atol=0.05)
+            assert torch.equal(d["labels"], reference["labels"])
+            assert (d["masks"] == reference["masks"]).float().mean() > 0.999
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_was(runs):
+    """OpenVINO's CPU plugin installs an alternate signal stack and frees it later: a SIGTERM after that (the
+    Trainer's stop handler) crashed the test process. The runtime restores the thread's own."""
+    import ctypes
+    import signal
+
+    from pixelwise.deploy.runtime import _SignalStack
+
+    libc = ctypes.CDLL(None)
+    before, after = _SignalStack(), _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    Predictor.from_checkpoint(_exported(runs, "openvino", ".xml"), precision="bf16")
+    libc.sigaltstack(None, ctypes.byref(after))
+    assert (after.ss_sp, after.ss_size, after.ss_flags) == (before.ss_sp, before.ss_size, before.ss_flags)
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: got.append(True))
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got == [True]
