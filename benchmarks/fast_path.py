@@ -41,33 +41,53 @@ def _cfg(recipe: str, out: Path, overrides: list[str]):
     return load_config(ROOT / "pixelwise" / "configs" / f"{recipe}.yaml", [f"output_dir={out}", *overrides])
 
 
+class StopAtEnd(Times):
+    """Times, and a stop request at the last step, so that the run ends without its final validation."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def after_step(self, trainer, logs) -> None:
+        super().after_step(trainer, logs)
+        if trainer.state.step >= self.steps:
+            trainer.state.stop_requested = True
+
+
 def steps(args, tmp: Path) -> None:
     from pixelwise.engine import train
 
-    rows, record = [], {"machine": machine_summary(), "steps": args.steps, "rounds": args.rounds}
+    path = ROOT / "benchmarks" / "results" / "fast_path_steps.json"
+    # Recipes measured before keep their rows; each recipe's row comes from one run of this command.
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record["machine"] = machine_summary()
     for recipe in args.recipes:
         times = {v: [] for v in VARIANTS}
         names = list(VARIANTS)
         for r in range(args.rounds):
             for v in names[r % len(names):] + names[: r % len(names)]:
-                t = Times()
+                t = StopAtEnd(args.steps)
                 cfg = _cfg(recipe, tmp / f"{recipe}-{r}-{v}", [*VARIANTS[v], f"train.max_steps={args.steps}",
                                                                f"train.val_every={10 * args.steps}", "train.time_limit=null",
                                                                f"train.ckpt_every={10 * args.steps}"])
                 train(cfg, hooks=(t,), progress=False)
                 times[v] += [b - a for a, b in zip(t.times[WARMUP:], t.times[WARMUP + 1:])]
                 print(f"{recipe} round {r} {v}: median {statistics.median(times[v]):.3f} s/step", flush=True)
-        base = statistics.median(times["fp32"])
-        record[recipe] = {v: statistics.median(t) for v, t in times.items()}
-        rows.append(f"| {recipe} | " + " | ".join(f"{statistics.median(times[v]):.3f} ({base / statistics.median(times[v]):.2f}x)"
-                                                  for v in VARIANTS) + " |")
-        print(rows[-1], flush=True)
-    save_record("fast_path_steps", record)
-    body = (f"Command: `python benchmarks/fast_path.py steps --steps {args.steps} --rounds {args.rounds}` "
-            f"({time.strftime('%Y-%m-%d')}, {record['machine']}). Each recipe trains {args.steps} steps per variant, "
-            f"alternating in one process ({args.rounds} rounds, order rotated); median seconds per step after "
-            f"{WARMUP} warm-up steps, and the speed-up over fp32.\n\n"
-            "| recipe | fp32 s/step | bf16 s/step | bf16 + channels_last s/step |\n|---|---|---|---|\n" + "\n".join(rows))
+        record[recipe] = {"s_per_step": {v: statistics.median(t) for v, t in times.items()}, "steps": args.steps,
+                          "rounds": args.rounds, "date": time.strftime("%Y-%m-%d %H:%M")}
+        save_record("fast_path_steps", record)
+    rows = []
+    for recipe in RECIPES:
+        if recipe in record:
+            t, base = record[recipe]["s_per_step"], record[recipe]["s_per_step"]["fp32"]
+            rows.append(f"| {recipe} | " + " | ".join(f"{t[v]:.3f} ({base / t[v]:.2f}x)" for v in VARIANTS)
+                        + f" | {record[recipe]['steps']} x {record[recipe]['rounds']} |")
+    body = (f"Command: `python benchmarks/fast_path.py steps [--recipes R ...] [--steps 20 --rounds 2]` "
+            f"({record['machine']}). Each recipe trains the given steps per variant, alternating in one process "
+            f"(rounds, order rotated); median seconds per step after {WARMUP} warm-up steps (no validation), "
+            "and the speed-up over fp32 in the same run.\n\n"
+            "| recipe | fp32 s/step | bf16 s/step | bf16 + channels_last s/step | steps x rounds |\n|---|---|---|---|---|\n"
+            + "\n".join(rows))
     replace_section(ROOT / "BENCHMARKS.md", "Fast path: training steps per second, fp32 vs bf16", body)
     print(body)
 
@@ -134,7 +154,7 @@ def main() -> None:
     s = sub.add_parser("steps")
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--rounds", type=int, default=2)
-    s.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    s.add_argument("--recipes", nargs="*", default=list(RECIPES), help="none: rewrite the table from the saved record")
     e = sub.add_parser("equal-time")
     e.add_argument("--budget", type=float, default=300)
     e.add_argument("--recipes", nargs="+", default=["unet_isbi2012_cpu", "fcn8s_camvid_cpu"])

@@ -89,6 +89,10 @@ def bench_semantic(name: str, build, rounds: int, tmp: Path) -> dict:
     torch.manual_seed(0)
     ours, peer, peer_name, shape = build()
     ours.eval()
+    with torch.no_grad():  # zero-initialised score layers (FCN) would make every variant agree trivially
+        for p in ours.parameters():
+            if p.dim() > 1 and not p.any():
+                p.normal_(0, 0.01)
     x01 = torch.rand(shape)
     norm_mean = torch.tensor(MEAN[: shape[1]]).reshape(1, -1, 1, 1)
     norm_std = torch.tensor(STD[: shape[1]]).reshape(1, -1, 1, 1)
@@ -188,30 +192,37 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
                 "OpenVINO fp32": lambda imgs, m=runtime_model("openvino"): m(imgs)["detections"],
                 "OpenVINO bf16": lambda imgs, m=runtime_model("openvino", "bf16"): m(imgs)["detections"]}
     times = {k: [] for k in variants}
-    outs = {}
+    agreement = {}
     with torch.no_grad():
-        for k, fn in variants.items():
-            outs[k] = fn(images)
+        ref = variants["ours fp32"](images)
+        for k, fn in variants.items():  # warm-up, compared at once (full-size masks take memory)
+            agreement[k] = _detection_agreement(fn(images), ref)
+        del ref
         for r in range(rounds):
             for k, fn in variants.items():
                 timed(fn, times[k], images)
             print(f"mask_rcnn: round {r + 1}/{rounds}: " + ", ".join(f"{k} {times[k][-1]:.2f}s" for k in variants),
                   flush=True)
-    ref = outs["ours fp32"]
     base = statistics.median(times[next(iter(variants))])
-    rows = []
-    for k in variants:
-        dets = outs[k]
-        same = all(len(a["boxes"]) == len(b["boxes"]) for a, b in zip(dets, ref))
-        mask_agree = None
-        if same:
-            union = sum(((a["masks"] > 0.5) | (b["masks"] > 0.5)).sum().item() for a, b in zip(dets, ref))
-            xor = sum(((a["masks"] > 0.5) ^ (b["masks"] > 0.5)).sum().item() for a, b in zip(dets, ref))
-            mask_agree = 1 - xor / union if union else 1.0
-        rows.append({"variant": k, "median_s": statistics.median(times[k]), "times": times[k],
-                     "speedup_vs_first": base / statistics.median(times[k]),
-                     "detections": [len(d["boxes"]) for d in dets], "mask_agreement": mask_agree})
+    rows = [{"variant": k, "median_s": statistics.median(times[k]), "times": times[k],
+             "speedup_vs_first": base / statistics.median(times[k]), **agreement[k]} for k in variants]
     return {"model": "mask_rcnn_r50_fpn", "input": what, "peer": "torchvision", "rows": rows}
+
+
+def _binary_masks(d: dict) -> torch.Tensor:
+    m = d["masks"]  # ours: (D, H, W) bool; torchvision: (D, 1, H, W) probabilities
+    return m if m.dtype == torch.bool else (m > 0.5).reshape(len(m), *m.shape[-2:])
+
+
+def _detection_agreement(dets: list[dict], ref: list[dict]) -> dict:
+    dets = [{"boxes": d["boxes"], "masks": _binary_masks(d)} for d in dets]
+    same = all(len(a["boxes"]) == len(b["boxes"]) for a, b in zip(dets, ref))
+    mask_agree = None
+    if same:
+        union = sum((a["masks"] | b["masks"]).sum().item() for a, b in zip(dets, ref))
+        xor = sum((a["masks"] ^ b["masks"]).sum().item() for a, b in zip(dets, ref))
+        mask_agree = 1 - xor / union if union else 1.0
+    return {"detections": [len(d["boxes"]) for d in dets], "mask_agreement": mask_agree}
 
 
 def table(results: list[dict]) -> str:
@@ -250,12 +261,22 @@ def main() -> None:
             else:
                 results.append(bench_semantic(name, builders[name], args.rounds, Path(tmp)))
             print(table(results[-1:]), flush=True)
+            save_record("speed_partial", {"machine": machine_summary(), "results": results})  # kept if a later one dies
     body = (f"Command: `python benchmarks/speed.py --rounds {args.rounds}` ({time.strftime('%Y-%m-%d')}, "
             f"{machine_summary()}).\n\nSame random weights and inputs for every variant, alternating in one process "
             f"({args.rounds} rounds after a warm-up call each), median time per call. The first row of each model is "
             "the peer where one exists (torchvision with our weights converted, so its outputs are comparable; smp's "
             "U-Net is another network), else ours fp32. ONNX Runtime and OpenVINO run the graph `pixelwise export` "
-            "writes (input normalisation inside).\n\n" + table(results))
+            "writes (input normalisation inside). Zero-initialised weights (FCN's score layers) are drawn at random so "
+            "that the agreement column means something.\n\n" + table(results))
+    record = ROOT / "benchmarks" / "results" / "speed.json"
+    if record.exists():  # a run of some models replaces their rows and keeps the others'
+        import json
+
+        order = p.get_default("models").split(",")
+        kept = {r["model"]: r for r in json.loads(record.read_text())["results"]}
+        kept.update({r["model"]: r for r in results})
+        results = [kept[m] for m in order if m in kept]
     save_record("speed", {"machine": machine_summary(), "results": results})
     if not args.no_write:
         replace_section(ROOT / "BENCHMARKS.md", "Fast path and exported models: inference speed", body)

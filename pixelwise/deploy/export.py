@@ -80,9 +80,7 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
     if out.suffix.lower() != FORMATS[fmt]:
         raise OutputError(f"--out {str(out)!r}: a {fmt} file is named *{FORMATS[fmt]}; use --out "
                           f"{out.with_suffix(FORMATS[fmt])}")
-    if fmt == "torch-export":
-        require("torch.export", "torch-export")
-    else:
+    if fmt != "torch-export":
         require("onnx", f"--format {fmt}")
         require("onnxscript", f"--format {fmt}")
         if fmt == "openvino":

@@ -122,6 +122,9 @@ def load_exported(path, runtime: str | None = None, *, cfg=None, overrides: list
         check_ranges(cfg, f"config stored in {source}")
     else:
         check_against_checkpoint(cfg, meta["config"], source)
+    # An exported graph is fp32: the training's precision does not carry over, bf16 (OpenVINO) is asked for.
+    cfg.infer.precision = cfg.infer.precision or "fp32"
+    cfg.infer.channels_last = bool(cfg.infer.channels_last)
     device = torch.device("cpu")
     run = build_run(cfg, pretrained=False, splits=())
     model, task = run.model.eval(), run.task

@@ -365,9 +365,11 @@ class RoIHeads(nn.Module):
     def _box_branch(self, features: list[torch.Tensor], boxes: Sequence[torch.Tensor]):
         """(class_logits, box_deltas, res5 features or None) of the RoIs."""
         if self.res5 is None:
-            return (*self.box_head(self._pool(features, boxes, "roi_align", self.box_resolution)), None)
-        x = self.res5(self._pool(features, boxes, self.mask_roi, self.mask_resolution))
-        return (*self.box_head(x), x)
+            x, features_out = self._pool(features, boxes, "roi_align", self.box_resolution), None
+        else:
+            x = features_out = self.res5(self._pool(features, boxes, self.mask_roi, self.mask_resolution))
+        # Boxes are decoded and scored in float32 whatever the autocast precision of the head.
+        return (*(t.to(torch.promote_types(t.dtype, torch.float32)) for t in self.box_head(x)), features_out)
 
     def _mask_logits(self, features: list[torch.Tensor], boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self._pool(features, boxes, self.mask_roi, self.mask_resolution)

@@ -215,8 +215,10 @@ class RPN(nn.Module):
         """One (H_l W_l A, 4) tensor of anchors per level."""
         grid = [tuple(f.shape[-2:]) for f in features]
         strides = [(padded_size[0] // h, padded_size[1] // w) for h, w in grid]
+        # At least float32: under bf16 autocast the features are bf16, whose 8-bit mantissa would put anchors
+        # (and the proposals and IoUs computed from them) 4-8 px apart at 1000 px; the bf16 recipe's box loss went NaN.
         return grid_anchors(self.sizes, self.aspect_ratios, grid, strides, device=features[0].device,
-                            dtype=features[0].dtype)
+                            dtype=torch.promote_types(features[0].dtype, torch.float32))
 
     def forward(
         self,
@@ -230,6 +232,7 @@ class RPN(nn.Module):
         anchors = self.anchors(features, padded_size)
         num_per_level = [len(a) for a in anchors]
         anchors = torch.cat(anchors)
+        objectness, deltas = objectness.to(anchors.dtype), deltas.to(anchors.dtype)  # box arithmetic in float32
         mode = 0 if self.training else 1
         proposals, _ = generate_proposals(
             objectness, deltas, anchors, num_per_level, image_sizes, pre_nms_top_n=self.pre_nms_top_n[mode],
