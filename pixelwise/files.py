@@ -65,7 +65,7 @@ def torch_load(path: str | Path, *, what: str, map_location: Any = "cpu",
     if not path.is_file():
         where = " (it is a folder)" if path.is_dir() else ""
         raise error(f"{what} {str(path)!r} does not exist{where}")
-    if path.resolve() in _TRUSTED.get():  # the user vouched for this very file (--trust-checkpoint)
+    if is_trusted(path):  # only the file the user vouched for (--trust-checkpoint / trusting_pickles) is unpickled
         try:
             return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         except Exception as e:

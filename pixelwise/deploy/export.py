@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pixelwise.config import to_dict
 from pixelwise.deploy.runtime import FORMATS, META_KEY, default_runtime, load_exported, part_path, require
 from pixelwise.errors import ConfigError, DataError, OutputError, PixelwiseError
 from pixelwise.files import trusting_pickles
@@ -103,7 +104,7 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
             raise OutputError(f"--out {str(out)!r} is the checkpoint itself")
     if not out.parent.is_dir():
         raise OutputError(f"folder of --out {str(out.parent)!r} does not exist")
-    meta = {"format": fmt, "task": inference.task.name, "config": _config_dict(cfg),
+    meta = {"format": fmt, "task": inference.task.name, "config": to_dict(cfg),
             "class_names": list(inference.predictor.class_names or []),
             "main": next(iter(parts)), "parts": {n: {"structure": s} for n, (_, _, s, _) in parts.items()},
             "input": ("normalised, resized and padded (B, 3, H, W) batch (see pixelwise.deploy.export)" if instance
@@ -136,12 +137,6 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
 
 class ExportMismatch(PixelwiseError):
     pass
-
-
-def _config_dict(cfg) -> dict:
-    from pixelwise.config import to_dict
-
-    return to_dict(cfg)
 
 
 def _sample_image(inference, image) -> dict:
