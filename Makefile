@@ -7,7 +7,7 @@ ifneq ($(wildcard ../shared/data),)
 export PIXELWISE_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: demo test test-slow bench env clean
+.PHONY: demo test test-slow bench env browser clean
 
 $(BIN)/pixelwise: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ env: $(BIN)/pixelwise
 demo: env
 	$(BIN)/pixelwise demo
 
-test: env
+# The report's browser test needs headless Chromium: the Debian package, installed once.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+test: env browser
 	$(BIN)/python -m pytest
 
 test-slow: env

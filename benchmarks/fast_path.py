@@ -108,8 +108,11 @@ def equal_time(args, tmp: Path) -> None:
         metrics = inference.task.evaluate(inference.model, ds, inference.device, progress=False)
         return metrics, (time.monotonic() - t0) / len(ds)
 
-    record = {"machine": machine_summary(), "budget": args.budget}
-    rows = []
+    path = ROOT / "benchmarks" / "results" / "fast_path_equal_time.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    if "recipes" not in record:  # the first record held one budget for all of its recipes
+        record = {"recipes": {r: {"budget": record["budget"], "machine": record["machine"], "results": v}
+                              for r, v in record.items() if r in SCORES}}
     for recipe in args.recipes:
         fast = args.fast.get(recipe, "bf16")
         runs = {}
@@ -130,19 +133,23 @@ def equal_time(args, tmp: Path) -> None:
         export(ckpt, "onnx", onnx, progress=False)
         results[f"{fast} training, ONNX Runtime fp32"] = (n, *evaluate(onnx, runtime="onnxruntime"))
         results[f"{fast} training, OpenVINO bf16"] = (n, *evaluate(onnx, ["infer.precision=bf16"], runtime="openvino"))
-        record[recipe] = {k: {"steps": n, "metrics": {m: v for m, v in met.items() if isinstance(v, float)},
-                              "s_per_image": s} for k, (n, met, s) in results.items()}
+        record["recipes"][recipe] = {
+            "budget": args.budget, "machine": machine_summary(), "date": time.strftime("%Y-%m-%d"),
+            "results": {k: {"steps": n, "metrics": {m: v for m, v in met.items() if isinstance(v, float)},
+                            "s_per_image": s} for k, (n, met, s) in results.items()}}
         for k, (n, met, s) in results.items():
-            rows.append(f"| {recipe} | {k} | {n} | {_scores(met, recipe)} | {s:.2f} |")
-            print(rows[-1], flush=True)
+            print(f"| {recipe} | {k} | {n} | {_scores(met, recipe)} | {s:.2f} |", flush=True)
         save_record("fast_path_equal_time", record)
-    body = (f"Command: `python benchmarks/fast_path.py equal-time --budget {args.budget}` ({time.strftime('%Y-%m-%d')}, "
-            f"{record['machine']}). Each recipe trains {args.budget} s in fp32 and on the fast path, one after the "
-            "other (one seed each: read small differences as noise); the final weights are evaluated on the recipe's "
-            "val split. The fast-path run is also evaluated with bf16 inference, and exported (`pixelwise export "
-            "--format onnx`) and run by ONNX Runtime (fp32) and OpenVINO (bf16).\n\n"
-            "| recipe | training / inference | steps in budget | val scores | s / image |\n|---|---|---|---|---|\n"
-            + "\n".join(rows))
+    rows = [f"| {recipe} | {r['budget']:g} | {k} | {v['steps']} | {_scores(v['metrics'], recipe)} | {v['s_per_image']:.2f} |"
+            for recipe, r in record["recipes"].items() for k, v in r["results"].items()]
+    machines = sorted({r["machine"] for r in record["recipes"].values()})
+    body = ("Command: `python benchmarks/fast_path.py equal-time --budget SECONDS --recipes RECIPE... [--fast JSON]` "
+            f"(one run per recipe, merged into one table; {'; '.join(machines)}). Each recipe trains the budget in fp32 "
+            "and on the fast path, one after the other (one seed each: read small differences as noise); the final "
+            "weights are evaluated on the recipe's val split. The fast-path run is also evaluated with bf16 inference, "
+            "and exported (`pixelwise export --format onnx`) and run by ONNX Runtime (fp32) and OpenVINO (bf16).\n\n"
+            "| recipe | budget (s) | training / inference | steps in budget | val scores | s / image |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
     replace_section(ROOT / "BENCHMARKS.md", "Fast path on trained models: equal-time training and exported accuracy",
                     body)
     print(body)

@@ -31,6 +31,8 @@ examples:
   pixelwise eval --checkpoint runs/unet_isbi2012_cpu/best.pt
   pixelwise predict --checkpoint runs/unet_isbi2012_cpu/best.pt IMAGES... --out DIR
   pixelwise models                                  the registered networks
+  pixelwise report runs/a runs/b --out compare.html one offline HTML page comparing runs
+  pixelwise reproduce --list                        the papers' ablations, re-run with one command
 
 Every command has --help. Errors you can fix are printed in one line (exit code 2); --debug shows
 the traceback as well."""
@@ -140,6 +142,34 @@ def cmd_train(args) -> int:
     if state.metrics and _is_main():
         print(f"final validation (step {state.step}):")
         _print_metrics(state.metrics)
+    if not args.no_report and _is_main():
+        from pixelwise.engine.report import write_report
+
+        try:
+            print(f"wrote {write_report([out], data_root=args.data_root)}")
+        except PixelwiseError as e:  # the run itself is saved; say why its page is missing
+            print(f"pixelwise train: warning: no report written: {' '.join(str(e).split())}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pixelwise.engine.report import write_report
+
+    print(f"wrote {write_report(args.runs, args.out, data_root=args.data_root, examples=args.examples)}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from pixelwise.reproduce import listing, reproduce, summary_markdown
+
+    if args.list or not args.name:
+        if not args.list:
+            raise ConfigError("pixelwise reproduce needs an experiment NAME, or --list to see them")
+        print(listing())
+        return 0
+    summary = reproduce(args.name, out=args.out, budget=args.budget, seeds=args.seeds, overrides=args.override,
+                        data_root=args.data_root)
+    print(summary_markdown(summary))
     return 0
 
 
@@ -300,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "continue from a run's last.pt exactly where it stopped; -o may change only settings that keep the run the "
         "same (max_steps, time_limit, lr, logging, device, infer.*)"))
     sp.add_argument("--output-dir", help="run folder (overrides output_dir)")
+    sp.add_argument("--no-report", action="store_true", help="do not write OUTPUT_DIR/report.html at the end")
     trust(sp)
     sp.set_defaults(fn=cmd_train)
 
@@ -359,6 +390,43 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a field of the checkpoint's config, e.g. -o data.root=DIR")
     trust(sp)
     sp.set_defaults(fn=cmd_export)
+
+    sp = sub.add_parser("report", help="write one self-contained HTML page of one or more run folders",
+                        description=(
+        "Write an HTML report of training runs that opens offline (plots and images embedded, no scripts): the "
+        "resolved config, machine and versions, training curves from log.csv (each loss term, learning rate, "
+        "validation metrics), per-class IoU and a confusion-matrix heatmap (semantic runs) or the COCO AP table "
+        "(instance runs), and the best and worst validation images as image | ground truth | prediction (predicted "
+        "again from last.pt when the dataset is found). Several RUN_DIRs are compared side by side: one table and "
+        "their curves drawn over each other. `pixelwise train` writes OUTPUT_DIR/report.html at the end of a run."))
+    sp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (a training's output_dir)")
+    sp.add_argument("--out", metavar="FILE.html", help=(
+        "page to write (default RUN_DIR/report.html for one run; needed for several); an existing file is replaced "
+        "only if it is a pixelwise report"))
+    sp.add_argument("--examples", type=int, default=2, metavar="N", help=(
+        "best and worst N validation images (instance runs: the first 2N); 0 for none (default 2)"))
+    sp.add_argument("--data-root", help="folder holding the datasets (else the run's data.root, else $PIXELWISE_DATA)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("reproduce", help="re-run a paper's ablation on the bundled data and summarise it",
+                        description=(
+        "Re-run one of the papers' ablations: a set of runs (a bundled recipe plus overrides), each trained for the "
+        "same time budget on the fast path (bf16 + channels_last), scored by its final validation, and summarised in "
+        "OUT/NAME/summary.md, summary.json and report.html: our figures beside the paper's, the spread over seeds, "
+        "and whether the paper's direction held. Finished runs are skipped and an interrupted one resumes from its "
+        "last.pt: run the same command again to continue. --list shows the experiments and their default budgets."))
+    sp.add_argument("name", nargs="?", metavar="NAME", help="experiment (see --list)")
+    sp.add_argument("--list", action="store_true", help="list the experiments with their runs and default budgets")
+    sp.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per run (default: the "
+                                                                    "experiment's; staged stages get their share)")
+    sp.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per run (default 1)")
+    sp.add_argument("--out", default="reproduce", metavar="DIR", help="folder of the experiments (default reproduce)")
+    sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field of every run, e.g. -o train.device=cuda")
+    sp.add_argument("--data-root", help="folder holding the datasets (else $PIXELWISE_DATA, else ~/.cache/pixelwise/data)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sp.set_defaults(fn=cmd_reproduce)
 
     sp = sub.add_parser("models", help="list registered models, or show one model's arguments",
                         description="List the registered models; with a NAME, show the builder's arguments and defaults.")

@@ -51,3 +51,20 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+# An eighth-width FCN-8s on 4 CamVid images: a run folder in a few seconds.
+TINY_FCN = ["model.args.width=0.125", "model.args.fc_channels=32", "data.augment.crop_size=64", "data.limit=4",
+            "train.batch_size=2", "train.max_steps=3", "train.val_every=2", "train.device=cpu", "train.log_every=1"]
+
+
+def tiny_fcn_run(folder, *extra):
+    from pixelwise.cli import resolve_config
+    from pixelwise.config import load_config
+    from pixelwise.engine import train
+
+    require_dataset("camvid")
+    cfg = load_config(resolve_config("fcn8s_camvid_cpu"), [f"data.root={_data_root()}", f"output_dir={folder}",
+                                                         *TINY_FCN, *extra])
+    train(cfg, progress=False)
+    return folder

@@ -20,9 +20,10 @@ from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import class_meta, register_dataset
 from pixelwise.errors import ConfigError
 
-__all__ = ["ISBIInstances", "to_coco"]
+__all__ = ["ISBIInstances", "median_cell_area", "to_coco"]
 
 ANN_ID_STRIDE = 1_000_000  # annotation id = slice index * ANN_ID_STRIDE + region number
+SIZE_CLASS_NAMES = ("__background__", "small", "large")
 
 
 class ISBIInstances(torch.utils.data.Dataset):
@@ -38,6 +39,8 @@ class ISBIInstances(torch.utils.data.Dataset):
     Args:
         indices: slice indices, or a spec such as "0-24" (see parse_indices); default all.
         min_area: leave out regions of fewer pixels (0 keeps all).
+        size_threshold: two classes instead of one: "small" (label 1, area < size_threshold pixels) and
+            "large" (label 2); `median_cell_area` gives the threshold that splits a set of slices in half.
     """
 
     num_classes = 1  # object classes, as the model's num_classes (labels are 1..K; 0 is background)
@@ -53,7 +56,10 @@ class ISBIInstances(torch.utils.data.Dataset):
         channels: int = 1,
         min_area: int = 0,
         transforms: Callable | None = None,
+        size_threshold: float | None = None,
     ) -> None:
+        if size_threshold is not None and not size_threshold > 0:
+            raise ValueError(f"ISBIInstances: size_threshold={size_threshold!r}; expected a pixel area > 0")
         if channels not in (1, 3):
             raise ValueError(f"ISBIInstances: channels={channels!r}; expected 1, or 3 to repeat the gray channel")
         if min_area < 0:
@@ -69,6 +75,9 @@ class ISBIInstances(torch.utils.data.Dataset):
         self.in_channels = channels
         self.min_area = min_area
         self.transforms = transforms
+        self.size_threshold = size_threshold
+        if size_threshold is not None:
+            self.num_classes, self.class_names, self.category_ids = 2, list(SIZE_CLASS_NAMES), {1: 1, 2: 2}
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -113,7 +122,8 @@ class ISBIInstances(torch.utils.data.Dataset):
                 torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                 format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w),
             ),
-            "labels": torch.ones(n, dtype=torch.int64),
+            "labels": (torch.ones(n, dtype=torch.int64) if self.size_threshold is None
+                       else 1 + torch.as_tensor(areas[ids] >= self.size_threshold, dtype=torch.int64).reshape(-1)),
             "masks": tv_tensors.Mask(torch.from_numpy(np.stack(masks)) if n else torch.zeros(0, h, w, dtype=torch.uint8)),
             "iscrowd": torch.zeros(n, dtype=torch.int64),
             "area": torch.tensor(areas[ids], dtype=torch.float32).reshape(-1),
@@ -168,3 +178,33 @@ def build_isbi_instances(data_cfg, role: str, spec: str) -> ISBIInstances:
     except ValueError as e:
         raise ConfigError(f"{split_key(role)}: {e}") from None
     return ISBIInstances(dataset_dir(data_cfg), indices=indices, channels=3)  # 3 channels: the backbones take RGB
+
+
+class _BySize:  # meta of the two-class variant
+    num_classes, class_names, palette = 2, SIZE_CLASS_NAMES, None
+
+
+def median_cell_area(dataset: ISBIInstances) -> float:
+    """The median area (pixels) of the cells of `dataset`'s slices, counted as its targets count them."""
+    areas = []
+    for i in range(len(dataset)):
+        regions = dataset.instances(i)
+        counts = np.bincount(regions.ravel())[1:]
+        areas += counts[counts >= max(dataset.min_area, 1)].tolist()
+    if not areas:
+        raise DataError(f"ISBI 2012 slices {dataset.indices} hold no cells to take a median area of")
+    return float(np.median(areas))
+
+
+@register_dataset("isbi_instances_by_size", task="instance", splits=("0-24", "25-29"),
+                  meta=class_meta(_BySize, in_channels=3, ignore_index=None))
+def build_isbi_instances_by_size(data_cfg, role: str, spec: str) -> ISBIInstances:
+    """ISBI cells in two classes, "small" and "large", split at the median cell area of the training slices
+    (data.train_split, whichever split is built), so that there are classes for masks to compete over
+    (Mask R-CNN Table 2b/2c's sigmoid vs softmax and class-specific vs class-agnostic masks)."""
+    try:
+        indices, train = parse_indices(spec), parse_indices(data_cfg.train_split)
+    except ValueError as e:
+        raise ConfigError(f"{split_key(role)}: {e}") from None
+    threshold = median_cell_area(ISBIInstances(dataset_dir(data_cfg), indices=train))
+    return ISBIInstances(dataset_dir(data_cfg), indices=indices, channels=3, size_threshold=threshold)

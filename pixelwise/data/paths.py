@@ -11,7 +11,7 @@ __all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT"
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
 # Folder under the data root when data.path is not set (default: the dataset's name).
-_FOLDERS = {"isbi_instances": "isbi2012"}
+_FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012"}
 
 _LAYOUTS = {
     "isbi2012": (

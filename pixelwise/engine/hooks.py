@@ -66,7 +66,7 @@ class ProgressBar(HookBase):
 
 
 class Logger(HookBase):
-    """log.csv (a row per logged step or validation) and TensorBoard, on rank 0 only.
+    """log.csv (a row per logged step or validation; `time` is the run's training seconds) and TensorBoard, on rank 0 only.
 
     Rows are appended; the file is rewritten (atomically) only when a column appears, such as the first
     validation's, and at the start of a resumed run, which keeps the rows up to its step."""
@@ -94,10 +94,10 @@ class Logger(HookBase):
     def after_step(self, trainer, logs) -> None:
         state = trainer.state
         if state.step % trainer.cfg.train.log_every == 0 or state.step == state.total_steps:
-            self.log(state.step, logs)
+            self.log(state.step, {**logs, "time": trainer.clock.elapsed()})
 
     def after_validation(self, trainer, metrics) -> None:
-        self.log(trainer.state.step, {f"val_{k}": v for k, v in metrics.items()})
+        self.log(trainer.state.step, {"time": trainer.clock.elapsed(), **{f"val_{k}": v for k, v in metrics.items()}})
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

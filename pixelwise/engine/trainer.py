@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -246,6 +247,7 @@ def _train(cfg, info, device, model, datasets, resume, hooks, progress) -> Train
     if info.is_main:
         clean_stale_temporaries(out)
         save_config(cfg, out / "config.yaml")
+        write_json(out / "environment.json", environment(device), what="environment record")
     run = build_run(cfg, model=model, datasets=datasets, pretrained=not resume)
     run.task.check(run.model, run.train_ds)
     run.task.prepare(run.train_ds, device, progress and info.is_main)
@@ -263,6 +265,27 @@ def _train(cfg, info, device, model, datasets, resume, hooks, progress) -> Train
         }, what="training state")
     D.barrier(info)
     return state
+
+
+def environment(device: torch.device) -> dict:
+    """What a run ran on, for its report: machine, device, threads and versions."""
+    import platform
+
+    import torchvision
+
+    import pixelwise
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "pixelwise": pixelwise.__version__, "platform": platform.platform()}
 
 
 def check_best_metric(cfg: Config, model: nn.Module | None = None) -> None:

@@ -15,7 +15,7 @@ TINY = ["-o", "model.args={base_width: 4, depth: 2}", "-o", "data.augment.crop_s
         "-o", "infer.tile=128"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "models", "demo"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "models", "demo", "report", "reproduce"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])

@@ -71,3 +71,24 @@ def test_to_coco_round_trip(isbi_dir):
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
         assert xyxy == target["boxes"].tolist()
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+
+
+def test_two_class_variant_splits_the_cells_at_the_median_training_area(isbi_dir):
+    from pixelwise.data.isbi_instances import median_cell_area
+
+    train = ISBIInstances(isbi_dir, indices="0-3")
+    threshold = median_cell_area(train)
+    sized = ISBIInstances(isbi_dir, indices="0-3", size_threshold=threshold)
+    assert sized.num_classes == 2 and sized.class_names == ["__background__", "small", "large"]
+    labels, areas = [], []
+    for i in range(len(sized)):
+        _, target = sized[i]
+        labels += target["labels"].tolist()
+        areas += target["area"].tolist()
+    labels, areas = np.array(labels), np.array(areas)
+    assert set(labels.tolist()) == {1, 2}
+    assert (labels == 2).tolist() == (areas >= threshold).tolist()
+    assert abs((labels == 1).mean() - 0.5) < 0.05  # the median halves the training cells
+    assert {c["name"] for c in to_coco(sized)["categories"]} == {"small", "large"}
+    with pytest.raises(ValueError, match="size_threshold"):
+        ISBIInstances(isbi_dir, indices="0", size_threshold=0)

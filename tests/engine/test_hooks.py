@@ -141,12 +141,13 @@ def test_logger_writes_rows_and_a_resume_drops_the_ones_it_will_redo(tmp_path):
     hook.after_validation(t, {"miou": 0.7, "per_class_iou": [0.1, 0.2]})
     hook.close(t)
     text = (tmp_path / "log.csv").read_text().splitlines()
-    assert text[0] == "step,loss,lr,val_miou" and text[1:] == ["2,0.5,0.1,", "4,0.5,0.1,", "4,,,0.7"]
+    # time: the run's training seconds (the fake clock says 0.0)
+    assert text[0] == "step,loss,lr,time,val_miou" and text[1:] == ["2,0.5,0.1,0.0,", "4,0.5,0.1,0.0,", "4,,,0.0,0.7"]
     t.state.step = 2  # resuming from step 2
     hook = Logger(tmp_path, enabled=True)
     hook.before_train(t)
     hook.close(t)
-    assert (tmp_path / "log.csv").read_text().splitlines()[1:] == ["2,0.5,0.1,"]
+    assert (tmp_path / "log.csv").read_text().splitlines()[1:] == ["2,0.5,0.1,0.0,"]
     Logger(tmp_path / "other", enabled=False).before_train(t)  # ranks other than 0 write nothing
     assert not (tmp_path / "other").exists()
 
@@ -183,4 +184,4 @@ def test_logger_appends_rows_and_rewrites_only_for_a_new_column(tmp_path, monkey
     resumed.before_train(t)
     resumed.close(t)
     lines = (tmp_path / "log.csv").read_text().splitlines()
-    assert len(lines) == 1 + 50 + 1 and lines[-1] == "50,,,0.5"
+    assert len(lines) == 1 + 50 + 1 and lines[-1] == "50,,,0.0,0.5"

@@ -86,6 +86,12 @@ class Task:
         what infer.fold_bn folds."""
         raise NotImplementedError
 
+    def report_examples(self, model: nn.Module, dataset, device: torch.device, metrics: dict,
+                        count: int = 2) -> list[tuple[str, Any]]:
+        """[(caption, PIL image)] of a few validation images with their ground truth and prediction, for the
+        run report (`metrics`: this model's evaluation on `dataset`)."""
+        return []
+
     def write_predictions(self, predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
         """Write the predictions of `paths` into `out`; returns (files written, what was written, in words)."""
         raise NotImplementedError

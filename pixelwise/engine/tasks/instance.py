@@ -58,6 +58,32 @@ class InstanceTask(Task):
         return evaluate_instances(model, dataset, device, batch_size=self.cfg.infer.batch_size, progress=progress,
                                   precision=precision, channels_last=nhwc)
 
+    def report_examples(self, model: nn.Module, dataset, device: torch.device, metrics: dict, count: int = 2) -> list:
+        """The first 2 * `count` validation images: ground truth | detections scoring >= infer.score_threshold."""
+        import numpy as np
+        from PIL import Image
+
+        from pixelwise.report.predictions import draw_instances, instance_map
+
+        names, examples = list(dataset.class_names), []
+        for i in range(min(2 * count, len(dataset))):
+            image, target = dataset[i]
+            image = image.as_subclass(torch.Tensor)
+            d = detect(model, [image], device, self.inference_precision()[0])[0]
+            keep = d["scores"] >= self.cfg.infer.score_threshold
+            truth = target["masks"].as_subclass(torch.Tensor).bool()
+            gt_ids = instance_map(truth, torch.ones(len(truth)), 0.0)
+            gt = draw_instances(image, gt_ids, target["boxes"].as_subclass(torch.Tensor),
+                                [names[k] for k in target["labels"].tolist()])
+            pred_ids = instance_map(d["masks"], d["scores"], self.cfg.infer.score_threshold)
+            pred = draw_instances(image, pred_ids, d["boxes"], [f"{names[k] if k < len(names) else k} {s:.2f}"
+                                                               for k, s in zip(d["labels"].tolist(), d["scores"].tolist())])
+            picture = Image.fromarray(np.concatenate([np.asarray(gt), np.asarray(pred)], axis=1))
+            label = dataset.names[i] if getattr(dataset, "names", None) else f"#{i}"
+            examples.append((f"{label}: {len(truth)} objects in the ground truth | {int(keep.sum())} detections with "
+                             f"score >= {self.cfg.infer.score_threshold:g}", picture))
+        return examples
+
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None,
                   class_names=None) -> "InstancePredictor":
         precision, nhwc = self.inference_precision()

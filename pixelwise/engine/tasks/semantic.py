@@ -109,12 +109,15 @@ class SemanticTask(Task):
         predictor = self.predictor(model, device, tta=tta)
         cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
         isbi = set(ISBI_METRICS) <= set(getattr(dataset, "metrics", ()))  # the dataset declares the ISBI scores
-        scores = []
+        scores, per_image = [], []
         for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
             image, target = dataset[i]
             mask = target["mask"].as_subclass(torch.Tensor)
             pred = probs_to_labels(predictor.predict_probs(image), self.cfg.infer.threshold)
-            cm.update(pred, mask)
+            one = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
+            one.update(pred, mask)
+            cm.matrix += one.matrix
+            per_image.append(one.compute()["miou"] if one.matrix.sum() else None)
             if isbi:
                 scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
         if cm.matrix.sum() == 0:
@@ -125,10 +128,38 @@ class SemanticTask(Task):
             metrics["membrane_iou"] = metrics["per_class_iou"][1]
             metrics.update(mean_isbi_scores(scores))
         metrics["num_images"] = len(dataset)
+        metrics["confusion_matrix"] = cm.matrix.tolist()  # rows: ground truth, columns: prediction
+        metrics["per_image_miou"] = per_image  # for the report's best and worst images
         names = getattr(dataset, "class_names", None)
         if names is not None:
             metrics["class_names"] = list(names)  # the order of per_class_iou, per_class_acc and dice
         return metrics
+
+    def report_examples(self, model: nn.Module, dataset, device: torch.device, metrics: dict, count: int = 2) -> list:
+        """The `count` best and worst validation images by their mean IoU: image | ground truth | prediction."""
+        import numpy as np
+        from PIL import Image
+
+        from pixelwise.data import dataset_meta
+        from pixelwise.report.visualize import overlay, palette_for, to_rgb
+
+        scores = metrics.get("per_image_miou") or []
+        ranked = sorted((s, i) for i, s in enumerate(scores[: len(dataset)]) if s is not None)
+        picks = [("best", i, s) for s, i in ranked[::-1][:count]]
+        picks += [("worst", i, s) for s, i in ranked[:count] if i not in {p[1] for p in picks}]
+        palette = palette_for(dataset.num_classes, dataset_meta(self.cfg.data)["palette"])
+        predictor, names = self.predictor(model, device, tta=False), getattr(dataset, "names", None)
+        examples = []
+        for kind, i, score in picks:
+            image, target = dataset[i]
+            image = image.as_subclass(torch.Tensor)
+            pred = probs_to_labels(predictor.predict_probs(image), self.cfg.infer.threshold).numpy()
+            truth = target["mask"].as_subclass(torch.Tensor).numpy()
+            panel = [to_rgb(image), overlay(image, truth, palette), overlay(image, pred, palette)]
+            picture = Image.fromarray(np.concatenate(panel, axis=1))
+            label = names[i] if names else f"#{i}"
+            examples.append((f"{kind}: {label}, mean IoU {score:.3f} (image | ground truth | prediction)", picture))
+        return examples
 
     def write_predictions(self, predictor: Predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
         save = self.cfg.infer.save_probs

@@ -1,0 +1,117 @@
+"""`pixelwise report`: what a run folder holds, gathered for pixelwise.report.html, and the page written.
+
+A run folder is what `pixelwise train` writes: config.yaml, log.csv, val_metrics.json (the last
+validation), train_state.json, environment.json and last.pt / best.pt. The validation images are
+predicted again from last.pt (the weights val_metrics.json scored) when the dataset can be found.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+from pixelwise.errors import DataError, OutputError, PixelwiseError
+from pixelwise.files import write_text
+
+__all__ = ["collect_run", "default_report_path", "write_report"]
+
+
+def _json(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"run file {str(path)!r} is not readable JSON ({e})") from None
+
+
+def _log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _png(picture) -> bytes:
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, device=None, name: str | None = None) -> dict:
+    """Everything the report shows of one run folder (see the module docstring)."""
+    import yaml
+
+    from pixelwise.report.html import curves_png
+
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        raise DataError(f"{str(folder)!r} is not a run folder: it has no config.yaml (expected the output_dir of "
+                        "`pixelwise train`)")
+    config_text = (folder / "config.yaml").read_text()
+    config = yaml.safe_load(config_text) or {}
+    metrics = _json(folder / "val_metrics.json") or _json(folder / "metrics.json") or {}
+    log = _log(folder / "log.csv")
+    run = {"name": name or folder.name, "path": str(folder.resolve()), "config": config, "config_text": config_text,
+           "metrics": metrics, "log": log, "train_state": _json(folder / "train_state.json"),
+           "environment": _json(folder / "environment.json"), "curves": curves_png([(folder.name, log)]) if log else None,
+           "examples": [], "examples_note": None}
+    checkpoint = folder / "last.pt" if (folder / "last.pt").is_file() else folder / "best.pt"
+    if not checkpoint.is_file():
+        run["examples_note"] = f"No last.pt or best.pt in {folder}: no validation images shown."
+        return run
+    from pixelwise.engine.run import build_datasets, build_inference
+
+    try:
+        inference = build_inference(checkpoint, device=device, overrides=[f"data.root={data_root}"] if data_root else [])
+        run["params_millions"] = round(sum(p.numel() for p in inference.model.parameters()) / 1e6, 3)
+        run["class_names"] = inference.meta.get("class_names")
+        if examples and metrics:
+            val = build_datasets(inference.cfg, inference.model, splits=("val",))["val"]
+            run["examples"] = [(caption, _png(picture)) for caption, picture in
+                               inference.task.report_examples(inference.model, val, inference.device, metrics, examples)]
+    except PixelwiseError as e:  # the page still shows the rest; it says why the images are missing
+        run["examples_note"] = f"Validation images not shown: {e}"
+    return run
+
+
+def default_report_path(run_dirs: Sequence) -> Path | None:
+    return Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else None
+
+
+def write_report(run_dirs: Sequence, out=None, *, data_root: str | None = None, title: str | None = None,
+                 summary_html: str = "", examples: int = 2, device=None, names: Sequence[str] | None = None) -> Path:
+    """Write the report of `run_dirs` to `out` (default RUN_DIR/report.html for one run; required for several).
+
+    `out` is written only if it is new or an earlier pixelwise report: never over another file.
+    """
+    from pixelwise.report.html import render
+
+    if not run_dirs:
+        raise OutputError("pixelwise report needs at least one RUN_DIR")
+    out = Path(out) if out is not None else default_report_path(run_dirs)
+    if out is None:
+        raise OutputError(f"--out FILE.html is needed to compare {len(run_dirs)} runs in one report")
+    check_report_path(out)
+    runs = [collect_run(d, data_root=data_root, examples=examples, device=device,
+                        name=names[i] if names else None) for i, d in enumerate(run_dirs)]
+    title = title or (f"pixelwise run {runs[0]['name']}" if len(runs) == 1 else f"pixelwise: {len(runs)} runs compared")
+    write_text(out, render(runs, title, summary_html=summary_html), what="report")
+    return out
+
+
+def check_report_path(out: Path) -> None:
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise OutputError(f"--out {str(out)!r}: expected a .html file")
+    if out.is_dir():
+        raise OutputError(f"--out {str(out)!r} is a folder; expected a .html file")
+    if out.exists():
+        from pixelwise.report.html import MARKER
+
+        with out.open("rb") as f:
+            head = f.read(len(MARKER))
+        if head.decode("utf-8", "replace") != MARKER:
+            raise OutputError(f"--out {str(out)!r} exists and is not a pixelwise report; it is left as it is. "
+                              "Choose a new file name")

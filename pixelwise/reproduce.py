@@ -1,0 +1,349 @@
+"""`pixelwise reproduce`: the four papers' ablations re-run on the bundled data, one command each.
+
+An experiment is a named set of runs (a bundled recipe plus overrides), each trained for the same time
+budget on the fast path (bf16 + channels_last), scored by its final validation, and summarised beside
+the paper's figures with a column saying whether the paper's direction held here. Every run has its
+own folder OUT/EXPERIMENT/RUN/seedK: a finished one (result.json) is skipped, an interrupted one
+resumes from its last.pt, so a crash or Ctrl-C loses at most train.ckpt_every steps.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from pixelwise.errors import ConfigError, OutputError
+from pixelwise.files import write_json, write_text
+from pixelwise.progress import format_seconds
+
+FAST = ("train.precision=bf16", "train.channels_last=true")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    recipe: str
+    overrides: tuple[str, ...] = ()
+    share: float = 1.0  # of the experiment's per-run budget
+    init_from: str | None = None  # a run of the same experiment (same seed) whose last.pt this one starts from
+    paper: str = ""  # the paper's figure for this setting
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The paper's direction: run `better` scores better than run `worse` on the experiment's metric."""
+    better: str
+    worse: str
+    paper: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    source: str  # where the paper says it
+    metric: str
+    budget: float  # default seconds per run (share 1)
+    runs: tuple[Run, ...]
+    claims: tuple[Claim, ...]
+    overrides: tuple[str, ...] = ()  # every run's
+    notes: str = ""
+    extra_metrics: tuple[str, ...] = field(default=())
+
+    def total(self, budget: float | None = None) -> float:
+        return sum(r.share for r in self.runs) * (budget or self.budget)
+
+
+def _fcn(model: str) -> tuple[str, ...]:
+    return (f"model.name={model}",)
+
+
+EXPERIMENTS = {e.name: e for e in (
+    Experiment(
+        "fcn-skips", "FCN-32s / 16s / 8s at equal time on CamVid, at once and staged",
+        "FCN (Long et al. 2015) section 4.2 and Table 2: VOC2011 val mean IU 59.4 / 62.4 / 62.7", "miou", 120,
+        runs=(Run("FCN-32s", "fcn8s_camvid_cpu", _fcn("fcn32s"), paper="59.4"),
+              Run("FCN-16s", "fcn8s_camvid_cpu", _fcn("fcn16s"), paper="62.4"),
+              Run("FCN-8s", "fcn8s_camvid_cpu", _fcn("fcn8s"), paper="62.7"),
+              # Staged (section 4.2): each net starts from the coarser one, the learning rate divided by 100.
+              Run("FCN-32s staged", "fcn8s_camvid_cpu", _fcn("fcn32s"), share=1 / 3, paper="59.4"),
+              Run("FCN-16s staged", "fcn8s_camvid_cpu", (*_fcn("fcn16s"), "train.lr=1e-5"), share=1 / 3,
+                  init_from="FCN-32s staged", paper="62.4"),
+              Run("FCN-8s staged", "fcn8s_camvid_cpu", (*_fcn("fcn8s"), "train.lr=1e-7"), share=1 / 3,
+                  init_from="FCN-16s staged", paper="62.7")),
+        claims=(Claim("FCN-16s", "FCN-32s", "62.4 vs 59.4"), Claim("FCN-8s", "FCN-16s", "62.7 vs 62.4"),
+                Claim("FCN-16s staged", "FCN-32s staged", "62.4 vs 59.4"),
+                Claim("FCN-8s staged", "FCN-16s staged", "62.7 vs 62.4")),
+        notes="The recipe (a quarter of VGG16's widths, from scratch, Adam) is configs/fcn8s_camvid_cpu.yaml. At once: "
+              "each net for the whole budget from the same initialisation. Staged: a third of the budget per stage, so "
+              "FCN-8s staged has spent the same time as each at-once run."),
+    Experiment(
+        "fcn-loss-sampling", "Whole-image training vs loss sampling, against wall-clock time",
+        "FCN section 4.3 and Fig. 5: sampling the loss (p = 0.5, 0.25) does not converge faster in time than whole "
+        "images; whole-image training is as effective and more efficient", "miou", 150,
+        runs=(Run("whole image", "fcn8s_camvid_cpu", paper="baseline"),
+              Run("p = 0.5", "fcn8s_camvid_cpu", ("train.loss_sampling_p=0.5",), paper="no faster in time"),
+              Run("p = 0.25", "fcn8s_camvid_cpu", ("train.loss_sampling_p=0.25",), paper="no faster in time")),
+        claims=(Claim("whole image", "p = 0.5", "equal or better at equal time"),
+                Claim("whole image", "p = 0.25", "equal or better at equal time")),
+        overrides=("train.val_every=100",),
+        notes="Validated every 100 steps, so the report's curves show loss and mean IoU against training seconds."),
+    Experiment(
+        "maskrcnn-table2", "Mask R-CNN Table 2 on ISBI 2012 cells: RoI feature, mask head, mask loss, class-specific",
+        "Mask R-CNN (He et al. 2017) Table 2: RoIAlign +3.4 mask AP over RoIPool (C4; RoIWarp between); FCN head "
+        "+2.1 over MLP; sigmoid 30.3 vs softmax 24.8; class-specific 30.3 vs class-agnostic 29.7", "segm_AP", 150,
+        runs=(Run("RoIAlign", "mask_rcnn_r18_fpn_isbi_cpu", ("model.args.mask_roi=roi_align",), paper="30.3"),
+              Run("RoIPool", "mask_rcnn_r18_fpn_isbi_cpu", ("model.args.mask_roi=roi_pool",), paper="26.9"),
+              Run("RoIWarp", "mask_rcnn_r18_fpn_isbi_cpu", ("model.args.mask_roi=roi_warp",), paper="27.2"),
+              Run("MLP mask head", "mask_rcnn_r18_fpn_isbi_cpu", ("model.args.mask_head=mlp",), paper="-2.1"),
+              Run("2 classes, sigmoid", "mask_rcnn_r18_fpn_isbi_cpu", ("data.dataset=isbi_instances_by_size",
+                                                                       "model.num_classes=2"), paper="30.3"),
+              Run("2 classes, softmax", "mask_rcnn_r18_fpn_isbi_cpu", ("data.dataset=isbi_instances_by_size",
+                                                                       "model.num_classes=2",
+                                                                       "model.args.mask_loss=softmax"), paper="24.8"),
+              Run("2 classes, class-agnostic", "mask_rcnn_r18_fpn_isbi_cpu", (
+                  "data.dataset=isbi_instances_by_size", "model.num_classes=2", "model.args.class_agnostic=true"),
+                  paper="29.7")),
+        claims=(Claim("RoIAlign", "RoIPool", "+3.4 AP (C4; +10.5 AP75 at stride 32)"),
+                Claim("RoIAlign", "RoIWarp", "+3.1 AP (C4)"), Claim("RoIAlign", "MLP mask head", "+2.1 AP (FPN)"),
+                Claim("2 classes, sigmoid", "2 classes, softmax", "30.3 vs 24.8"),
+                Claim("2 classes, sigmoid", "2 classes, class-agnostic", "30.3 vs 29.7")),
+        notes="ResNet-18-FPN from scratch (configs/mask_rcnn_r18_fpn_isbi_cpu.yaml), slices 0-24 / 25-29. The paper's "
+              "RoIAlign comparison is on C4 (ResNet-50, stride 16); here the FPN recipe. The two-class variant splits the "
+              "cells into small and large at the median training cell area (data.dataset=isbi_instances_by_size), so "
+              "that masks of different classes compete in softmax.", extra_metrics=("segm_AP50", "bbox_AP")),
+    Experiment(
+        "unet-weightmap", "U-Net weight map on and off, and overlap-tile (valid) vs padded convolutions",
+        "U-Net (Ronneberger et al. 2015) section 3: the weight map (w0 = 10, sigma = 5) makes the network learn the "
+        "borders between touching cells; valid convolutions with overlap-tile inference give seamless maps",
+        "adapted_rand_error", 120,
+        runs=(Run("valid, no weight map", "unet_isbi2012_cpu", ("data.weight_map=false",), paper="recipe"),
+              Run("valid, weight map", "unet_isbi2012_cpu", ("data.weight_map=true",), paper="better borders"),
+              Run("padded, no weight map", "unet_isbi2012_cpu", ("data.weight_map=false", "model.args.padding=true"),
+                  paper="(not in the paper)")),
+        claims=(Claim("valid, weight map", "valid, no weight map", "weight map separates touching cells"),
+                Claim("valid, no weight map", "padded, no weight map", "overlap-tile: no border artefacts")),
+        notes="configs/unet_isbi2012_cpu.yaml (base width 16, BatchNorm, elastic deformations); ISBI slices 0-24 / 25-29,"
+              " scored by the challenge's adapted Rand error (lower is better).", extra_metrics=("pixel_error",
+                                                                                                "membrane_iou")),
+    Experiment(
+        "tiramisu-vs-fcn", "FC-DenseNet56 / 67 / 103 vs FCN-8s at equal time on CamVid, with parameter counts",
+        "FC-DenseNet (Jegou et al. 2017) Table 2: CamVid test mean IoU 58.9 / 60.1 / 66.9 (1.5 M / 3.5 M / 9.4 M "
+        "parameters) vs FCN-8s 57.0 (134 M)", "miou", 150,
+        runs=(Run("FC-DenseNet56", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet56",), paper="58.9"),
+              Run("FC-DenseNet67", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet67",), paper="60.1"),
+              Run("FC-DenseNet103", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet103",), paper="66.9"),
+              Run("FCN-8s", "fcn8s_camvid_cpu", paper="57.0")),
+        claims=(Claim("FC-DenseNet103", "FCN-8s", "66.9 vs 57.0"), Claim("FC-DenseNet56", "FCN-8s", "58.9 vs 57.0"),
+                Claim("FC-DenseNet103", "FC-DenseNet56", "66.9 vs 58.9")),
+        notes="From scratch at equal time: the paper trains for hundreds of epochs on a GPU; a few minutes on two cores "
+              "favour the nets that take the most steps. Our FCN-8s is the CPU recipe's quarter-width net."),
+)}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def get(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
+        raise ConfigError(f"unknown experiment {name!r}; {f'did you mean {close[0]!r}? ' if close else ''}"
+                          f"expected one of {', '.join(EXPERIMENTS)} (pixelwise reproduce --list)")
+    return EXPERIMENTS[name]
+
+
+def listing() -> str:
+    lines = []
+    for e in EXPERIMENTS.values():
+        lines.append(f"{e.name:<20s} {len(e.runs)} runs, {format_seconds(e.total())} of training by default  {e.title}")
+    total = sum(e.total() for e in EXPERIMENTS.values())
+    lines.append(f"(all: {format_seconds(total)} of training, plus evaluation; --budget sets the seconds per run)")
+    return "\n".join(lines)
+
+
+def _config(exp: Experiment, run: Run, folder: Path, seed: int, budget: float, overrides: Sequence[str],
+            init_from: Path | None):
+    from pixelwise.cli import resolve_config
+    from pixelwise.config import load_config
+
+    extra = [*FAST, *exp.overrides, *run.overrides, *overrides, f"output_dir={folder}", f"train.seed={seed}",
+             f"train.time_limit={budget * run.share:g}", "train.max_steps=1000000"]
+    if not any(o.startswith("train.val_every=") for o in extra):
+        extra.append("train.val_every=1000000")  # the final validation only
+    if init_from is not None:
+        extra.append(f"model.init_from={init_from}")
+    return load_config(resolve_config(run.recipe), extra)
+
+
+def _result(folder: Path, state, cfg) -> dict:
+    from pixelwise.engine.run import build_model
+
+    metrics = json.loads((folder / "val_metrics.json").read_text())
+    params = sum(p.numel() for p in build_model(cfg, pretrained=False).parameters())
+    return {"steps": state["step"], "train_seconds": state["train_seconds"], "params": params,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or k in ("per_class_iou",
+                                                                                                 "class_names")}}
+
+
+def reproduce(name: str, *, out="reproduce", budget: float | None = None, seeds: int = 1, overrides: Sequence[str] = (),
+              data_root: str | None = None, progress: bool = True, report: bool = True) -> dict:
+    """Run (or resume) experiment `name` into OUT/NAME; returns the summary (also written to summary.json/.md)."""
+    from pixelwise.engine.trainer import train
+
+    exp = get(name)
+    budget = float(budget or exp.budget)
+    if budget <= 0 or seeds < 1:
+        raise ConfigError(f"--budget {budget:g} / --seeds {seeds}: expected seconds > 0 and at least one seed")
+    root = Path(out) / exp.name
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"--out {str(out)!r}: {str(root)!r} exists and is not a folder")
+    overrides = [*overrides, *([f"data.root={data_root}"] if data_root else [])]
+    plan = [(run, seed) for seed in range(seeds) for run in exp.runs]
+    planned = sum(budget * r.share for r, _ in plan)
+    done_budget, t0, results = 0.0, time.monotonic(), {}
+    for k, (run, seed) in enumerate(plan, 1):
+        folder = root / slug(run.name) / f"seed{seed}"
+        spent = time.monotonic() - t0
+        eta = f", about {format_seconds((planned - done_budget) * spent / done_budget)} left" if done_budget else ""
+        _say(progress, f"[{k}/{len(plan)}] {exp.name}: {run.name}, seed {seed} ({budget * run.share:.0f} s) — "
+                       f"{format_seconds(spent)} elapsed{eta}")
+        results[(run.name, seed)] = _train_one(exp, run, folder, seed, budget, overrides, root, progress, train)
+        done_budget += budget * run.share
+    summary = summarise(exp, budget, seeds, results)
+    write_json(root / "summary.json", summary, what="experiment summary")
+    write_text(root / "summary.md", summary_markdown(summary), what="experiment summary")
+    if report:
+        from pixelwise.engine.report import write_report
+
+        dirs = [root / slug(r.name) / "seed0" for r in exp.runs]
+        summary["report"] = str(write_report(dirs, root / "report.html", data_root=data_root, title=exp.title,
+                                             summary_html=summary_html(summary), names=[r.name for r in exp.runs]))
+    _say(progress, f"{exp.name}: wrote {root / 'summary.md'}, {root / 'summary.json'}"
+                   + (f" and {summary['report']}" if report else ""))
+    return summary
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _train_one(exp, run, folder: Path, seed: int, budget: float, overrides, root: Path, progress: bool, train) -> dict:
+    done = folder / "result.json"
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result.get("budget") == budget * run.share:
+            _say(progress, f"  finished before: {done}")
+            return result
+        if result.get("budget", 0) > budget * run.share:
+            raise OutputError(f"{str(folder)!r} holds a run of {result['budget']:g} s, longer than the "
+                              f"{budget * run.share:g} s asked for; use another --out")
+    init = None
+    if run.init_from is not None:
+        init = root / slug(run.init_from) / f"seed{seed}" / "last.pt"
+    cfg = _config(exp, run, folder, seed, budget, overrides, init)
+    resume = folder / "last.pt" if (folder / "last.pt").is_file() else None
+    if resume is not None:
+        _say(progress, f"  resuming from {resume}")
+    state = train(cfg, resume=str(resume) if resume else None, progress=progress)
+    if state.stopped == "signal":
+        raise KeyboardInterrupt
+    result = {"run": run.name, "seed": seed, "budget": budget * run.share, "folder": str(folder),
+              **_result(folder, json.loads((folder / "train_state.json").read_text()), cfg)}
+    write_json(done, result, what="run result")
+    return result
+
+
+def summarise(exp: Experiment, budget: float, seeds: int, results: dict) -> dict:
+    from pixelwise.engine.trainer import environment
+    from pixelwise.metrics import LOWER_IS_BETTER
+
+    import torch
+
+    lower = exp.metric in LOWER_IS_BETTER
+
+    def stats(name: str, metric: str) -> tuple[float | None, float | None, list]:
+        vals = [results[(name, s)]["metrics"].get(metric) for s in range(seeds)]
+        vals = [v for v in vals if isinstance(v, (int, float))]
+        if not vals:
+            return None, None, vals
+        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, vals
+
+    runs = []
+    for r in exp.runs:
+        mean, std, vals = stats(r.name, exp.metric)
+        first = results[(r.name, 0)]
+        runs.append({"run": r.name, "recipe": r.recipe, "overrides": [*exp.overrides, *r.overrides],
+                     "budget": budget * r.share, "paper": r.paper, "mean": mean, "std": std, "values": vals,
+                     "steps": [results[(r.name, s)]["steps"] for s in range(seeds)], "params": first["params"],
+                     "extra": {m: stats(r.name, m)[0] for m in exp.extra_metrics}})
+    by = {r["run"]: r for r in runs}
+    claims = []
+    for c in exp.claims:
+        a, b = by[c.better], by[c.worse]
+        diff = None if a["mean"] is None or b["mean"] is None else a["mean"] - b["mean"]
+        held = None if diff is None else (diff < 0 if lower else diff > 0)
+        spread = None if a["std"] is None or b["std"] is None else (a["std"] ** 2 + b["std"] ** 2) ** 0.5
+        claims.append({"better": c.better, "worse": c.worse, "paper": c.paper, "difference": diff, "held": held,
+                       "within_spread": None if spread is None or diff is None else abs(diff) <= spread})
+    env = environment(torch.device("cpu"))
+    return {"experiment": exp.name, "title": exp.title, "source": exp.source, "notes": exp.notes, "metric": exp.metric,
+            "lower_is_better": lower, "budget_per_run": budget, "seeds": seeds, "fast_path": list(FAST),
+            "machine": f"{env['cpu']}, {env['cpu_count']} cores, {env['threads']} threads, torch {env['torch']}",
+            "date": time.strftime("%Y-%m-%d"), "runs": runs, "claims": claims}
+
+
+def _v(x, scale: float = 1.0) -> str:
+    return "n/a" if x is None else f"{x * scale:.4f}" if scale == 1 else f"{x * scale:.1f}"
+
+
+def _rows(summary: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    m, seeds = summary["metric"], summary["seeds"]
+    extra = list(summary["runs"][0]["extra"]) if summary["runs"] else []
+    head = ["run", "budget (s)", "steps", "params (M)", f"{m}" + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""),
+            *extra, "paper"]
+    rows = [[r["run"], f"{r['budget']:.0f}", "/".join(str(s) for s in r["steps"]), f"{r['params'] / 1e6:.2f}",
+             _v(r["mean"]) + (f" ± {_v(r['std'])}" if r["std"] is not None else ""),
+             *[_v(r["extra"][e]) for e in extra], r["paper"]] for r in summary["runs"]]
+    chead = ["paper's claim", "paper", f"difference in {m}", "held here?"]
+    crows = [[f"{c['better']} better than {c['worse']}", c["paper"], _v(c["difference"]),
+              "n/a" if c["held"] is None else ("yes" if c["held"] else "no")
+              + (" (within the seed spread)" if c["within_spread"] else "")] for c in summary["claims"]]
+    return head, rows, chead, crows
+
+
+def summary_markdown(summary: dict) -> str:
+    head, rows, chead, crows = _rows(summary)
+
+    def table(h, rs):
+        return "\n".join(["| " + " | ".join(h) + " |", "|" + "---|" * len(h), *("| " + " | ".join(r) + " |" for r in rs)])
+
+    lower = " (lower is better)" if summary["lower_is_better"] else ""
+    return (f"# {summary['experiment']}: {summary['title']}\n\n"
+            f"Paper: {summary['source']}.\n\n"
+            f"`pixelwise reproduce {summary['experiment']} --budget {summary['budget_per_run']:g} --seeds "
+            f"{summary['seeds']}` ({summary['date']}, {summary['machine']}; fast path: {', '.join(summary['fast_path'])}). "
+            f"{summary['notes']}\n\nScore: final validation {summary['metric']}{lower}.\n\n"
+            f"{table(head, rows)}\n\n{table(chead, crows)}\n")
+
+
+def summary_html(summary: dict) -> str:
+    import html
+
+    head, rows, chead, crows = _rows(summary)
+
+    def table(h, rs):
+        return ("<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in h) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rs) + "</table>")
+
+    return (f"<p>Paper: {html.escape(summary['source'])}.</p><p class=\"note\">{html.escape(summary['notes'])} "
+            f"Budget {summary['budget_per_run']:g} s per run, {summary['seeds']} seed(s), {html.escape(summary['machine'])}."
+            f"</p><h2>Summary</h2>{table(head, rows)}<h3>The paper's direction</h3>{table(chead, crows)}")
