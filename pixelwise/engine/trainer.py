@@ -269,6 +269,7 @@ def _train(cfg, info, device, model, datasets, resume, hooks, progress) -> Train
 
 def environment(device: torch.device) -> dict:
     """What a run ran on, for its report: machine, device, threads and versions."""
+    import datetime
     import platform
 
     import torchvision
@@ -282,7 +283,7 @@ def environment(device: torch.device) -> dict:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu,
+    return {"started": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device), "gpu": gpu,
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "pixelwise": pixelwise.__version__, "platform": platform.platform()}

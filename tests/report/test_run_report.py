@@ -89,6 +89,7 @@ def test_report_without_the_dataset_says_why_images_are_missing(runs, tmp_path):
     assert "Confusion matrix" in page  # the rest of the page is there
 
 
+@pytest.mark.slow  # 13 s: keeps the default suite under 10 minutes
 def test_train_writes_an_instance_report(tmp_path):
     root = require_dataset("isbi2012").parent
     run = tmp_path / "mrcnn"
