@@ -422,10 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "experiment's; staged stages get their share)")
     sp.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per run (default 1)")
     sp.add_argument("--out", default="reproduce", metavar="DIR", help="folder of the experiments (default reproduce)")
-    sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field of every run, e.g. -o train.device=cuda")
-    sp.add_argument("--data-root", help="folder holding the datasets (else $PIXELWISE_DATA, else ~/.cache/pixelwise/data)")
-    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common(sp, config=None)  # -o applies to every run
     sp.set_defaults(fn=cmd_reproduce)
 
     sp = sub.add_parser("models", help="list registered models, or show one model's arguments",

@@ -14,8 +14,9 @@ from typing import Sequence
 
 from pixelwise.errors import DataError, OutputError, PixelwiseError
 from pixelwise.files import write_text
+from pixelwise.report.html import MARKER, curves_png, render
 
-__all__ = ["collect_run", "default_report_path", "write_report"]
+__all__ = ["collect_run", "write_report"]
 
 
 def _json(path: Path):
@@ -44,8 +45,6 @@ def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, dev
     """Everything the report shows of one run folder (see the module docstring)."""
     import yaml
 
-    from pixelwise.report.html import curves_png
-
     folder = Path(run_dir)
     if not (folder / "config.yaml").is_file():
         raise DataError(f"{str(folder)!r} is not a run folder: it has no config.yaml (expected the output_dir of "
@@ -54,9 +53,10 @@ def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, dev
     config = yaml.safe_load(config_text) or {}
     metrics = _json(folder / "val_metrics.json") or _json(folder / "metrics.json") or {}
     log = _log(folder / "log.csv")
-    run = {"name": name or folder.name, "path": str(folder.resolve()), "config": config, "config_text": config_text,
+    name = name or folder.name
+    run = {"name": name, "path": str(folder.resolve()), "config": config, "config_text": config_text,
            "metrics": metrics, "log": log, "train_state": _json(folder / "train_state.json"),
-           "environment": _json(folder / "environment.json"), "curves": curves_png([(folder.name, log)]) if log else None,
+           "environment": _json(folder / "environment.json"), "curves": curves_png([(name, log)]) if log else None,
            "examples": [], "examples_note": None}
     checkpoint = folder / "last.pt" if (folder / "last.pt").is_file() else folder / "best.pt"
     if not checkpoint.is_file():
@@ -77,23 +77,17 @@ def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, dev
     return run
 
 
-def default_report_path(run_dirs: Sequence) -> Path | None:
-    return Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else None
-
-
 def write_report(run_dirs: Sequence, out=None, *, data_root: str | None = None, title: str | None = None,
                  summary_html: str = "", examples: int = 2, device=None, names: Sequence[str] | None = None) -> Path:
     """Write the report of `run_dirs` to `out` (default RUN_DIR/report.html for one run; required for several).
 
     `out` is written only if it is new or an earlier pixelwise report: never over another file.
     """
-    from pixelwise.report.html import render
-
     if not run_dirs:
         raise OutputError("pixelwise report needs at least one RUN_DIR")
-    out = Path(out) if out is not None else default_report_path(run_dirs)
-    if out is None:
+    if out is None and len(run_dirs) > 1:
         raise OutputError(f"--out FILE.html is needed to compare {len(run_dirs)} runs in one report")
+    out = Path(run_dirs[0]) / "report.html" if out is None else Path(out)
     check_report_path(out)
     runs = [collect_run(d, data_root=data_root, examples=examples, device=device,
                         name=names[i] if names else None) for i, d in enumerate(run_dirs)]
@@ -108,8 +102,6 @@ def check_report_path(out: Path) -> None:
     if out.is_dir():
         raise OutputError(f"--out {str(out)!r} is a folder; expected a .html file")
     if out.exists():
-        from pixelwise.report.html import MARKER
-
         with out.open("rb") as f:
             head = f.read(len(MARKER))
         if head.decode("utf-8", "replace") != MARKER:
