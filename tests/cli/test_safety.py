@@ -251,6 +251,7 @@ def test_progress_is_plain_lines_when_not_a_terminal(tmp_path, data_root):
     assert "elapsed" in lines[-1]
 
 
+@pytest.mark.slow  # builds a wheel (13 s)
 def test_the_wheel_carries_the_recipes(tmp_path, data_root):
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
     shutil.copytree(REPO / "pixelwise", source / "pixelwise", ignore=shutil.ignore_patterns("__pycache__"))

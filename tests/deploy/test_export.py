@@ -186,7 +186,8 @@ def mask_rcnn(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt,suffix,runtimes", [("onnx", ".onnx", ["onnxruntime", "openvino"]),
-                                                 ("torch-export", ".pt2", ["torch"]),
+                                                 # .pt2 is run in the default suite by the U-Net case
+                                                 pytest.param("torch-export", ".pt2", ["torch"], marks=pytest.mark.slow),
                                                  pytest.param("openvino", ".xml", ["openvino"], marks=pytest.mark.slow)])
 def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suffix, runtimes, capsys):
     tmp, image = mask_rcnn

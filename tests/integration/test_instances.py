@@ -74,7 +74,8 @@ def test_isbi_recipe_train_eval_predict_through_the_cli(tmp_path, capsys):
     assert "pixelwise train: error:" in err and "resnet18_not_here.pth" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("recipe", ["mask_rcnn_r50_fpn_coco", "mask_rcnn_r50_c4_coco"])
+@pytest.mark.parametrize("recipe", ["mask_rcnn_r50_fpn_coco",  # C4 (16 s) under -m slow, for the 10-minute suite
+                                    pytest.param("mask_rcnn_r50_c4_coco", marks=pytest.mark.slow)])
 def test_coco_recipes_train_a_step_on_tiny_coco(recipe, tmp_path, capsys):
     root = require_dataset("tiny-coco").parent
     assert main(["train", recipe, "--data-root", str(root), "--output-dir", str(tmp_path), *SMALL, *TINY_COCO,
