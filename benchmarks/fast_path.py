@@ -28,7 +28,9 @@ from benchmarks.common import machine_summary, replace_section, save_record  # n
 from benchmarks.engine_step import Times, WARMUP  # noqa: E402
 
 RECIPES = ("unet_isbi2012_cpu", "fcn8s_camvid_cpu", "fc_densenet56_camvid_cpu", "mask_rcnn_r18_fpn_isbi_cpu")
-VARIANTS = {"fp32": [], "bf16": ["train.precision=bf16"],
+# Each variant sets both keys: the CPU recipes themselves now train in bf16 + channels_last.
+VARIANTS = {"fp32": ["train.precision=fp32", "train.channels_last=false"],
+            "bf16": ["train.precision=bf16", "train.channels_last=false"],
             "bf16 + channels_last": ["train.precision=bf16", "train.channels_last=true"]}
 SCORES = {"unet_isbi2012_cpu": ("adapted_rand_error", "pixel_error", "membrane_iou"),
           "fcn8s_camvid_cpu": ("miou", "pixel_acc"), "fc_densenet56_camvid_cpu": ("miou", "pixel_acc"),
