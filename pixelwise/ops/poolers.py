@@ -59,12 +59,16 @@ def _pool(
     aligned: bool,
 ) -> torch.Tensor:
     """(K, C, *output_size) from feature (B, C, H, W) and rois (K, 5) = (batch index, x1, y1, x2, y2)."""
+    dtype = feature.dtype
+    # bf16 / fp16 features (the fast path) are pooled in the boxes' float32 and returned in their own dtype, as
+    # torchvision's autocast rule for roi_align does; its roi_pool has neither that rule nor a bf16 CPU kernel.
+    feature = feature.to(rois.dtype)
     if method == "roi_pool":
-        return roi_pool(feature, rois, output_size, spatial_scale)
+        return roi_pool(feature, rois, output_size, spatial_scale).to(dtype)
     if method == "roi_warp":
         rois = torch.cat([rois[:, :1], _round_half_away(rois[:, 1:] * spatial_scale) / spatial_scale], dim=1)
         aligned = False
-    return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned).to(dtype)
 
 
 def roi_features(
@@ -99,7 +103,8 @@ def roi_features(
         raise ValueError(f"roi_features: {len(boxes)} box tensors for a batch of {features[0].shape[0]} images")
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     first = features[0]
-    cat = torch.cat(list(boxes)).to(first.dtype)
+    # Boxes stay at least float32 with bf16 features: bf16 coordinates near 500 px are 2 px apart.
+    cat = torch.cat(list(boxes)).to(torch.promote_types(first.dtype, torch.float32))
     index = torch.cat([torch.full((len(b), 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)])
     rois = torch.cat([index, cat], dim=1)
     if len(features) == 1:

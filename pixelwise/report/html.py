@@ -38,8 +38,10 @@ def _plt():
     return plt
 
 
-def png_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+def image_uri(data: bytes) -> str:
+    """A data: URI of PNG (plots) or JPEG (validation images) bytes, told apart by their signature."""
+    mime = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _figure_png(fig) -> bytes:
@@ -51,7 +53,7 @@ def _figure_png(fig) -> bytes:
 
 def _img(data: bytes, alt: str, caption: str = "") -> str:
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="{png_uri(data)}" alt="{html.escape(alt)}">{cap}</figure>'
+    return f'<figure><img src="{image_uri(data)}" alt="{html.escape(alt)}">{cap}</figure>'
 
 
 def _fmt(v: Any) -> str:
@@ -220,7 +222,7 @@ def _run_section(run: dict, index: int) -> str:
         parts.append("<h3>COCO AP</h3>" + _table(["", *AP_STATS], rows)
                      + '<p class="note">n/a: no ground truth of that size.</p>')
     if run.get("examples"):
-        parts.append("<h3>Validation images</h3>" + "".join(_img(png, cap, cap) for cap, png in run["examples"]))
+        parts.append("<h3>Validation images</h3>" + "".join(_img(data, cap, cap) for cap, data in run["examples"]))
     elif run.get("examples_note"):
         parts.append(f'<p class="note">{html.escape(run["examples_note"])}</p>')
     parts.append("<h3>Resolved config</h3><pre>" + html.escape(run["config_text"]) + "</pre>")

@@ -103,3 +103,22 @@ def test_single_level_c4_and_errors():
         roi_features([feature, feature], boxes, output_size=7, spatial_scales=[1 / 4, 1 / 16])
     with pytest.raises(ValueError, match="batch of 2"):
         roi_features([feature], boxes[:1], output_size=7, spatial_scales=[1 / 16])
+
+
+@pytest.mark.parametrize("method", ["roi_align", "roi_pool", "roi_warp"])
+def test_every_method_runs_on_bf16_features_under_autocast(method):
+    # The fast path (train.precision=bf16) hands the poolers bf16 feature maps; torchvision's roi_pool has no bf16
+    # CPU kernel, and boxes rounded to bf16 would move by pixels. The result is the float32 pooling of the same bf16
+    # values with float32 boxes (exactly so for RoIPool's max), rounded to bf16.
+    features, boxes, strides, _ = multi_level_inputs(method)
+    low = [f.to(torch.bfloat16) for f in features]
+    device = features[0].device.type
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = roi_features(low, boxes, method=method, output_size=(7, 5), spatial_scales=[1 / s for s in strides])
+    want = roi_features([f.float() for f in low], boxes, method=method, output_size=(7, 5),
+                        spatial_scales=[1 / s for s in strides])
+    if method == "roi_pool":
+        assert out.dtype == torch.bfloat16 and torch.equal(out.float(), want)
+    else:
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), want.to(torch.bfloat16).float(), atol=0, rtol=0)

@@ -24,7 +24,7 @@ def runs(tmp_path_factory):
 
 
 def images_of(page: str) -> list[Image.Image]:
-    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    uris = re.findall(r'<img src="data:image/(?:png|jpeg);base64,([^"]+)"', page)
     return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]
 
 
@@ -57,6 +57,7 @@ def test_report_of_one_semantic_run(runs):
     assert all(p.size[0] > 100 and p.size[1] > 100 for p in pictures)
     panel = max(pictures, key=lambda p: p.size[0] / p.size[1])  # image | truth | prediction side by side
     assert panel.size == (3 * 480, 360)
+    assert panel.format == "JPEG" and {p.format for p in pictures} == {"JPEG", "PNG"}  # plots stay PNG
     # Offline: nothing is fetched from anywhere.
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
     write_report([runs[0]])  # an earlier report may be replaced
