@@ -71,8 +71,7 @@ def main() -> None:
         record[name] = {"wall_seconds": time.monotonic() - t0, "summary": summary,
                         "planned_training_seconds": EXPERIMENTS[name].total(), "runs_finished_before": finished_before,
                         "date": time.strftime("%Y-%m-%d %H:%M")}
-        save_record("reproduce", record)
-        replace_section(ROOT / "BENCHMARKS.md", TITLE, section(record))
+        save_record("reproduce", record)  # after each experiment: a crash keeps the finished ones (--table-only)
     replace_section(ROOT / "BENCHMARKS.md", TITLE, section(record))
     print(section(record))
 

@@ -95,13 +95,12 @@ def test_replacing_model_args_warns_about_what_is_dropped(tmp_path):
     assert load_config(recipe, ["model.args.base_width=4"]).model.args == {"base_width": 4, "batch_norm": True}
 
 
-def test_fast_path_benchmark_variants_override_the_recipes_own_precision():
+def test_fast_path_benchmark_variants_override_the_recipes_own_precision(monkeypatch):
     # The CPU recipes train in bf16 + channels_last; benchmarks/fast_path.py's "fp32" baseline must still be fp32.
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
+    monkeypatch.syspath_prepend(str(root))
     from benchmarks.fast_path import RECIPES, VARIANTS, _cfg
 
     want = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16 + channels_last": ("bf16", True)}
