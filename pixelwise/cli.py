@@ -128,8 +128,8 @@ def cmd_train(args) -> int:
     if args.config and not args.resume and resolve_config(args.config).resolve() == (out / "config.yaml").resolve():
         raise OutputError(f"CONFIG {args.config!r} is the run folder's own config.yaml, which a new run rewrites; "
                           "copy it elsewhere, or set another --output-dir")
-    state = train(cfg, resume=args.resume)
-    if state.stopped == "signal":
+    state = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if state.stopped == "signal" or state.interrupted:  # interrupted: the signal came in the final validation
         if _is_main():
             print(f"\ninterrupted at step {state.step}; checkpoint saved to {out / 'last.pt'}\n"
                   f"resume with: pixelwise train --resume {out / 'last.pt'}", file=sys.stderr)
@@ -200,10 +200,28 @@ def cmd_eval(args) -> int:
 
 
 def _check_metrics_file(out: Path, inputs: list[Path]) -> None:
-    if out.resolve() in {p.resolve() for p in inputs}:
+    """--out may be a new file or an earlier metrics file of `pixelwise eval`, nothing else."""
+    from pixelwise.files import same_file
+
+    if any(same_file(out, p) for p in inputs):
         raise OutputError(f"--out {str(out)!r} is one of the inputs; choose another metrics file")
     if out.is_dir():
         raise OutputError(f"--out {str(out)!r} is a folder; expected the path of the metrics file to write")
+    if out.exists() or out.is_symlink():
+        if out.is_symlink() or not _is_metrics_file(out):
+            raise OutputError(f"--out {str(out)!r} exists and is not a metrics file written by pixelwise eval; it is "
+                              "left as it is. Choose a new file name")
+
+
+def _is_metrics_file(path: Path) -> bool:
+    import json
+
+    try:
+        with path.open("rb") as f:
+            value = json.loads(f.read(1 << 26))
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and {"checkpoint", "split"} <= set(value)
 
 
 def _split_predict_arguments(args) -> None:
@@ -330,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         "continue from a run's last.pt exactly where it stopped; -o may change only settings that keep the run the "
         "same (max_steps, time_limit, lr, logging, device, infer.*)"))
     sp.add_argument("--output-dir", help="run folder (overrides output_dir)")
+    sp.add_argument("--overwrite", action="store_true", help=(
+        "start over in an output_dir that holds another run, replacing that run's files (config.yaml, log.csv, "
+        "last.pt, best.pt, ...; it says which). Without it such a folder is refused"))
     sp.add_argument("--no-report", action="store_true", help="do not write OUTPUT_DIR/report.html at the end")
     trust(sp)
     sp.set_defaults(fn=cmd_train)

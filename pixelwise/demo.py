@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from pixelwise.config import Config
+from pixelwise.errors import OutputError
 from pixelwise.engine.run import build_datasets, build_inference
 from pixelwise.engine.trainer import train
 from pixelwise.files import write_json
@@ -12,12 +13,33 @@ from pixelwise.report.predictions import predict_to_folder
 from pixelwise.report.visualize import plot_curves
 
 
+def _earlier_demo(out: Path, cfg: Config) -> bool:
+    """True when `out` holds a run of this very demo (same config), which running the demo again replaces.
+    Anything else in `out` is refused, by train() or here."""
+    import yaml
+
+    from pixelwise.config import to_dict
+    from pixelwise.engine.trainer import RUN_FILES
+
+    found = [n for n in (*RUN_FILES, "predictions") if (out / n).exists() or (out / n).is_symlink()]
+    if not found:
+        return False
+    try:
+        same = yaml.safe_load((out / "config.yaml").read_text()) == to_dict(cfg)
+    except (OSError, yaml.YAMLError):
+        same = False
+    if not same:
+        raise OutputError(f"demo folder {str(out)!r} holds files that are not an earlier run of this demo "
+                          f"({', '.join(found)}); they are left as they are. Choose another --out")
+    return True
+
+
 def run_demo(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     t0 = time.monotonic()
     print(f"pixelwise demo: U-Net ({cfg.model.name}, {cfg.model.args}) on ISBI 2012 slices {cfg.data.train_split}, "
           f"validating on {cfg.data.val_split}; run folder {out}")
-    state = train(cfg)
+    state = train(cfg, overwrite=_earlier_demo(out, cfg))
     best = out / "best.pt"
     inference = build_inference(best, cfg=cfg)
     val_ds = build_datasets(cfg, inference.model, splits=("val",))["val"]

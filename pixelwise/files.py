@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import os
 import pickle
+import re
+import shutil
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from pixelwise.errors import OutputError, PixelwiseError, TrainingError
 
 __all__ = ["RunLock", "atomic_write", "clean_stale_temporaries", "ensure_dir", "torch_load", "trusting_pickles", "is_trusted",
-           "write_json", "write_text"]
+           "same_file", "write_json", "write_text"]
 
 _TRUSTED: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("pixelwise_trusted", default=frozenset())
 TRUST_HINT = ("If you made this file yourself or trust where it came from, pass --trust-checkpoint with it as "
@@ -74,14 +77,30 @@ def torch_load(path: str | Path, *, what: str, map_location: Any = "cpu",
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        if not any(s in detail for s in ("Unsupported global", "Can only build", "allowlisted")):
-            raise error(f"{what} {str(path)!r} could not be read as a PyTorch file ({detail})") from None
+        # Told apart by what the file is, not by torch's wording (which changes between releases): a PyTorch
+        # archive (or a legacy pickle) that the weights-only unpickler refuses holds other objects.
+        if not _is_pickle_archive(path):
+            raise error(f"{what} {str(path)!r} could not be read as a PyTorch file (it is neither a PyTorch "
+                        "archive nor a pickle)") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = f"it refers to {found[1]}" if found else "an object the weights-only reader does not allow"
         raise error(f"{what} {str(path)!r} holds Python objects besides tensors and plain values ({detail}); it was "
                     f"not loaded, because unpickling such objects can run arbitrary code. {TRUST_HINT}") from None
     except Exception as e:  # not a zip / pickle at all, truncated, wrong magic number ...
         raise error(f"{what} {str(path)!r} could not be read as a PyTorch file ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def _is_pickle_archive(path: Path) -> bool:
+    """A PyTorch zip archive, or a legacy pickle (protocol 2+)."""
+    import zipfile
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+        return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    except OSError:
+        return False
 
 
 def _mode() -> int:
@@ -105,14 +124,42 @@ def ensure_dir(path: str | Path, *, what: str) -> Path:
     return path
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when both paths name one existing file, whatever the path (links, hard links, `..`)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """Why writing failed, when `e` is a failed write (torch.save raises RuntimeError on a full disk)."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if isinstance(e, RuntimeError) and ("write failed" in str(e) or "PytorchStreamWriter" in str(e)):
+        return f"torch.save failed ({str(e).strip().splitlines()[-1].split('] ')[-1].strip(' .')}; is the disk full?)"
+    return None
+
+
+def _free(folder: Path) -> str:
+    with contextlib.suppress(OSError):
+        return f"; {shutil.disk_usage(folder).free / 2**20:.0f} MB free in {str(folder)!r}"
+    return ""
+
+
 def atomic_write(path: str | Path, write: Callable[[IO], None], *, what: str, binary: bool = True) -> Path:
     """Write a file through `write(f)` so that a crash at any moment leaves the old file or the new one.
 
-    The temporary file, `.NAME.PID.XXXX.tmp` beside the target, is removed on any error; one left
-    by a killed process is removed by `clean_stale_temporaries`.
+    The temporary file, `.NAME.PID.XXXXXXXX.tmp` beside the target, is removed on any error; one left
+    by a killed process is removed by `clean_stale_temporaries`. A link at `path` is refused: the
+    file it points to is not this write's to replace.
     """
     path = Path(path)
     ensure_dir(path.parent, what=f"folder of the {what}")
+    if path.is_symlink() or path.is_dir():
+        kind = "a link" if path.is_symlink() else "a folder"
+        raise OutputError(f"cannot write {what} {str(path)!r}: it is {kind}, which pixelwise does not replace; "
+                          "remove it or choose another path")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -124,13 +171,13 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], *, what: str, bi
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}; the previous file, if any, "
-                          "is unchanged") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        why = _write_failure(e)
+        if why is None:
+            raise
+        raise OutputError(f"cannot write {what} {str(path)!r}: {why}{_free(path.parent)}; the previous file, if "
+                          "any, is unchanged") from None
     return path
 
 
@@ -152,15 +199,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Remove temporaries of atomic_write whose writer is gone (killed during a save)."""
+# Exactly the names atomic_write gives its temporaries: ".NAME.PID.XXXXXXXX.tmp" (mkstemp's 8 characters;
+# pixelwise 0.1 wrote ".NAME.XXXXXXXX.tmp").
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+
+
+def clean_stale_temporaries(folder: str | Path, names: Sequence[str]) -> list[Path]:
+    """Remove temporaries of atomic_write for the files `names` whose writer is gone (killed during a save).
+
+    Only pixelwise's own temporaries of those files are touched: any other file (a user's `.notes.tmp`) stays."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for p in folder.glob(".*.tmp"):
-        parts = p.name.split(".")  # ["", NAME..., PID, XXXX, "tmp"]; files of pixelwise 0.1 have no PID
-        pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+        m = _TEMPORARY.match(p.name)
+        if m is None or m["name"] not in names or p.is_symlink() or not p.is_file():
+            continue
+        pid = int(m["pid"]) if m["pid"] else None
         if pid is not None and pid != os.getpid() and _alive(pid):
             continue
         with contextlib.suppress(OSError):
@@ -186,7 +242,12 @@ class RunLock:
             import fcntl
         except ImportError:  # Windows: no flock; runs are not locked there
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _mode())
+        try:  # O_NOFOLLOW: a link named .lock is not followed to a file elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), _mode())
+        except OSError as e:
+            raise OutputError(f"cannot lock run folder {str(self.path.parent)!r}: {str(self.path)!r} "
+                              f"{'is a link' if e.errno == errno.ELOOP else e.strerror or e}; expected pixelwise's "
+                              "lock file (or none): remove it or choose another output_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -194,12 +255,26 @@ class RunLock:
             raise TrainingError(f"run folder {str(self.path.parent)!r} is in use by another training "
                                 f"({self._holder()}); wait for it to finish, or choose another output_dir "
                                 "(--output-dir)") from None
+        if not self._is_lock_file(fd):  # checked under the lock: a holder may be writing its record
+            os.close(fd)
+            raise OutputError(f"cannot lock run folder {str(self.path.parent)!r}: {str(self.path)!r} is not "
+                              "pixelwise's lock file and is left as it is; move it or choose another output_dir")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())
         self._fd = fd
         return self
+
+    @staticmethod
+    def _is_lock_file(fd: int) -> bool:
+        """Empty, or the record a RunLock writes: never truncate a file of the user's."""
+        data = os.pread(fd, 4096, 0)
+        if not data:
+            return True
+        with contextlib.suppress(ValueError, TypeError):
+            return {"pid", "host", "started", "command"} <= set(json.loads(data))
+        return False
 
     def _holder(self) -> str:
         try:

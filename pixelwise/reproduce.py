@@ -208,6 +208,7 @@ def reproduce(name: str, *, out="reproduce", budget: float | None = None, seeds:
     root = Path(out) / exp.name
     if root.exists() and not root.is_dir():
         raise OutputError(f"--out {str(out)!r}: {str(root)!r} exists and is not a folder")
+    _check_summary_files(root, exp.name, report)
     overrides = [*overrides, *([f"data.root={data_root}"] if data_root else [])]
     plan = [(run, seed) for seed in range(seeds) for run in exp.runs]
     planned = sum(budget * r.share for r, _ in plan)
@@ -234,13 +235,40 @@ def reproduce(name: str, *, out="reproduce", budget: float | None = None, seeds:
     return summary
 
 
+def _check_summary_files(root: Path, name: str, report: bool) -> None:
+    """Before any training: the summaries replace only earlier summaries of this experiment, never a user's file."""
+    def ours(path: Path, is_ours) -> None:
+        if not (path.exists() or path.is_symlink()):
+            return
+        try:
+            fine = not path.is_symlink() and is_ours(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            fine = False
+        if not fine:
+            raise OutputError(f"{str(path)!r} exists and is not a summary of experiment {name!r}; it is left as it "
+                              "is. Move it, or choose another --out")
+
+    ours(root / "summary.json", lambda text: json.loads(text).get("experiment") == name)
+    ours(root / "summary.md", lambda text: text.startswith(f"# {name}: "))
+    if report:
+        from pixelwise.engine.report import check_report_path
+
+        check_report_path(root / "report.html")
+
+
 def _say(enabled: bool, text: str) -> None:
     if enabled:
         print(text, file=sys.stderr, flush=True)
 
 
 def _train_one(exp, run, folder: Path, seed: int, budget: float, overrides, root: Path, progress: bool, train) -> dict:
+    init = None
+    if run.init_from is not None:
+        init = root / slug(run.init_from) / f"seed{seed}" / "last.pt"
+    cfg = _config(exp, run, folder, seed, budget, overrides, init)
     done = folder / "result.json"
+    if done.is_file() or (folder / "config.yaml").is_file():
+        _check_same_settings(folder, cfg)
     if done.is_file():
         result = json.loads(done.read_text())
         if result.get("budget") == budget * run.share:
@@ -249,20 +277,44 @@ def _train_one(exp, run, folder: Path, seed: int, budget: float, overrides, root
         if result.get("budget", 0) > budget * run.share:
             raise OutputError(f"{str(folder)!r} holds a run of {result['budget']:g} s, longer than the "
                               f"{budget * run.share:g} s asked for; use another --out")
-    init = None
-    if run.init_from is not None:
-        init = root / slug(run.init_from) / f"seed{seed}" / "last.pt"
-    cfg = _config(exp, run, folder, seed, budget, overrides, init)
     resume = folder / "last.pt" if (folder / "last.pt").is_file() else None
     if resume is not None:
         _say(progress, f"  resuming from {resume}")
-    state = train(cfg, resume=str(resume) if resume else None, progress=progress)
+    # Without a last.pt, a folder of these settings (checked above) holds nothing to continue: start it over.
+    state = train(cfg, resume=str(resume) if resume else None, progress=progress, overwrite=resume is None)
     if state.stopped == "signal":
+        _say(progress, f"  interrupted: {run.name} resumes from {folder / 'last.pt'} when the command is run again")
         raise KeyboardInterrupt
     result = {"run": run.name, "seed": seed, "budget": budget * run.share, "folder": str(folder),
               **_result(folder, json.loads((folder / "train_state.json").read_text()), cfg)}
     write_json(done, result, what="run result")
+    if state.interrupted:  # during the final validation: this run is complete, no other starts
+        _say(progress, f"  interrupted: {run.name} finished ({done}); run the command again for the others")
+        raise KeyboardInterrupt
     return result
+
+
+# Where a run's files are and how fast it computes, not what it computes; train.time_limit is the run's budget,
+# compared with result.json's on its own (a longer budget continues a finished run).
+_SAME_RUN_ANYWAY = ("output_dir", "data.root", "data.num_workers", "train.threads", "train.log_every",
+                    "train.time_limit")
+
+
+def _check_same_settings(folder: Path, cfg) -> None:
+    """A run folder is re-used (skipped or resumed) only for the settings it was made with: ConfigError otherwise."""
+    from pixelwise.config import load_config, to_dict
+    from pixelwise.engine.trainer import config_changes
+
+    stored = folder / "config.yaml"
+    how = "use another --out, or delete the run folder to train it again"
+    if not stored.is_file():
+        raise ConfigError(f"run folder {str(folder)!r} holds a result.json but no config.yaml to compare this "
+                          f"command's settings with; {how}")
+    changes = config_changes(to_dict(load_config(stored)), cfg, str(stored))
+    differ = sorted(k for k in changes if k not in _SAME_RUN_ANYWAY)
+    if differ:
+        listed = ", ".join(f"{k} ({changes[k][0]!r} there, {changes[k][1]!r} now)" for k in differ)
+        raise ConfigError(f"run folder {str(folder)!r} holds a run made with other settings: {listed}; {how}")
 
 
 def summarise(exp: Experiment, budget: float, seeds: int, results: dict) -> dict:

@@ -56,3 +56,63 @@ def test_tiny_experiment_runs_summarises_and_resumes(tmp_path, capsys):
     assert (folder / "valid-weight-map" / "seed0" / "result.json").is_file()
     with pytest.raises(OutputError, match="longer than"):
         reproduce("unet-weightmap", out=tmp_path, budget=1, overrides=TINY_UNET, data_root=str(root))
+    summary = (folder / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"valid-no-weight-map/seed0' holds a run made with other settings: "
+                                          r"train.lr \(0.001 there, 0.01 now\)"):
+        reproduce("unet-weightmap", out=tmp_path, budget=2, overrides=[*TINY_UNET, "train.lr=0.01"],
+                  data_root=str(root))
+    assert (folder / "summary.json").read_bytes() == summary
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_the_run_folder_and_the_keys(tmp_path):
+    from pixelwise.config import save_config
+
+    exp = EXPERIMENTS["unet-weightmap"]
+    folder = tmp_path / exp.name / slug(exp.runs[0].name) / "seed0"
+    folder.mkdir(parents=True)
+    save_config(_config(exp, exp.runs[0], folder, 0, 2.0, ["train.lr=0.5", "train.batch_size=1"], None),
+                folder / "config.yaml")
+    (folder / "result.json").write_text(json.dumps({"budget": 2.0}))
+    for finished in (True, False):  # a finished run, then an interrupted one
+        with pytest.raises(ConfigError, match=rf"run folder '{folder}' .*other settings: train.batch_size \(1 there, "
+                                              rf"2 now\), train.lr \(0.5 there, 0.001 now\).*another --out"):
+            reproduce(exp.name, out=tmp_path, budget=2, data_root=str(tmp_path / "data"), progress=False, report=False)
+        (folder / "result.json").unlink(missing_ok=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]
+
+
+def test_sigterm_during_a_final_validation_keeps_that_run_and_starts_no_other(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from pixelwise.engine.tasks.semantic import SemanticTask
+
+    root = require_dataset("isbi2012").parent
+    evaluate = SemanticTask.evaluate
+
+    def terminated_meanwhile(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SemanticTask, "evaluate", terminated_meanwhile)
+    overrides = [a for o in TINY_UNET for a in ("-o", o)]
+    assert main(["reproduce", "unet-weightmap", "--out", str(tmp_path), "--budget", "1", "--data-root", str(root),
+                 *overrides]) == 130
+    folder = tmp_path / "unet-weightmap"
+    first = folder / slug(EXPERIMENTS["unet-weightmap"].runs[0].name) / "seed0"
+    assert json.loads((first / "result.json").read_text())["metrics"]["adapted_rand_error"] >= 0
+    assert sorted(p.name for p in folder.iterdir()) == [first.parent.name]  # no other run, no summary
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_starts_over_with_the_same_settings(tmp_path, capsys):
+    from pixelwise.config import save_config
+
+    root = require_dataset("isbi2012").parent
+    exp = EXPERIMENTS["unet-weightmap"]
+    folder = tmp_path / exp.name / slug(exp.runs[0].name) / "seed0"
+    folder.mkdir(parents=True)
+    cfg = _config(exp, exp.runs[0], folder, 0, 1.0, [*TINY_UNET, f"data.root={root}"], None)
+    save_config(cfg, folder / "config.yaml")
+    (folder / "log.csv").write_text("step,loss\n1,0.7\n")  # killed before its first last.pt
+    summary = reproduce(exp.name, out=tmp_path, budget=1, overrides=TINY_UNET, data_root=str(root), report=False)
+    assert all(r["steps"][0] > 0 for r in summary["runs"]) and (folder / "result.json").is_file()
+    assert "finished before" not in capsys.readouterr().err

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 
 from pixelwise.errors import DataError
 
-__all__ = ["DataError", "as_image", "read_image", "read_mask"]
+__all__ = ["DataError", "as_image", "free_host_memory", "image_size", "read_image", "read_mask"]
 
 _IMAGE_MODES = {1: ("L",), 3: ("RGB",)}
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -18,7 +18,8 @@ _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 def _open(path: str | Path, what: str) -> Image.Image:
     """The image in `path`, decoded and closed. A JPEG's EXIF orientation is applied (the picture as viewers
-    show it, as detectron2 reads images); files with several frames are refused."""
+    show it, as detectron2 reads images); files with several frames are refused, and so are images too large
+    for the free memory, from their header, before they are decoded."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file {str(path)!r} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
@@ -26,9 +27,15 @@ def _open(path: str | Path, what: str) -> Image.Image:
         # PNG readers keep the file open after load() (APNG support): copy the pixels and close it.
         with Image.open(path) as f:
             frames = getattr(f, "n_frames", 1)
-            f.load()  # decoding errors in truncated files only surface here
-            img = ImageOps.exif_transpose(f) if what == "image" else f.copy()
+            _check_fits(f, f"{what} file {str(path)!r}")
+            try:
+                f.load()  # decoding errors in truncated files only surface here
+                img = ImageOps.exif_transpose(f) if what == "image" else f.copy()
+            except MemoryError:
+                raise _too_large(f"{what} file {str(path)!r}", f.width, f.height, len(f.getbands())) from None
             img.format = f.format
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{what} file {str(path)!r} cannot be read as an image ({type(e).__name__}: {e})") from None
     if frames > 1:
@@ -37,23 +44,78 @@ def _open(path: str | Path, what: str) -> Image.Image:
     return img
 
 
+# Bytes per pixel and channel of reading an image: the decoded 8-bit pixels, a copy and the float32 tensor.
+_READ_BYTES = 6
+
+
+def free_host_memory() -> int | None:
+    """Bytes of memory this process can still allocate: the system's available memory, within the container's
+    (cgroup v2) limit; None where neither can be read."""
+    free = []
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        free.append(int(info["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":  # the page cache (file pages) counts in memory.current but is given back on demand
+            stat = dict(line.split() for line in Path("/sys/fs/cgroup/memory.stat").read_text().splitlines())
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text()) - int(stat.get("file", 0))
+            free.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def _too_large(what: str, width: int, height: int, bands: int, free: int | None = None) -> DataError:
+    need = width * height * bands * _READ_BYTES
+    has = f" and {free / 1e9:.2f} GB is free" if free is not None else ", more than this machine could allocate"
+    return DataError(f"{what} is {width}x{height} pixels ({bands} channel{'s' if bands > 1 else ''}): reading it "
+                     f"needs at least {need / 1e9:.2f} GB of memory{has}; expected an image that fits in memory: split "
+                     "it into smaller images (tiled inference, infer.tile, also reads the whole image)")
+
+
+def _check_fits(img: Image.Image, what: str) -> None:
+    """Refuse, from its header, an image whose pixels cannot be held in the free memory."""
+    free = free_host_memory()
+    if free is not None and img.width * img.height * len(img.getbands()) * _READ_BYTES > free:
+        raise _too_large(what, img.width, img.height, len(img.getbands()), free)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as f:
+            return f.height, f.width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"image file {str(path)!r} cannot be read as an image ({type(e).__name__}: {e})") from None
+
+
 _GREY = "model.args.in_channels=1 with one-value data.mean / data.std"
 _COLOUR = "model.args.in_channels=3 with three-value data.mean / data.std"
 
 
-def read_image(path: str | Path, *, channels: int) -> torch.Tensor:
+def read_image(path: str | Path, *, channels: int, grey_to_rgb: bool = False) -> torch.Tensor:
     """Read an 8-bit grayscale (channels=1, PIL mode L) or RGB (channels=3) image.
 
     Palette, CMYK and YCbCr images are converted to RGB when channels=3 (and a grey palette to L when
-    channels=1): the conversion loses nothing a segmentation model could use.
+    channels=1): the conversion loses nothing a segmentation model could use. A grey image for
+    channels=3 is refused, or repeated to RGB with grey_to_rgb (Mask R-CNN on grey data).
 
     Returns:
         (C, H, W) float32 in [0, 1].
     """
     if channels not in _IMAGE_MODES:
         raise ValueError(f"read_image: channels={channels}; expected 1 (grayscale) or 3 (RGB)")
-    img = _open(path, "image")
+    return _pixels(_open(path, "image"), channels, f"image file {str(path)!r}", grey_to_rgb)
+
+
+def _pixels(img: Image.Image, channels: int, what: str, grey_to_rgb: bool = False) -> torch.Tensor:
+    """A PIL image -> (channels, H, W) float32 in [0, 1] by read_image's rules; `what` names it in errors."""
     mode = img.mode
+    if channels == 3 and grey_to_rgb and mode in ("L", "1"):
+        return _pixels(img, 1, what).repeat(3, 1, 1)
     if mode == "1" and channels == 1:  # bilevel: lossless as 0 / 255
         img, mode = img.convert("L"), "L"
     if channels == 3 and mode in ("P", "CMYK", "YCbCr"):
@@ -73,54 +135,52 @@ def read_image(path: str | Path, *, channels: int) -> torch.Tensor:
                    "image with Image.open(f).convert('L').save(f)")
         else:
             fix = f"convert it, for example Image.open(f).convert({_IMAGE_MODES[channels][0]!r}).save(f)"
-        raise DataError(f"image file {str(path)!r} has PIL mode {mode!r}; expected {expected}: {fix}")
-    array = np.asarray(img, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        raise DataError(f"{what} has PIL mode {mode!r}; expected {expected}: {fix}")
+    try:
+        array = np.asarray(img, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    except (MemoryError, RuntimeError) as e:  # the CPU allocator raises a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e):
+            raise
+        raise _too_large(what, img.width, img.height, channels) from None
 
 
-def as_image(image, *, channels: int, name: str = "the image") -> torch.Tensor:
-    """An image as users have it -> (channels, H, W) float32 in [0, 1].
+def as_image(image, *, channels: int, name: str = "the image", grey_to_rgb: bool = True) -> torch.Tensor:
+    """An image as users have it -> (channels, H, W) float32 in [0, 1], accepted and refused as `read_image`
+    accepts and refuses image files.
 
-    Takes a path, a PIL image, a uint8 numpy array (H, W) or (H, W, C), or a float tensor (C, H, W)
-    already in [0, 1]. A grey image given to a three-channel model is repeated to RGB; anything else
-    whose channels disagree with `channels` is refused, naming `name`.
+    Takes a path, a PIL image, a uint8 numpy array (H, W) or (H, W, C), or a float tensor (C, H, W) in
+    [0, 1] (what read_image returns). A grey image for channels=3 is repeated to RGB (Mask R-CNN on grey
+    data), or refused as read_image refuses it with grey_to_rgb=False; `name` names the image in errors.
     """
     if isinstance(image, (str, Path)):
-        if channels == 3 and _grey_file(image):  # a grey file for a colour model (Mask R-CNN on ISBI): repeat it
-            return read_image(image, channels=1).repeat(3, 1, 1)
-        return read_image(image, channels=channels)
-    if isinstance(image, Image.Image):
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("RGB" if channels == 3 else "L")
-        image = np.array(image)
+        return read_image(image, channels=channels, grey_to_rgb=grey_to_rgb)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise DataError(f"{name}: a numpy array of dtype {image.dtype}; expected uint8 (H, W) or (H, W, C) "
                             "with values 0-255")
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.ndim != 3:
-            raise DataError(f"{name}: a numpy array of shape {image.shape}; expected (H, W) or (H, W, C)")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        if not (image.ndim == 2 or image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+            raise DataError(f"{name}: a numpy array of shape {image.shape}; expected (H, W) or (H, W, C) with C = 1, "
+                            "3 (RGB) or 4 (RGBA)")
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    if isinstance(image, Image.Image):
+        return _pixels(image, channels, name, grey_to_rgb)
     if not torch.is_tensor(image) or image.dim() != 3 or not image.is_floating_point():
         raise DataError(f"{name}: got {type(image).__name__} {tuple(getattr(image, 'shape', ()))}; expected a path, a "
                         "PIL image, a uint8 array (H, W) or (H, W, C), or a float tensor (C, H, W) in [0, 1]")
     image = image.as_subclass(torch.Tensor)
-    if image.shape[0] == 1 and channels == 3:
+    low, high = (float(v) for v in torch.aminmax(image)) if image.numel() else (0.0, 0.0)
+    if not (0.0 <= low and high <= 1.0):
+        raise DataError(f"{name}: a float tensor with values in [{low:g}, {high:g}]; expected values in [0, 1] (as "
+                        "read_image returns): divide 8-bit values by 255, or pass the uint8 array")
+    if image.shape[0] == 1 and channels == 3 and grey_to_rgb:
         return image.repeat(3, 1, 1)
     if image.shape[0] != channels:
-        raise DataError(f"{name} has {image.shape[0]} channels; the model takes {channels}")
+        fix = f": train it with {_GREY}, or convert the image to RGB" if image.shape[0] == 1 and channels == 3 else ""
+        raise DataError(f"{name} has {image.shape[0]} channels; the model takes {channels}{fix}")
     return image
-
-
-def _grey_file(path) -> bool:
-    try:
-        with Image.open(path) as img:  # reads the header only
-            return img.mode in ("L", "1")
-    except (OSError, ValueError):
-        return False  # read_image names the problem
 
 
 def _grey_palette(img: Image.Image) -> bool:

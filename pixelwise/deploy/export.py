@@ -22,14 +22,22 @@ a torch.export extra file), so `pixelwise eval` / `predict --checkpoint MODEL.on
 Before the files are put in place, the exported model runs on a real image beside the PyTorch one;
 if they disagree (semantic: largest probability difference above 1e-3 or fewer than 99.9% of the
 pixels with the same label; Mask R-CNN: a different number of detections, boxes more than 0.5 px
-apart or fewer than 99.9% of the mask pixels the same) nothing is written.
+apart or fewer than 99.9% of the mask pixels the same) nothing is written; nor is anything when a file cannot
+be written (a full disk, a read-only folder: an OutputError naming it). What the exporters print goes to a
+temporary log, removed after a successful export and named by the error otherwise. An OpenVINO .xml records
+the size and SHA-256 of its .bin, so a missing, truncated or foreign .bin is refused (runtime.read_openvino).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import traceback
 import warnings
 from pathlib import Path
 
@@ -37,7 +45,8 @@ import torch
 import torch.nn as nn
 
 from pixelwise.config import to_dict
-from pixelwise.deploy.runtime import FORMATS, META_KEY, default_runtime, load_exported, part_path, require
+from pixelwise.deploy.runtime import (FORMATS, META_KEY, WEIGHTS_KEY, _cause, default_runtime, load_exported, part_path,
+                                      require, weights_id)
 from pixelwise.errors import ConfigError, DataError, OutputError, PixelwiseError
 from pixelwise.files import trusting_pickles
 
@@ -103,19 +112,23 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
         if p.resolve() == Path(checkpoint).resolve():
             raise OutputError(f"--out {str(out)!r} is the checkpoint itself")
     if not out.parent.is_dir():
-        raise OutputError(f"folder of --out {str(out.parent)!r} does not exist")
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise OutputError(f"folder of --out {str(out.parent)!r} {what}")
     meta = {"format": fmt, "task": inference.task.name, "config": to_dict(cfg),
             "class_names": list(inference.predictor.class_names or []),
             "main": next(iter(parts)), "parts": {n: {"structure": s} for n, (_, _, s, _) in parts.items()},
             "input": ("normalised, resized and padded (B, 3, H, W) batch (see pixelwise.deploy.export)" if instance
                       else "float32 (N, C, H, W) in [0, 1], normalised inside the graph"),
             "checkpoint": Path(checkpoint).name, "pixelwise": __import__("pixelwise").__version__}
-    tmp = Path(tempfile.mkdtemp(prefix=".pixelwise-export-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".pixelwise-export-", dir=out.parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(out.parent)!r}: {e.strerror or e}") from None
     try:
         staged = {n: tmp / p.name for n, p in targets.items()}
         for i, (name, (module, args, structure, dims)) in enumerate(parts.items()):
             _say(f"export {name} ({i + 1}/{len(parts)}) as {fmt} ...", flush=True)
-            _export_part(module, args, dims, fmt, staged[name], meta if i == 0 else None)
+            _export_part(module, args, dims, fmt, staged[name], meta if i == 0 else None, target=targets[name])
         main = staged[next(iter(parts))]
         _say("comparing the exported model with PyTorch on "
              f"{sample['name']} ({default_runtime(fmt)}) ...", flush=True)
@@ -128,8 +141,15 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
         if not report["agrees"]:
             raise ExportMismatch(f"the exported model disagrees with PyTorch on {sample['name']}: {report['summary']}; "
                                  "nothing was written")
-        for name, p in targets.items():
-            os.replace(staged[name], p)
+        placed = []
+        try:
+            for name, p in targets.items():
+                os.replace(staged[name], p)
+                placed.append(p)
+        except OSError as e:  # all the files or none
+            for p in placed:
+                p.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {str(targets[name])!r}: {e.strerror or e}; nothing was written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
@@ -238,37 +258,109 @@ def _dynamic_shapes(args, dims):
     return tuple(spec(a) for a in args)
 
 
-def _export_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, meta: dict | None) -> None:
+def _export_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, meta: dict | None, *,
+                 target: Path | None = None) -> None:
+    """Write one part to `path` (in the staging folder); errors name `target` (default `path`), the file asked for.
+    What the exporters print (graph dumps, progress) goes to a log file, named by the error if they fail."""
+    target = Path(target or path)
+    try:
+        fd, log = tempfile.mkstemp(prefix=f"pixelwise-export-{target.stem}-", suffix=".log")
+        os.close(fd)
+    except OSError as e:
+        raise OutputError(f"cannot create the exporter's log in {tempfile.gettempdir()!r}: {e.strerror or e}") from None
+    keep = False
+    try:
+        with _output_to(log):
+            _write_part(module, args, dims, fmt, path, target, meta)
+    except PixelwiseError:
+        raise
+    except Exception as e:
+        keep = True
+        with open(log, "a") as f:
+            traceback.print_exception(e, file=f)
+        raise ConfigError(f"could not export {type(module).__name__} as {fmt} to {str(target)!r}: {_root_cause(e)} "
+                          f"(the exporter's full output is in {log})") from e
+    finally:
+        if not keep:
+            Path(log).unlink(missing_ok=True)
+
+
+def _write_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, target: Path, meta: dict | None) -> None:
     shapes = _dynamic_shapes(args, dims)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torch-export":
             program = torch.export.export(module, args, dynamic_shapes=shapes)
             extra = {f"{META_KEY}.json": json.dumps(meta)} if meta else None
-            torch.export.save(program, str(path), extra_files=extra)
+            with _writing(target):
+                torch.export.save(program, str(path), extra_files=extra)
             return
         onnx_path = path if fmt == "onnx" else path.with_suffix(".onnx")
-        try:
-            program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, verbose=False,
-                                        optimize=True)
-        except Exception as e:  # the exporter's own failure: name the part, keep the cause for --debug
-            raise ConfigError(f"torch.onnx could not export {type(module).__name__}: {str(e).splitlines()[0][:200]}") from e
-        program.save(str(onnx_path), external_data=False)
+        program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, verbose=False, optimize=True)
+        with _writing(target):
+            program.save(str(onnx_path), external_data=False)
     if meta is not None:
         import onnx
 
         proto = onnx.load(str(onnx_path))
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps(meta)
-        onnx.save(proto, str(onnx_path))
+        with _writing(target):
+            onnx.save(proto, str(onnx_path))
     if fmt == "openvino":
         import openvino as ov
 
         model = ov.convert_model(str(onnx_path))
         if meta is not None:
             model.set_rt_info(json.dumps(meta), [META_KEY, "metadata"])
-        ov.save_model(model, str(path), compress_to_fp16=False)
+        with _writing(target):
+            ov.save_model(model, str(path), compress_to_fp16=False)
+            # Saved again with the .bin's digest in the .xml (the same bytes): a foreign .bin is then refused.
+            model.set_rt_info(weights_id(path.with_suffix(".bin")), WEIGHTS_KEY)
+            ov.save_model(model, str(path), compress_to_fp16=False)
         onnx_path.unlink()
+
+
+@contextlib.contextmanager
+def _writing(target: Path):
+    """Any failure to write (a full disk: OSError from most writers, RuntimeError from torch's zip writer) as an
+    OutputError naming the file asked for."""
+    try:
+        yield
+    except Exception as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _cause(e)[:200]
+        free = shutil.disk_usage(target.parent).free / 2**20
+        raise OutputError(f"cannot write {str(target)!r}: {reason} ({free:.0f} MiB free in {str(target.parent)!r}); "
+                          "nothing was written") from e
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost cause's type and first line (torch.onnx wraps the error in pages of advice)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = next((line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+@contextlib.contextmanager
+def _output_to(log: str):
+    """Everything written to stdout and stderr meanwhile, by Python code or by C/C++ libraries, goes to `log`."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "a", buffering=1) as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+    finally:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).fflush(None)  # C stdio's buffer, before stdout is the terminal again
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _compare(reference, exported, sample) -> dict:

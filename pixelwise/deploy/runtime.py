@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ RUNTIMES = ("torch", "onnxruntime", "openvino")
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torch-export": ".pt2"}
 EXTRA = "pip install 'pixelwise[deploy]'"
 META_KEY = "pixelwise"
+WEIGHTS_KEY = [META_KEY, "weights"]  # OpenVINO rt_info: "SIZE:SHA256" of the .bin the export wrote beside the .xml
 
 
 def require(module: str, what: str):
@@ -76,8 +78,7 @@ def read_metadata(path: str | Path) -> dict:
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
             text = props.get(META_KEY)
         elif fmt == "openvino":
-            ov = require("openvino", "reading an OpenVINO model")
-            model = ov.Core().read_model(str(path))
+            model = read_openvino(path)
             text = model.get_rt_info([META_KEY, "metadata"]).astype(str) if model.has_rt_info([META_KEY, "metadata"]) \
                 else None
         else:
@@ -88,11 +89,55 @@ def read_metadata(path: str | Path) -> dict:
     except (ConfigError, CheckpointError):
         raise
     except Exception as e:  # a damaged or foreign file: say which, not where in the parser
-        raise CheckpointError(f"{str(path)!r} cannot be read as a {fmt} model: {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"{str(path)!r} cannot be read as a {fmt} model: {_cause(e)[:300]}") from None
     if not isinstance(meta, dict) or "config" not in meta:
         raise CheckpointError(f"{str(path)!r} holds no pixelwise metadata: it was not written by `pixelwise export`; "
                               "export the checkpoint with pixelwise export")
     return meta
+
+
+def read_openvino(path: str | Path):
+    """core.read_model(path) with its weights file checked: a missing, truncated or foreign .bin is refused."""
+    ov = require("openvino", "reading an OpenVINO model")
+    path = Path(path)
+    weights = path.with_suffix(".bin")
+    if not path.is_file():
+        raise CheckpointError(f"OpenVINO model {str(path)!r} does not exist")
+    if not weights.is_file():
+        raise CheckpointError(f"OpenVINO model {str(path)!r}: its weights file {str(weights)!r} is missing; an export "
+                              "writes the .xml and the .bin together, keep them side by side")
+    size = weights.stat().st_size
+    refused = (f"OpenVINO weights file {str(weights)!r} ({size} bytes) is truncated or does not belong to "
+               f"{str(path)!r}; export the checkpoint again")
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as e:
+        cause = _cause(e)
+        if "bin file" in cause or "weights" in cause.lower():
+            raise CheckpointError(f"{refused} (OpenVINO: {cause[:200]})") from None
+        raise CheckpointError(f"{str(path)!r} cannot be read as an OpenVINO model: {cause[:300]}") from None
+    if model.has_rt_info(WEIGHTS_KEY):
+        expected = model.get_rt_info(WEIGHTS_KEY).astype(str)
+        if expected != weights_id(weights):
+            raise CheckpointError(f"{refused} (the export wrote {expected.split(':')[0]} bytes with another SHA-256)")
+    return model
+
+
+def weights_id(path: Path) -> str:
+    """A file's size and SHA-256 as "SIZE:HEX"."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.stat().st_size}:{digest.hexdigest()}"
+
+
+def _cause(e: BaseException) -> str:
+    """The message of an exception in one line, without OpenVINO's source locations ("Exception from x.cpp:84:",
+    "Check '...' failed at ...")."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return " ".join(kept or lines) or type(e).__name__
 
 
 def part_path(path: str | Path, part: str, main: str) -> Path:
@@ -109,7 +154,7 @@ def load_exported(path, runtime: str | None = None, *, cfg=None, overrides: list
     run as with the PyTorch model. Exported models run on the CPU.
     """
     from pixelwise.config import apply_override, check_ranges, from_dict
-    from pixelwise.engine.run import Inference, build_run, check_against_checkpoint
+    from pixelwise.engine.run import Inference, build_run, check_against_checkpoint, check_overrides
 
     source, fmt = str(path), exported_format(path)
     runtime = runtime or default_runtime(fmt)
@@ -120,6 +165,7 @@ def load_exported(path, runtime: str | None = None, *, cfg=None, overrides: list
         for o in overrides:
             apply_override(cfg, o)
         check_ranges(cfg, f"config stored in {source}")
+        check_overrides(cfg, from_dict(meta["config"], f"config stored in {source}"), source)
     else:
         check_against_checkpoint(cfg, meta["config"], source)
     # An exported graph is fp32: the training's precision does not carry over, bf16 (OpenVINO) is asked for.
@@ -192,8 +238,9 @@ class RuntimeModule(nn.Module):
             # OpenVINO's CPU default on bf16-capable CPUs is bf16: fp32 has to be asked for.
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                       "INFERENCE_NUM_THREADS": threads}
+            graph = read_openvino(self.path) if exported_format(self.path) == "openvino" else core.read_model(self.path)
             with _signal_stack_kept():
-                self._compiled = core.compile_model(core.read_model(self.path), "CPU", config)
+                self._compiled = core.compile_model(graph, "CPU", config)
             self._request = self._compiled.create_infer_request()
             outputs = self._compiled.outputs
             self._run = lambda feeds, inputs: [self._request.infer(dict(enumerate(feeds)))[o] for o in outputs]
@@ -286,4 +333,4 @@ def _regroup(outs: list[torch.Tensor], structure: str):
 
 
 __all__ = ["EXTRA", "FORMATS", "RUNTIMES", "RuntimeModule", "check_runtime", "default_runtime", "exported_format", "load_exported",
-           "part_path", "read_metadata", "require"]
+           "part_path", "read_metadata", "read_openvino", "require", "weights_id"]

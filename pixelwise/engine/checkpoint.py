@@ -7,8 +7,8 @@ A checkpoint is a dict of tensors and plain values (`weights_only=True` reads it
 """
 from __future__ import annotations
 
+import contextlib
 import random
-import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -99,9 +99,10 @@ class Checkpointer:
 
     def __init__(self, trainer) -> None:
         self.trainer, self.saved_step = weakref.proxy(trainer), -1  # a proxy: no cycle with the trainer
+        self.failure: str | None = None  # why the latest last.pt could not be written
 
     def save(self, name: str, *, pending_validation: bool = False) -> bool:
-        """False when the weights are not finite (nothing is written)."""
+        """False when the weights are not finite (nothing is written); an OutputError when the file cannot be."""
         t = self.trainer
         state = t.state
         if name == "last.pt":
@@ -112,6 +113,8 @@ class Checkpointer:
             return True
         weights = t.model.state_dict()
         if non_finite(weights):
+            if name == "last.pt":
+                self.failure = "the weights are not finite"
             return False
         entry = {"model": weights, "config": to_dict(t.cfg), "class_names": getattr(t.run.train_ds, "class_names", None),
                  "step": state.step, "best_metric": state.best_metric, "best_step": state.best_step}
@@ -119,24 +122,32 @@ class Checkpointer:
             entry.update(optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
                          scaler=t.scaler.state_dict(), rng=rng_state(), elapsed=t.clock.elapsed(),
                          validate_first=pending_validation)
-            state.last_good, state.last_good_step = t.out / name, state.step
-        save_checkpoint(entry, t.out / name)
+        try:
+            save_checkpoint(entry, t.out / name)
+        except PixelwiseError as e:
+            if name == "last.pt":
+                self.saved_step, self.failure = -1, str(e)
+            raise
+        if name == "last.pt":  # only once it is on disk
+            state.last_good, state.last_good_step, self.failure = t.out / name, state.step, None
         return True
 
     def save_after_error(self, pending_validation: bool = False) -> None:
-        try:
+        """Try to save last.pt; a failure (a full disk, say) is kept for note(): the error that stopped the run
+        is the one to report."""
+        with contextlib.suppress(PixelwiseError):
             self.save("last.pt", pending_validation=pending_validation)
-        except PixelwiseError as e:  # a full disk, say: the error that stopped the run is the one to report
-            print(f"pixelwise train: could not save last.pt: {e}", file=sys.stderr)
 
-    def note(self) -> str:
-        """Where the run's state is after a failure (what to resume from)."""
+    def note(self, error: BaseException | None = None) -> str:
+        """Where the run's state really is after a failure (what to resume from); `error`, the one that stopped the
+        run, is not repeated."""
         state = self.trainer.state
         if state.last_good is not None and state.last_good_step == state.step:
             return (f"its state at step {state.step} is saved in {state.last_good} (resume with: pixelwise train "
                     f"--resume {state.last_good})")
+        why = f"step {state.step} was not saved"
+        if self.failure and self.failure != str(error):
+            why += f" ({self.failure})"
         if state.last_good is not None:
-            return (f"the weights are no longer finite, so they were not saved; the last good checkpoint is "
-                    f"{state.last_good} (step {state.last_good_step})")
-        return "no checkpoint was saved" + (" (the weights are not finite)" if state.step else "")
-
+            return f"{why}; the last good checkpoint is {state.last_good} (step {state.last_good_step})"
+        return f"{why}; no checkpoint of this run exists" if state.step else "no checkpoint was saved"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, PixelwiseError
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,18 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn, info: DistInfo):
+    """fn() on rank 0 (None elsewhere), then a barrier; a PixelwiseError it raises is raised on every rank, so
+    each stops with the one message instead of waiting for a rank that has left."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except PixelwiseError as e:
+            error = e
+    error = broadcast_object(error, info)
+    if error is not None:
+        raise error
+    return result

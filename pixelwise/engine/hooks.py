@@ -139,8 +139,9 @@ def _step_of(row: dict) -> int | None:
 
 
 class StopConditions(HookBase):
-    """Ctrl-C / SIGTERM (a flag checked between steps; a second Ctrl-C stops at once), a hook's
-    state.stop_requested, and train.time_limit (seconds of training, carried across resumes)."""
+    """Ctrl-C / SIGTERM (a flag checked between steps, and after the final validation: state.interrupted; a second
+    Ctrl-C stops at once), a hook's state.stop_requested, and train.time_limit (seconds of training, carried across
+    resumes)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -170,6 +171,11 @@ class StopConditions(HookBase):
         interrupted = D.any_true(self.signal is not None or state.stop_requested, trainer.info, trainer.device)
         if interrupted or timed_out:
             state.stopped = "signal" if interrupted else "time_limit"
+
+    def after_train(self, trainer) -> None:
+        # After the final validation (after_train runs in reverse order): a signal that came during it finds
+        # no step left to stop, so the caller is told (pixelwise reproduce then starts no other run).
+        trainer.state.interrupted = D.any_true(self.signal is not None, trainer.info, trainer.device)
 
     def close(self, trainer) -> None:
         for sig, handler in self._previous.items():

@@ -142,6 +142,7 @@ class Predictor:
         if channels_last and isinstance(model, nn.Module):
             model.to(memory_format=torch.channels_last)
         self.channels, self.threshold, self.class_names = channels, threshold, class_names
+        self._bytes_per_pixel: float | None = None  # of the largest activation, per input pixel (check_fits)
         self.normalize = None
         if mean is not None:
             from pixelwise.data.transforms import Normalize
@@ -164,13 +165,16 @@ class Predictor:
                                                                for k, v in overrides.items()]).predictor
 
     def preprocess(self, image, name: str = "the image") -> torch.Tensor:
-        """An image as users have it -> (C, H, W) normalised as in training."""
-        from pixelwise.data.io import as_image
+        """An image as users have it -> (C, H, W) normalised as in training, accepted or refused as
+        `read_image` accepts or refuses image files (pixelwise.data.io.as_image)."""
+        from pixelwise.data.io import as_image, image_size
 
         if self.channels is None:
             raise ConfigError("this Predictor was built without `channels`: give it normalised (C, H, W) tensors "
                               "through predict_probs, or build it with Predictor.from_checkpoint")
-        image = as_image(image, channels=self.channels, name=name)
+        if isinstance(image, (str, Path)):  # refused from its header, before its pixels are read
+            self.check_fits(self.channels, *image_size(image), name)
+        image = as_image(image, channels=self.channels, name=name, grey_to_rgb=False)  # as the CLI reads files
         return self.normalize(image) if self.normalize is not None else image
 
     def __call__(self, image, name: str | None = None) -> torch.Tensor:
@@ -191,7 +195,8 @@ class Predictor:
                 logits = self.model(channels_last(_apply(windows, k, flip), self.channels_last))
             probs = _invert(F.softmax(logits.float(), dim=1), k, flip)
             total = probs if total is None else total + probs
-        # Margins are symmetric, so after inverting any transform the window starts at index 0.
+        # A rotated window is valid too (the size rule is the same for height and width), and margins are
+        # symmetric, so after inverting any transform the window starts at index 0.
         return total[..., :height, :width] / len(transforms)
 
     @torch.no_grad()
@@ -202,6 +207,7 @@ class Predictor:
         """
         if image.dim() != 3:
             raise ValueError(f"expected one image (C,H,W), got shape {tuple(image.shape)}")
+        self.check_fits(*image.shape, name)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -209,14 +215,31 @@ class Predictor:
         except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain RuntimeError
             if not _out_of_memory(e):
                 raise
-            H, W = image.shape[-2:]
-            side = self.tile or max(H, W)
-            raise InferenceError(
-                f"{name} ({H}x{W} pixels) does not fit in memory in passes of {side} pixels on {self.device} "
-                f"({str(e).splitlines()[0][:120]}); set infer.tile to a smaller output tile, for example "
-                f"-o infer.tile={max(64, min(512, side // 2))}, and infer.batch_size=1") from None
+            raise self._too_large(name, *image.shape[-2:], str(e).splitlines()[0][:120]) from None
         finally:
             self.model.train(was_training)
+
+    def check_fits(self, channels: int, height: int, width: int, name: str = "the image") -> None:
+        """Refuse, before anything is allocated, a whole-image pass that cannot fit in the device's free memory:
+        it needs at least the model's largest activation over the whole image (measured once on a small input)."""
+        if self.tile is not None:
+            return
+        free = free_memory(self.device)
+        if free is None:
+            return
+        if self._bytes_per_pixel is None:
+            self._bytes_per_pixel = largest_activation(self.model, channels, self.device, self.precision)
+        need = height * width * self._bytes_per_pixel
+        if need > free:
+            raise self._too_large(name, height, width, f"it needs at least {need / 1e9:.2f} GB and "
+                                  f"{free / 1e9:.2f} GB is free")
+
+    def _too_large(self, name: str, height: int, width: int, why: str) -> InferenceError:
+        side = self.tile or max(height, width)
+        return InferenceError(
+            f"{name} ({height}x{width} pixels) does not fit in memory in passes of {side} pixels on {self.device} "
+            f"({why}); set infer.tile to a smaller output tile, for example "
+            f"-o infer.tile={max(64, min(512, side // 2))}, and infer.batch_size=1")
 
     def _windows(self, H: int, W: int) -> tuple[int, int, list[tuple[int, int]]]:
         if self.tile is None:
@@ -230,11 +253,6 @@ class Predictor:
         th, tw, positions = self._windows(H, W)
         in_h, m_h = geometry(self.model, th)
         in_w, m_w = geometry(self.model, tw)
-        if self.tta and (in_h != in_w or m_h != m_w):
-            # Rotations swap height and width; use a square window so every rotation is valid.
-            side = max(th, tw)
-            in_h = in_w = _input_size_for(self.model, side)
-            m_h = m_w = (in_h - _output_size(self.model, in_h)) // 2
         batch = image.unsqueeze(0)
         canvas = count = None
         for chunk in _chunks(positions, self.batch_size):
@@ -247,6 +265,41 @@ class Predictor:
                 canvas[:, y : y + th, x : x + tw] += p
                 count[:, y : y + th, x : x + tw] += 1
         return canvas / count
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes still free on `device` (None where unknown): the host's available memory for the CPU."""
+    from pixelwise.data import io
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return io.free_host_memory() if device.type == "cpu" else None
+
+
+@torch.no_grad()
+def largest_activation(model: nn.Module, channels: int, device: torch.device, precision: str = "fp32") -> float:
+    """Bytes per input pixel of the largest tensor a module of `model` returns, on a small input in eval mode."""
+    model = _unwrap(model)
+    side = geometry(model, 64)[0]
+    sizes = [0]
+
+    def record(module, inputs, output):
+        outputs = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
+            else [output]
+        sizes.extend(t.numel() * t.element_size() for t in outputs if torch.is_tensor(t))
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, precision, "infer.precision"):
+            model(torch.zeros(1, channels, side, side, device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return max(sizes) / side**2
 
 
 def _out_of_memory(e: RuntimeError) -> bool:

@@ -31,8 +31,11 @@ def _json(path: Path):
 def _log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"run file {str(path)!r} is not a readable CSV log ({e})") from None
 
 
 def _jpeg(picture) -> bytes:
@@ -50,8 +53,16 @@ def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, dev
     if not (folder / "config.yaml").is_file():
         raise DataError(f"{str(folder)!r} is not a run folder: it has no config.yaml (expected the output_dir of "
                         "`pixelwise train`)")
-    config_text = (folder / "config.yaml").read_text()
-    config = yaml.safe_load(config_text) or {}
+    try:
+        config_text = (folder / "config.yaml").read_text(encoding="utf-8")
+        config = yaml.safe_load(config_text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = " ".join(str(e).split())[:300]
+        raise DataError(f"run file {str(folder / 'config.yaml')!r} is not a readable YAML config ({why}); expected "
+                        "the config.yaml `pixelwise train` writes") from None
+    if not isinstance(config, dict):
+        raise DataError(f"run file {str(folder / 'config.yaml')!r} holds a {type(config).__name__}, not a config "
+                        "(a mapping of output_dir, model, data, train, infer)")
     metrics = _json(folder / "val_metrics.json") or _json(folder / "metrics.json") or {}
     log = _log(folder / "log.csv")
     name = name or folder.name

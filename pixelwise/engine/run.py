@@ -198,6 +198,7 @@ def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overr
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     if cfg is None:
         cfg = config_of_checkpoint(ckpt, source, list(overrides))
+        check_overrides(cfg, config_of_checkpoint(ckpt, source), source)
     else:
         check_against_checkpoint(cfg, ckpt.get("config"), source)
     device = resolve_device(cfg.train.device if device is None else str(device))
@@ -229,17 +230,31 @@ def _inference_settings(values: dict) -> dict:
             "data.mean": data.get("mean"), "data.std": data.get("std")}
 
 
-def check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
+def _changed(cfg: Config, saved: dict | None) -> list[str]:
+    """The settings the weights were trained with that `cfg` changes, as "key=value (checkpoint: value)"."""
     if not isinstance(saved, dict):
-        return
+        return []
     ours, theirs = _inference_settings(to_dict(cfg)), _inference_settings(saved)
-    differ = [f"{k}={ours[k]!r} (checkpoint: {theirs[k]!r})" for k in _MUST_MATCH if ours[k] != theirs[k]]
+    return [f"{k}={ours[k]!r} (checkpoint: {theirs[k]!r})" for k in _MUST_MATCH if ours[k] != theirs[k]]
+
+
+def check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
+    differ = _changed(cfg, saved)
     if differ:
         raise CheckpointError(f"checkpoint {checkpoint!r} was trained with other settings than this config: "
                               f"{'; '.join(differ)}. Leave out the CONFIG (the checkpoint holds its own), use the "
                               "recipe it was trained with, or drop the overrides")
 
 
+def check_overrides(cfg: Config, stored: Config, checkpoint: str) -> None:
+    """Refuse `-o` overrides (in `cfg`) that change what the checkpoint's weights were trained with (`stored`: its
+    config as it is): the model, data.mean / data.std. Inference settings (infer.*, data.root, ...) may change."""
+    differ = _changed(cfg, to_dict(stored))
+    if differ:
+        raise CheckpointError(f"the overrides change settings checkpoint {checkpoint!r} was trained with: "
+                              f"{'; '.join(differ)}; its weights only work with its own values: drop these overrides")
+
+
 __all__ = ["Inference", "PRETRAINED_ARGS", "Run", "build_datasets", "build_inference", "build_model",
-           "build_optimizer", "build_run", "init_weights", "build_scheduler", "check_against_checkpoint", "config_of_checkpoint",
-           "lr_factor", "total_steps_for", "training_crop"]
+           "build_optimizer", "build_run", "init_weights", "build_scheduler", "check_against_checkpoint",
+           "check_overrides", "config_of_checkpoint", "lr_factor", "total_steps_for", "training_crop"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import math
 import os
 import sys
@@ -31,8 +32,8 @@ from pixelwise.engine.hooks import HookBase, NonFiniteLoss, default_hooks
 from pixelwise.engine.precision import autocast
 from pixelwise.engine.run import Run, build_optimizer, build_run, build_scheduler, total_steps_for
 from pixelwise.engine.tasks import build_task
-from pixelwise.errors import CheckpointError, ConfigError, TrainingError
-from pixelwise.files import RunLock, clean_stale_temporaries, write_json
+from pixelwise.errors import CheckpointError, ConfigError, OutputError, PixelwiseError, TrainingError
+from pixelwise.files import RunLock, clean_stale_temporaries, same_file, write_json
 
 __all__ = ["HookBase", "TrainState", "Trainer", "TrainingError", "resume_changes", "train"]
 
@@ -47,6 +48,7 @@ class TrainState:
     last_loss: float = math.nan
     stopped: str | None = None  # "signal", "time_limit", "early_stop" or None
     stop_requested: bool = False  # a hook may set it: the loop saves and stops as on SIGTERM
+    interrupted: bool = False  # a SIGINT / SIGTERM arrived (if during the final validation, the run is complete)
     metrics: dict = field(default_factory=dict)  # of the latest validation
     phase: str = "train"  # or "validation": what an error interrupted
     last_good: Path | None = None  # the latest last.pt written (its weights were finite)
@@ -110,6 +112,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         s = self.state
         s.step, s.best_metric, s.best_step = ckpt["step"], ckpt.get("best_metric"), ckpt.get("best_step")
+        s.last_good, s.last_good_step = Path(source), s.step  # finite (checked above): what a failure falls back to
         self.validate_first = bool(ckpt.get("validate_first", False))
         self.elapsed_before = ckpt.get("elapsed", 0.0)
         set_rng_state(ckpt["rng"])
@@ -167,15 +170,17 @@ class Trainer:
 
     def validate(self) -> dict:
         """Evaluate on the validation set (rank 0; no TTA: that is for final evaluations) and tell the hooks."""
-        self.state.phase, metrics = "validation", {}
-        if self.info.is_main:
-            metrics = self.task.evaluate(self.model, self.run.val_ds, self.device, progress=False, tta=False)
-            self.state.metrics = metrics
-            write_json(self.out / "val_metrics.json", {"step": self.state.step, **metrics}, what="validation metrics")
-        D.barrier(self.info)
+        self.state.phase = "validation"
+        metrics = D.on_main(self._evaluate, self.info) or {}  # an error on rank 0 stops every rank
         self.call("after_validation", metrics)
         self.model.train()
         self.state.phase = "train"
+        return metrics
+
+    def _evaluate(self) -> dict:
+        metrics = self.task.evaluate(self.model, self.run.val_ds, self.device, progress=False, tta=False)
+        self.state.metrics = metrics
+        write_json(self.out / "val_metrics.json", {"step": self.state.step, **metrics}, what="validation metrics")
         return metrics
 
     def train(self) -> TrainState:
@@ -202,9 +207,11 @@ class Trainer:
             raise TrainingError(
                 f"loss is {e.loss}{f' ({terms})' if terms else ''} at step {self.state.step}; stopping: "
                 f"{self.checkpointer.note()}. Lower train.lr, add train.warmup_steps or set train.grad_clip.") from None
-        except Exception:
+        except Exception as e:
             self.call("close")
             self.checkpointer.save_after_error(pending_validation=self.state.phase == "validation")
+            if isinstance(e, PixelwiseError):  # one line: what stopped the run and where its state is
+                raise type(e)(f"{e}; the run stopped at step {self.state.step}: {self.checkpointer.note(e)}") from None
             if self.info.is_main:
                 print(f"pixelwise train: stopped by an error at step {self.state.step}; {self.checkpointer.note()}",
                       file=sys.stderr)
@@ -214,23 +221,25 @@ class Trainer:
 
 
 def train(cfg: Config, *, model: nn.Module | None = None, datasets: dict | None = None, resume: str | None = None,
-          hooks: tuple = (), progress: bool = True) -> TrainState:
+          hooks: tuple = (), progress: bool = True, overwrite: bool = False) -> TrainState:
     """Train as configured; returns the final state. Writes everything under cfg.output_dir.
 
     `model` replaces the one cfg.model describes (for models from elsewhere, e.g. a peer library);
     `datasets` ({"train": ..., "val": ...}, transforms included) replaces reading cfg.data. While it
-    runs, the run folder is locked: a second training into it refuses to start.
+    runs, the run folder is locked: a second training into it refuses to start. A folder that holds
+    another run is refused unless `resume` is that run's checkpoint or `overwrite` starts over there
+    (removing that run's files, and only those).
     """
     info, device = D.init_distributed(cfg.train.device)
-    lock = RunLock(cfg.output_dir).acquire() if info.is_main else None
+    lock = D.on_main(RunLock(cfg.output_dir).acquire, info)  # a refusal stops every rank, in one line
     try:
-        return _train(cfg, info, device, model, datasets, resume, hooks, progress)
+        return _train(cfg, info, device, model, datasets, resume, hooks, progress, overwrite)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg, info, device, model, datasets, resume, hooks, progress) -> TrainState:
+def _train(cfg, info, device, model, datasets, resume, hooks, progress, overwrite=False) -> TrainState:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -244,13 +253,11 @@ def _train(cfg, info, device, model, datasets, resume, hooks, progress) -> Train
             raise CheckpointError(f"checkpoint {resume!r} holds the weights only (a best.pt, for inference and "
                                   "model.init_from); resume from the run's last.pt")
         changes = resume_changes(ckpt.get("config"), cfg, resume)
-    if info.is_main:
-        clean_stale_temporaries(out)
-        save_config(cfg, out / "config.yaml")
-        write_json(out / "environment.json", environment(device), what="environment record")
+    D.on_main(lambda: check_run_folder(out, resume, overwrite), info)
     run = build_run(cfg, model=model, datasets=datasets, pretrained=not resume)
     run.task.check(run.model, run.train_ds)
-    run.task.prepare(run.train_ds, device, progress and info.is_main)
+    run.task.prepare(run.train_ds, device, progress and info.is_main, val_ds=run.datasets.get("val"))
+    D.on_main(lambda: _record_start(cfg, out, device), info)  # only once the run can start: a refusal leaves nothing
     trainer = Trainer(run, info=info, device=device, hooks=hooks, progress=progress)
     if ckpt is not None:
         trainer.resume(ckpt, resume, changes)
@@ -265,6 +272,47 @@ def _train(cfg, info, device, model, datasets, resume, hooks, progress) -> Train
         }, what="training state")
     D.barrier(info)
     return state
+
+
+# Every file a training writes into its run folder (and `pixelwise eval` / the demo / the report beside them);
+# the first five mean the folder holds a run. Any of them in a new run's folder is refused.
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "log.csv", "train_state.json", "val_metrics.json",
+             "environment.json", "report.html", "metrics.json", "curves.png")
+
+
+def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to write a new run where a file it would write exists: continue that run (--resume), or start over
+    (--overwrite, which removes those files and no others)."""
+    found = [n for n in RUN_FILES if (out / n).exists() or (out / n).is_symlink()]
+    if not found or (resume and same_file(Path(resume).parent, out)):
+        return
+    if not overwrite:
+        if set(found) & set(RUN_FILES[:5]):
+            step = _json(out / "train_state.json").get("step")
+            what = "another run" + (f" (it ran to step {step})" if step is not None else "")
+        else:
+            what = "files a run writes, not from a run"
+        cont = f"continue it with --resume {out / 'last.pt'}, " if (out / "last.pt").is_file() and not resume else ""
+        raise OutputError(f"run folder {str(out)!r} holds {what} ({', '.join(found)}); they are left as they are. "
+                          f"{cont.capitalize()}choose another --output-dir, or give --overwrite to start over there, "
+                          f"replacing {', '.join(found)}")
+    print(f"pixelwise train: starting over in {out}: replacing {', '.join(found)}", file=sys.stderr)
+    for name in found:
+        (out / name).unlink()
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _record_start(cfg: Config, out: Path, device: torch.device) -> None:
+    clean_stale_temporaries(out, RUN_FILES)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "environment.json", environment(device), what="environment record")
 
 
 def environment(device: torch.device) -> dict:
@@ -323,14 +371,19 @@ class _Unset:
         return "unset"
 
 
+def config_changes(saved: dict, cfg: Config, source: str) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, cfg's value)} of the settings that differ between a stored config and cfg."""
+    # Through from_dict: renamed keys take their new names and keys added since then their defaults.
+    old, new, unset = _flatten(to_dict(from_dict(saved, source))), _flatten(to_dict(cfg)), _Unset()
+    keys = list(new) + [k for k in old if k not in new]
+    return {k: (old.get(k, unset), new.get(k, unset)) for k in keys if old.get(k, unset) != new.get(k, unset)}
+
+
 def resume_changes(saved: dict | None, cfg: Config, source: str) -> dict[str, tuple[Any, Any]]:
     """{key: (checkpoint's value, new value)} of the settings that differ; ConfigError for those that cannot."""
     if saved is None:
         return {}
-    # Through from_dict: renamed keys take their new names and keys added since then their defaults.
-    old, new, unset = _flatten(to_dict(from_dict(saved, source))), _flatten(to_dict(cfg)), _Unset()
-    keys = list(new) + [k for k in old if k not in new]
-    changes = {k: (old.get(k, unset), new.get(k, unset)) for k in keys if old.get(k, unset) != new.get(k, unset)}
+    changes = config_changes(saved, cfg, source)
     refused = [k for k in changes if k not in RESUMABLE and not k.startswith("infer.")]
     if refused:
         listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)

@@ -183,7 +183,11 @@ class UNet(nn.Module):
         for up, block in zip(self.up, self.up_blocks):
             # ReLU after the up-convolution as in the authors' released Caffe model (relu_u3a ...).
             x = F.relu(up(x))
-            skip = _center_crop(skips.pop(), x.shape[-2], x.shape[-1])
+            skip = skips.pop()
+            # Padded: the sizes already match (the input side is a multiple of 2**depth), and a crop of
+            # symbolic sizes is a data-dependent slice that torch.export cannot trace.
+            if not self.padding:
+                skip = _center_crop(skip, x.shape[-2], x.shape[-1])
             x = block(torch.cat([skip, x], dim=1))
         return self.head(x)
 

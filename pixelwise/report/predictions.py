@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pixelwise.data.io import DataError, as_image, read_image
+from pixelwise.data.io import DataError, as_image, image_size, read_image
 from pixelwise.errors import OutputError
-from pixelwise.files import ensure_dir, write_json, write_text
+from pixelwise.files import atomic_write, ensure_dir, write_json, write_text
 from pixelwise.progress import progress as track
 from pixelwise.report.visualize import DEFAULT_PALETTE, overlay, palette_for, save_index_png
 
@@ -66,28 +66,57 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return [f"{n}_{r.suffix.lstrip('.').lower()}" if n in shared else n for n, r in zip(names, resolved)]
 
 
+CLASSES_MARK = "pixelwise predict"  # classes.json's "written_by": the folder holds pixelwise's own predictions
+
+
 def check_outputs(out: Path, names: Sequence[str], patterns: Sequence[str], protected: Sequence[Path]) -> None:
-    """Refuse to write any output over a file the user gave (an input image, the checkpoint, the config)."""
-    inputs = {Path(p).resolve(): Path(p) for p in protected}
+    """Refuse to write any output over a file the user gave (an input image, the checkpoint, the config, compared
+    by identity, not by path), and over any existing file unless `out` holds this command's earlier predictions."""
+    ours = _is_prediction_folder(out)
+    given = {_identity(p): p for p in protected if _identity(p) is not None}
     written: dict[Path, str] = {}
-    for name in names:
-        for pattern in patterns:
-            target = (out / pattern.format(name)).resolve()
-            if target in written and written[target] != name:
-                raise OutputError(f"--out {str(out)!r}: the outputs of inputs named {written[target]!r} and {name!r} "
-                                  f"would both be {target.name!r}; rename one of the inputs")
-            written[target] = name
-            if target in inputs:
-                raise OutputError(f"--out {str(out)!r}: writing {str(out / pattern.format(name))!r} would replace the "
-                                  f"input {str(inputs[target])!r}; choose an output folder apart from the inputs")
-    if (out / "classes.json").resolve() in inputs:
-        raise OutputError(f"--out {str(out)!r}: writing classes.json would replace an input; choose another folder")
+    targets = [(out / "classes.json", "classes.json")] + [(out / p.format(n), n) for n in names for p in patterns]
+    for target, name in targets:
+        if target in written:
+            raise OutputError(f"--out {str(out)!r}: the outputs of inputs named {written[target]!r} and {name!r} "
+                              f"would both be {target.name!r}; rename one of the inputs")
+        written[target] = name
+        if _identity(target) in given:
+            raise OutputError(f"--out {str(out)!r}: writing {str(target)!r} would replace the input "
+                              f"{str(given[_identity(target)])!r}; choose an output folder apart from the inputs")
+        if (target.exists() or target.is_symlink()) and (not ours or target.is_symlink() or target.is_dir()):
+            raise OutputError(f"--out {str(out)!r}: {str(target)!r} exists and is not a prediction of pixelwise "
+                              "predict (the folder has no classes.json of pixelwise's); it is left as it is. "
+                              "Choose a new or empty output folder")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode): the same file whatever the path (links, hard links)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _is_prediction_folder(out: Path) -> bool:
+    """True when `out` holds an earlier `pixelwise predict`'s outputs (its classes.json says so)."""
+    path = out / "classes.json"
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    # pixelwise 0.1 wrote no "written_by"; its classes.json has exactly these two keys' shapes
+    return isinstance(record, dict) and (record.get("written_by") == CLASSES_MARK or
+                                         ("pixel_values" in record and isinstance(record.get("classes"), list)))
 
 
 def write_classes(out: Path, class_names: Sequence[str], palette, note: str | None = None) -> None:
     """classes.json: what each pixel value of the index PNGs means (and a note on the dataset's own encoding)."""
     colours = palette_for(len(class_names), palette)
-    record = {"pixel_values": "class indices", "classes": [
+    record = {"written_by": CLASSES_MARK, "pixel_values": "class indices", "classes": [
         {"index": i, "name": name, "colour": list(colours[i])} for i, name in enumerate(class_names)]}
     if note:
         record["note"] = note
@@ -95,11 +124,8 @@ def write_classes(out: Path, class_names: Sequence[str], palette, note: str | No
 
 
 def _save(what: str, path: Path, save) -> None:
-    ensure_dir(path.parent, what="output folder")
-    try:
-        save(path)
-    except OSError as e:
-        raise OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
+    """`save(f)` writes into an open binary file; through a temporary file and a rename, like every output."""
+    atomic_write(path, save, what=what)
 
 
 def predict_to_folder(
@@ -122,14 +148,15 @@ def predict_to_folder(
     overlay_colours = palette_for(num_classes) if binary else colours
     written = []
     for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
+        predictor.check_fits(predictor.channels, *image_size(path), str(path))  # from the header, before reading
         image = read_image(path, channels=predictor.channels)
         probs = predictor.predict_probs(predictor.preprocess(image, str(path)), name=str(path))
         labels = predictor.labels(probs).numpy().astype(np.uint8)
-        _save("prediction", out / f"{name}.png", lambda p: save_index_png(labels, colours, p))
+        _save("prediction", out / f"{name}.png", lambda f: save_index_png(labels, colours, f))
         picture = Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None))
-        _save("overlay", out / f"{name}_overlay.png", picture.save)
+        _save("overlay", out / f"{name}_overlay.png", lambda f: picture.save(f, format="PNG"))
         if save_probs:
-            _save("probabilities", out / f"{name}_probs.npy", lambda p: np.save(p, probs.numpy().astype(np.float16)))
+            _save("probabilities", out / f"{name}_probs.npy", lambda f: np.save(f, probs.numpy().astype(np.float16)))
         written.append(out / f"{name}.png")
     return written
 
@@ -173,7 +200,7 @@ def predict_instances_to_folder(
     check_outputs(out, names, INSTANCE_OUTPUTS, [*paths, *protected])
     labels, score_threshold = list(predictor.class_names or []) or None, predictor.score_threshold
     write_text(out / "classes.json", json.dumps({
-        "pixel_values": "<name>_instances.png: 0 = background, i = the i-th detection of <name>.json (by score)",
+        "written_by": CLASSES_MARK, "pixel_values": "<name>_instances.png: 0 = background, i = the i-th detection of <name>.json (by score)",
         "classes": [{"label": k, "name": n} for k, n in enumerate(labels or [])]}, indent=2), what="class list")
     written = []
     for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
@@ -187,8 +214,9 @@ def predict_instances_to_folder(
         record = {"file": str(path), "height": image.shape[-2], "width": image.shape[-1], "instances": instances}
         write_text(out / f"{name}.json", json.dumps(record), what="detections")
         ids = instance_map(d["masks"], d["scores"], score_threshold)
-        _save("instance map", out / f"{name}_instances.png", Image.fromarray(ids).save)
+        _save("instance map", out / f"{name}_instances.png", lambda f: Image.fromarray(ids).save(f, format="PNG"))
         captions = [f"{n} {float(s):.2f}" for n, s in zip(class_of, d["scores"])]
-        _save("overlay", out / f"{name}_overlay.png", draw_instances(image, ids, d["boxes"], captions).save)
+        picture = draw_instances(image, ids, d["boxes"], captions)
+        _save("overlay", out / f"{name}_overlay.png", lambda f: picture.save(f, format="PNG"))
         written.append(out / f"{name}.json")
     return written

@@ -33,7 +33,7 @@ def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: s
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = [v for c in palette for v in c]
     img.putpalette(flat + [0] * (768 - len(flat)))
-    img.save(path)
+    img.save(path, format="PNG")
 
 
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
@@ -95,6 +95,8 @@ def plot_curves(log_csv: str | Path, out_png: str | Path, metrics: Sequence[str]
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    from pixelwise.files import atomic_write
+
+    atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=110), what="training curves")
     plt.close(fig)
     return Path(out_png)

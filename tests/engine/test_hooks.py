@@ -133,6 +133,22 @@ def test_stop_conditions_time_limit_hook_request_and_signals():
     assert spent.state.stopped == "time_limit"
 
 
+def test_a_signal_during_the_final_validation_is_reported_after_it():
+    hook, validation, t = StopConditions(), PeriodicValidation(), fake_trainer()
+    t.validate = lambda: signal.raise_signal(signal.SIGTERM)  # arrives while the final validation runs
+    hook.before_train(t)
+    try:
+        steps(hook, t, 10)
+        for h in (validation, hook):  # after_train's reverse order: StopConditions after PeriodicValidation
+            h.after_train(t)
+    finally:
+        hook.close(t)
+    assert t.state.stopped is None and t.state.interrupted  # the run is complete, and its caller must stop
+    quiet = fake_trainer()
+    StopConditions().after_train(quiet)
+    assert not quiet.state.interrupted
+
+
 def test_logger_writes_rows_and_a_resume_drops_the_ones_it_will_redo(tmp_path):
     t = fake_trainer(tmp_path, log_every=2)
     hook = Logger(tmp_path, enabled=True)

@@ -48,7 +48,7 @@ def test_non_finite_weights_are_never_saved_and_the_message_names_a_good_checkpo
         train(cfg, model=model, hooks=(Poison(model, 2),), progress=False)
     last = tmp_path / "run" / "last.pt"
     message = str(e.value)
-    assert "loss is nan at step 2" in message and "no longer finite" in message
+    assert "loss is nan at step 2" in message and "weights are not finite" in message
     assert f"{last} (step 1)" in message
     ckpt = load_checkpoint(last)
     assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -107,13 +107,14 @@ def test_checkpoints_follow_the_umask_and_stale_temporaries_are_removed(tmp_path
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    stale = tmp_path / ".last.pt.abc123.tmp"  # the older name, left by a kill during a save
+    stale = tmp_path / ".last.pt.abc123de.tmp"  # the older name, left by a kill during a save
     stale.write_bytes(b"x")
-    dead = tmp_path / ".last.pt.999999999.k3j.tmp"
+    dead = tmp_path / ".last.pt.999999999.k3j_9x0q.tmp"
     dead.write_bytes(b"x")
-    live = tmp_path / f".best.pt.{os.getppid()}.zz.tmp"  # a live writer's file stays
+    live = tmp_path / f".best.pt.{os.getppid()}.zz000000.tmp"  # a live writer's file stays
     live.write_bytes(b"x")
-    assert sorted(p.name for p in clean_stale_temporaries(tmp_path)) == sorted([stale.name, dead.name])
+    names = ("last.pt", "best.pt")
+    assert sorted(p.name for p in clean_stale_temporaries(tmp_path, names)) == sorted([stale.name, dead.name])
     assert live.exists()
 
 
@@ -216,3 +217,53 @@ def test_numbers_out_of_range_are_refused_naming_the_key():
                           ("infer.threshold=2", "infer.threshold=2.0"), ("data.label_map={300: 1}", "data.label_map")):
         with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: {key}")):
             load_config(None, [override])
+
+
+def test_a_nan_stop_on_a_resumed_run_names_the_checkpoint_it_resumed_from(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, "train.ckpt_every=100", "train.val_every=100", "data.weight_map=false")
+    train(cfg, hooks=(StopAt(2),), progress=False)
+    last = tmp_path / "run" / "last.pt"
+    model = create_model("unet", num_classes=2, base_width=4, depth=2)
+    with pytest.raises(TrainingError) as e:
+        train(cfg, model=model, resume=str(last), hooks=(Poison(model, 4),), progress=False)
+    message = str(e.value)
+    assert "loss is nan at step 4" in message and "no checkpoint was saved" not in message
+    assert f"the last good checkpoint is {last} (step 2)" in message
+    assert load_checkpoint(last)["step"] == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_every_rank_refuses_a_locked_run_folder_in_one_line(tmp_path, data_root):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    port = str(_free_port())
+    args = [sys.executable, "-m", "pixelwise", "train", "unet_isbi2012_cpu", "--data-root", str(data_root),
+            "--output-dir", str(run), "-o", "model.args.base_width=4", "-o", "model.args.depth=2",
+            "-o", "train.device=cpu", "-o", "train.max_steps=2", "-o", "train.threads=1"]
+    # What torchrun does for each of its two processes (its own agent would add its failure summary).
+    envs = [dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1") for r in (0, 1)]
+    with RunLock(run):
+        procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for env in envs]
+        try:
+            outs = [p.communicate(timeout=90) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+    errs = [err for _, err in outs]
+    assert [p.returncode for p in procs] == [2, 2], errs
+    refusal = f"pixelwise train: error: run folder {str(run)!r} is in use by another training (pid {os.getpid()} "
+    assert errs[0].startswith(refusal) and len(errs[0].splitlines()) == 1, errs[0]
+    assert "Traceback" not in errs[1] and "in use by another training" not in errs[1], errs[1]
+    assert not (run / "config.yaml").exists()

@@ -57,8 +57,9 @@ class Task:
     def check(self, model: nn.Module, train_ds) -> None:
         """Refuse a model / dataset / settings combination that cannot train."""
 
-    def prepare(self, train_ds, device: torch.device, progress: bool) -> None:
-        """Read what the loss needs from the training set (class weights, ...), once before training."""
+    def prepare(self, train_ds, device: torch.device, progress: bool, val_ds=None) -> None:
+        """Read what the loss needs from the training set (class weights, ...), once before training, and check
+        the validation set's labels."""
 
     def collate(self, batch: list) -> Any:
         raise NotImplementedError

@@ -45,6 +45,19 @@ class SemanticTask(Task):
             raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
                               f"channel{'s' if channels > 1 else ''}; set model.args.in_channels={channels}")
 
+    def check(self, model: nn.Module, train_ds) -> None:
+        """A training crop no larger than the longest side of the training images (read from their headers):
+        a larger one would be padding only, at crop_size**2 pixels a sample (5000 on 96x96 images: 23 GB)."""
+        from pixelwise.data.io import image_size
+
+        crop, paths = self.cfg.data.augment.crop_size, getattr(train_ds, "image_paths", None)
+        if crop is None or not paths or any(max(image_size(p)) >= crop for p in paths):  # usually the first one
+            return
+        (h, w), path = max(((image_size(p), p) for p in paths), key=lambda s: max(s[0]))
+        raise ConfigError(f"data.augment.crop_size={crop} is larger than every training image of "
+                          f"{self.cfg.data.dataset!r} (the largest is {h}x{w} pixels, {str(path)!r}); expected "
+                          f"at most {max(h, w)}, or null to train on whole images")
+
     def init_weights(self, model: nn.Module, state: dict, source: str) -> None:
         """A coarser FCN's weights for staged training (FCN section 4.2: FCN-32s -> 16s -> 8s), else any model's."""
         if hasattr(model, "load_staged"):
@@ -52,9 +65,11 @@ class SemanticTask(Task):
         else:
             super().init_weights(model, state, source)
 
-    def prepare(self, train_ds, device: torch.device, progress: bool) -> None:
+    def prepare(self, train_ds, device: torch.device, progress: bool, val_ds=None) -> None:
         self.ignore_index = train_ds.ignore_index
         counts = check_training_labels(train_ds, self.cfg.model.num_classes, progress)
+        if val_ds is not None:  # best.pt is chosen on it: its labels must score what training learns
+            check_training_labels(val_ds, self.cfg.model.num_classes, progress, role="validation")
         weights = resolve_class_weights(self.cfg, train_ds, progress, counts)
         self.class_weights = None if weights is None else weights.to(device)
 
@@ -178,8 +193,9 @@ def center_crop_like(targets: dict[str, torch.Tensor], logits: torch.Tensor) -> 
     return out
 
 
-def check_training_labels(train_ds, num_classes: int, progress: bool):
-    """Read the training masks once (when the dataset lists them) and refuse labels that cannot train.
+def check_training_labels(train_ds, num_classes: int, progress: bool, role: str = "training"):
+    """Read the masks of a split once (when the dataset lists them) and refuse labels that cannot train, or
+    (role="validation") that would score no foreground.
 
     Returns the (N, K) class counts (for median-frequency weights), or None for datasets without mask files.
     """
@@ -192,8 +208,9 @@ def check_training_labels(train_ds, num_classes: int, progress: bool):
         only = f"class 0 and ignore_index={ig}" if ignored.sum() else "class 0"
         fix = (f" If {ig} marks the foreground (binary masks stored as 0/{ig}), map it to class 1 with "
                f"-o data.label_map={{{ig}: 1}} (or rewrite the masks with 1 for foreground)") if ignored.sum() else ""
-        raise DataError(f"the {len(paths)} training masks (for example {str(paths[0])!r}) hold only {only}: no pixel "
-                        f"of the other {num_classes - 1} classes would be learnt, so training would be wrong.{fix}")
+        effect = "learnt, so training" if role == "training" else "scored, so validation (and best.pt chosen on it)"
+        raise DataError(f"the {len(paths)} {role} masks (for example {str(paths[0])!r}) hold only {only}: no pixel "
+                        f"of the other {num_classes - 1} classes would be {effect} would be wrong.{fix}")
     return counts
 
 
