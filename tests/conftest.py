@@ -1,8 +1,16 @@
+import collections
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Where the full dataset is absent, these tests run on the small real samples bundled with pixelwise
+# (pixelwise/samples), laid out under a data root of their own as the full datasets are.
+SAMPLES = Path(__file__).resolve().parents[1] / "pixelwise" / "samples"
+SAMPLE_FOR = {"isbi2012": "isbi2012-sample", "tiny-coco": "coco-sample"}
+MISSING: collections.Counter = collections.Counter()  # dataset -> tests skipped for want of it
+ON_SAMPLE: collections.Counter = collections.Counter()  # dataset -> tests that ran on its sample instead
 
 
 def _data_root() -> Path | None:
@@ -13,27 +21,71 @@ def _data_root() -> Path | None:
     return shared if shared.is_dir() else None
 
 
-def require_dataset(name: str) -> Path:
-    """Folder of a real dataset under the data root; skips locally, fails under CI=true when missing."""
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+_SAMPLE_ROOT: list[Path] = []
+
+
+def sample_root(tmp_factory=None) -> Path:
+    """A data root whose isbi2012/ and tiny-coco/ are the bundled samples (links into the package)."""
+    if not _SAMPLE_ROOT:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="pixelwise-samples-"))
+        for name, sample in SAMPLE_FOR.items():
+            (root / name).symlink_to(SAMPLES / sample, target_is_directory=True)
+        _SAMPLE_ROOT.append(root)
+    return _SAMPLE_ROOT[0]
+
+
+def require_dataset(name: str, *, full: bool = False) -> Path:
+    """Folder of a real dataset under the data root. Where it is missing: its bundled sample stands in when the
+    test needs only some real images (isbi2012, tiny-coco; not when `full`: the test needs the full dataset's
+    properties); otherwise the test skips locally and fails under CI=true."""
     root = _data_root()
     path = root / name if root else None
-    if path is None or not path.is_dir():
-        msg = f"dataset {name!r} not found (PIXELWISE_DATA={os.environ.get('PIXELWISE_DATA')!r})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    if path is not None and path.is_dir():
+        return path
+    msg = f"dataset {name!r} not found (PIXELWISE_DATA={os.environ.get('PIXELWISE_DATA')!r})"
+    if _ci():
+        pytest.fail(msg)
+    if not full and name in SAMPLE_FOR:
+        ON_SAMPLE[name] += 1
+        return sample_root() / name
+    MISSING[name] += 1
+    pytest.skip(msg)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line naming the datasets that were missing, what skipped for want of them, and how to point the tests
+    at them."""
+    if ON_SAMPLE:
+        terminalreporter.write_line("pixelwise: " + ", ".join(f"{n} tests ran on the bundled {SAMPLE_FOR[d]}" for d, n in
+                                                             sorted(ON_SAMPLE.items())) + " (the full dataset was not found)")
+    if MISSING:
+        listed = ", ".join(f"{d} ({n})" for d, n in sorted(MISSING.items()))
+        terminalreporter.write_line(
+            f"pixelwise: {sum(MISSING.values())} tests skipped because these datasets were not found: {listed}; "
+            f"set PIXELWISE_DATA to a folder holding them (data root now: {_data_root()}; their layouts: "
+            "pixelwise/data/paths.py, or ../shared/data/README.md beside a checkout) to run them", yellow=True)
 
 
 @pytest.fixture
 def data_root() -> Path:
-    require_dataset("isbi2012")
-    return _data_root()
+    return require_dataset("isbi2012").parent
 
 
 @pytest.fixture
 def isbi_dir() -> Path:
     return require_dataset("isbi2012")
+
+
+@pytest.fixture
+def isbi_full_dir() -> Path:
+    """The full ISBI 2012 (30 slices of 512 x 512): for tests of its own counts and sizes."""
+    return require_dataset("isbi2012", full=True)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
 from pixelwise.data.io import DataError, _open
-from pixelwise.data.paths import dataset_dir
+from pixelwise.data.paths import dataset_dir, sample_dir
 from pixelwise.data.registry import register_dataset
 
 __all__ = ["CocoInstances", "decode_segmentation", "instance_fields"]
@@ -341,3 +341,14 @@ def coco_meta(data_cfg) -> dict:  # only the JSON knows the classes
 def build_coco(data_cfg, role: str, spec: str) -> CocoInstances:
     root = None if _absolute(spec) else dataset_dir(data_cfg)
     return CocoInstances(*coco_files(root, spec), skip_invalid=data_cfg.skip_invalid)
+
+
+_SAMPLE_SPLIT = "annotations_instances.json:images"
+
+
+@register_dataset("coco-sample", task="instance", splits=(_SAMPLE_SPLIT, _SAMPLE_SPLIT), meta=coco_meta,
+                  reads=("skip_invalid",))
+def build_coco_sample(data_cfg, role: str, spec: str) -> CocoInstances:
+    """3 real COCO train2017 images with their 29 annotated objects, bundled in the package (Creative Commons
+    licences in its README.txt and JSON): Mask R-CNN's data path where COCO is absent. data.root is not read."""
+    return CocoInstances(*coco_files(sample_dir("coco-sample"), spec), skip_invalid=data_cfg.skip_invalid)

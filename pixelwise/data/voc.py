@@ -1,6 +1,7 @@
 """PASCAL VOC 2012 segmentation (the FCN benchmark), optionally with SBD's extra training labels.
 
-Layout under root_dir (VOCdevkit/VOC2012):
+Layout under root_dir (VOCdevkit/VOC2012; a root_dir holding VOCdevkit/VOC2012 or VOC2012, as the official
+VOCtrainval_11-May-2012.tar unpacks, is read there):
   JPEGImages/<id>.jpg
   SegmentationClass/<id>.png        palette PNGs: the palette INDEX is the class (0..20, 255 = void);
                                     the colours are only the VOC colour map and are never read
@@ -81,6 +82,9 @@ class VOCSegmentation(ImageMaskDataset):
         transforms: Callable | None = None,
     ) -> None:
         self.root_dir = Path(root_dir)
+        for unpacked in ("VOCdevkit/VOC2012", "VOC2012"):  # the official VOCtrainval tar unpacked here as it comes
+            if not (self.root_dir / "JPEGImages").is_dir() and (self.root_dir / unpacked / "JPEGImages").is_dir():
+                self.root_dir = self.root_dir / unpacked
         self.sbd_root = Path(sbd_root) if sbd_root is not None else None
         image_dir, mask_dir = self.root_dir / "JPEGImages", self.root_dir / "SegmentationClass"
         list_dir = self.root_dir / "ImageSets" / "Segmentation"

@@ -131,14 +131,15 @@ def _save(what: str, path: Path, save) -> None:
 def predict_to_folder(
     predictor, paths: Sequence[Path], out_dir: str | Path, *, palette=None, save_probs: bool = False,
     progress: bool = True, class_names: Sequence[str] | None = None, note: str | None = None,
-    protected: Sequence[Path] = (),
+    protected: Sequence[Path] = (), images: Sequence[tuple[str, np.ndarray]] = (),
 ) -> list[Path]:
     """Writes <name>.png (class indices, paletted), <name>_overlay.png and, if asked, <name>_probs.npy.
 
     `predictor` is an engine Predictor: it normalises each image (its channels, mean and std), predicts and
-    thresholds it (`labels`)."""
+    thresholds it (`labels`). `images` ((name, uint8 array) pairs, e.g. the pages of a TIFF volume) are
+    predicted after the files `paths`."""
     out = ensure_dir(out_dir, what="output folder --out")
-    names = output_names(paths)
+    names = output_names(paths) + [name for name, _ in images]
     check_outputs(out, names, SEMANTIC_OUTPUTS, [*paths, *protected])
     num_classes = len(class_names) if class_names else predictor.model.num_classes
     colours = palette_for(num_classes, palette)
@@ -147,10 +148,16 @@ def predict_to_folder(
     binary = num_classes == 2
     overlay_colours = palette_for(num_classes) if binary else colours
     written = []
-    for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
-        predictor.check_fits(predictor.channels, *image_size(path), str(path))  # from the header, before reading
-        image = read_image(path, channels=predictor.channels)
-        probs = predictor.predict_probs(predictor.preprocess(image, str(path)), name=str(path))
+    sources = [*paths, *(array for _, array in images)]
+    for source, name in track(list(zip(sources, names)), desc="predict", unit="img", enabled=progress, leave=True):
+        if isinstance(source, np.ndarray):
+            what = name
+            image = as_image(source, channels=predictor.channels, name=name, grey_to_rgb=False)
+        else:
+            what = str(source)
+            predictor.check_fits(predictor.channels, *image_size(source), what)  # from the header, before reading
+            image = read_image(source, channels=predictor.channels)
+        probs = predictor.predict_probs(predictor.preprocess(image, what), name=what)
         labels = predictor.labels(probs).numpy().astype(np.uint8)
         _save("prediction", out / f"{name}.png", lambda f: save_index_png(labels, colours, f))
         picture = Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None))

@@ -51,7 +51,7 @@ def _evil_checkpoint(tmp_path, run):
 
 def test_a_checkpoint_cannot_run_code_unless_trusted(tmp_path, run, data_root, capsys):
     evil = _evil_checkpoint(tmp_path, run)
-    image = str(data_root / "isbi2012" / "test" / "image" / "00.png")
+    image = str(data_root / "isbi2012" / "train" / "image" / "00.png")
     common = ["--data-root", str(data_root), *TINY]
     attempts = [
         ["eval", "unet_isbi2012_cpu", "--checkpoint", str(evil), "--out", str(tmp_path / "m.json"), *common],
@@ -88,7 +88,7 @@ def test_checkpoints_of_pixelwise_0_1_still_load_without_trust(tmp_path, run):
 def test_predict_never_writes_over_its_inputs(tmp_path, run, data_root, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
-    source = data_root / "isbi2012" / "test" / "image" / "00.png"
+    source = data_root / "isbi2012" / "train" / "image" / "00.png"
     (folder / "00.png").write_bytes(source.read_bytes())
     assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(run / "best.pt"), str(folder), "--out",
                  str(folder), *TINY]) == 2
@@ -99,7 +99,7 @@ def test_predict_never_writes_over_its_inputs(tmp_path, run, data_root, capsys):
 
 
 def test_inputs_with_the_same_name_get_distinct_outputs(tmp_path, run, data_root, capsys):
-    source = data_root / "isbi2012" / "test" / "image"
+    source = data_root / "isbi2012" / "train" / "image"
     for sub, name in (("a", "00.png"), ("b", "01.png")):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "same.png").write_bytes((source / name).read_bytes())
@@ -108,7 +108,7 @@ def test_inputs_with_the_same_name_get_distinct_outputs(tmp_path, run, data_root
                  str(tmp_path / "b" / "same.png"), "--out", str(out), *TINY]) == 0
     assert "wrote 2 predictions" in capsys.readouterr().out
     for sub in ("a", "b"):
-        assert Image.open(out / sub / "same.png").size == (512, 512)
+        assert Image.open(out / sub / "same.png").size == Image.open(source / "00.png").size
         assert (out / sub / "same_overlay.png").is_file()
     classes = json.loads((out / "classes.json").read_text())
     assert [c["name"] for c in classes["classes"]] == ["cell", "membrane"]
@@ -154,11 +154,12 @@ def test_out_of_memory_says_to_tile(tmp_path, run, data_root, monkeypatch, capsy
                            "you tried to allocate 68719476736 bytes.")
 
     monkeypatch.setattr(Predictor, "_predict", oom)
-    image = data_root / "isbi2012" / "test" / "image" / "00.png"
+    image = data_root / "isbi2012" / "train" / "image" / "00.png"
     assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(run / "best.pt"), str(image),
                  "--out", str(tmp_path / "p"), *TINY, "-o", "infer.tile=null"]) == 2
     err = capsys.readouterr().err
-    assert "00.png (512x512 pixels) does not fit in memory" in err and "-o infer.tile=256" in err
+    w, h = Image.open(image).size
+    assert f"00.png ({h}x{w} pixels) does not fit in memory" in err and "-o infer.tile=" in err
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -191,6 +192,8 @@ def test_out_of_memory_says_to_tile(tmp_path, run, data_root, monkeypatch, capsy
 ])
 def test_user_errors_are_one_line_with_exit_code_2(argv, expected, tmp_path, data_root, capsys):
     train = argv[:1] == ["train"] and "--output-dir" not in argv and "output_dir=" not in argv
+    if train and len(argv) > 1:  # slices the bundled sample has too; the case's own -o comes later and wins
+        argv = [*argv[:2], "-o", "data.train_split=0-7", "-o", "data.val_split=25", *argv[2:]]
     assert main([*argv, *(["--data-root", str(data_root), "--output-dir", str(tmp_path / "r")] if train
                           else [])]) == 2
     err = capsys.readouterr().err
@@ -200,7 +203,7 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, expected, tmp_path, dat
 def test_unwritable_outputs_are_named(tmp_path, run, data_root, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    image = str(data_root / "isbi2012" / "test" / "image" / "00.png")
+    image = str(data_root / "isbi2012" / "train" / "image" / "00.png")
     assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(run / "best.pt"), image,
                  "--out", str(blocker / "sub"), *TINY]) == 2
     assert f"output folder --out {str(blocker / 'sub')!r} cannot be created" in capsys.readouterr().err
@@ -278,10 +281,20 @@ def test_the_wheel_carries_the_recipes(tmp_path, data_root):
     listed = subprocess.run([sys.executable, "-m", "pixelwise", "recipes"], cwd=elsewhere, env=env,
                             capture_output=True, text=True, timeout=60).stdout
     assert "unet_isbi2012_cpu" in listed and "fcn8s_camvid_cpu" in listed
+    # The bundled samples travel in the wheel (issue 23): every file, at most about 1.5 MB in all.
+    shipped = sorted(p.relative_to(target / "pixelwise").as_posix() for p in (target / "pixelwise" / "samples").rglob("*")
+                     if p.is_file())
+    assert shipped == sorted(p.relative_to(REPO / "pixelwise").as_posix() for p in (REPO / "pixelwise" / "samples").rglob("*")
+                             if p.is_file())
+    assert sum((target / "pixelwise" / f).stat().st_size for f in shipped) < 1.55e6
+    sample = subprocess.run([sys.executable, "-c", "from pixelwise.config import DataConfig; from pixelwise.data import "
+                             "build_dataset; print(len(build_dataset(DataConfig(dataset='coco-sample'), 'train')))"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert sample.stdout.strip() == "3", sample.stderr
 
 
 def test_checkpoint_settings_that_differ_from_the_config_are_named(tmp_path, run, data_root, capsys):
-    image = str(data_root / "isbi2012" / "test" / "image" / "00.png")
+    image = str(data_root / "isbi2012" / "train" / "image" / "00.png")
     assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(run / "best.pt"), image, "--out",
                  str(tmp_path / "p"), *TINY, "-o", "data.mean=[0.9]", "-o", "data.std=[0.05]"]) == 2
     err = capsys.readouterr().err
@@ -297,7 +310,7 @@ def test_checkpoint_settings_that_differ_from_the_config_are_named(tmp_path, run
 def test_outputs_of_different_inputs_never_collide(tmp_path, run, data_root, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
-    source = (data_root / "isbi2012" / "test" / "image" / "00.png").read_bytes()
+    source = (data_root / "isbi2012" / "train" / "image" / "00.png").read_bytes()
     (folder / "x.png").write_bytes(source)
     (folder / "x_overlay.png").write_bytes(source)  # its prediction would be x's overlay
     assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(run / "best.pt"), str(folder), "--out",

@@ -28,6 +28,11 @@ def coco_dir() -> Path:
 
 
 @pytest.fixture
+def coco_full_dir() -> Path:
+    return require_dataset("tiny-coco", full=True)  # its counts, crowd region and annotation ids
+
+
+@pytest.fixture
 def coco_json(coco_dir) -> dict:
     with open(coco_dir / "annotations_instances.json") as f:
         return json.load(f)
@@ -57,7 +62,7 @@ def one_image_json(coco_json: dict, annotations: list[dict]) -> dict:
     return {"images": [image], "annotations": anns, "categories": coco_json["categories"]}
 
 
-def test_tiny_coco_counts_types_and_remapping(tiny, coco_json):
+def test_tiny_coco_counts_types_and_remapping(tiny, coco_json, coco_full_dir):
     assert len(tiny) == 16 and tiny.num_classes == 80 and len(tiny.class_names) == 81
     assert tiny.class_names[0] == "__background__" and tiny.class_names[1] == "person"
     assert tiny.class_names[80] == "toothbrush" and tiny.category_ids[80] == 90 and tiny.category_ids[12] == 13
@@ -86,7 +91,7 @@ def test_tiny_coco_counts_types_and_remapping(tiny, coco_json):
     assert total == 197
 
 
-def test_crowd_kept_or_dropped(tiny, coco_dir, coco_json):
+def test_crowd_kept_or_dropped(tiny, coco_full_dir, coco_json):
     crowd = next(a for a in coco_json["annotations"] if a["iscrowd"])
     i = tiny.image_ids.index(crowd["image_id"])
     _, target = tiny[i]
@@ -95,15 +100,15 @@ def test_crowd_kept_or_dropped(tiny, coco_dir, coco_json):
     # Its JSON area (8340) is not its RLE's pixel count (7378); the target keeps the JSON value, as COCO eval uses it.
     assert int(target["masks"][j].sum()) == CROWD_PIXELS and float(target["area"][j]) == crowd["area"] == 8340
     assert target["boxes"][j].tolist() == [0.0, 35.0, 481.0, 185.0]
-    dropped = CocoInstances(coco_dir / "annotations_instances.json", coco_dir / "images", drop_crowd=True)
+    dropped = CocoInstances(coco_full_dir / "annotations_instances.json", coco_full_dir / "images", drop_crowd=True)
     _, target = dropped[i]
     assert CROWD_ANN_ID not in target["ann_ids"].tolist() and not target["iscrowd"].any()
     assert sum(len(dropped[k][1]["labels"]) for k in range(len(dropped))) == 196
 
 
-def test_polygon_boxes_match_mask_extent(tiny, coco_dir, coco_json):
+def test_polygon_boxes_match_mask_extent(tiny, coco_full_dir, coco_json):
     polygons = {a["id"]: a["segmentation"] for a in coco_json["annotations"] if not a["iscrowd"]}
-    tight = CocoInstances(coco_dir / "annotations_instances.json", coco_dir / "images", boxes_from_masks=True)
+    tight = CocoInstances(coco_full_dir / "annotations_instances.json", coco_full_dir / "images", boxes_from_masks=True)
     off = set()
     for i in range(len(tiny)):
         _, target = tiny[i]
@@ -123,15 +128,15 @@ def test_polygon_boxes_match_mask_extent(tiny, coco_dir, coco_json):
     assert off == SLIVER_ANN_IDS  # the other 186 polygons' boxes are within 1 pixel of their masks
 
 
-def test_compressed_and_uncompressed_rle_agree(tmp_path, coco_dir, coco_json):
+def test_compressed_and_uncompressed_rle_agree(tmp_path, coco_full_dir, coco_json):
     data = copy.deepcopy(coco_json)
     crowd = next(a for a in data["annotations"] if a["iscrowd"])
     h, w = crowd["segmentation"]["size"]
     rle = mask_utils.frPyObjects(crowd["segmentation"], h, w)
     crowd["segmentation"] = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-    compressed = CocoInstances(write_json(tmp_path / "c.json", data), coco_dir / "images")
+    compressed = CocoInstances(write_json(tmp_path / "c.json", data), coco_full_dir / "images")
     i = compressed.image_ids.index(crowd["image_id"])
-    original = CocoInstances(coco_dir / "annotations_instances.json", coco_dir / "images")
+    original = CocoInstances(coco_full_dir / "annotations_instances.json", coco_full_dir / "images")
     assert torch.equal(compressed[i][1]["masks"], original[i][1]["masks"])
     mask = decode_segmentation(crowd["segmentation"], h, w)
     assert mask.shape == (h, w) and int(mask.sum()) == CROWD_PIXELS
@@ -155,11 +160,11 @@ def test_voc_example_coco_format():
     assert Counter(ds.category_ids[k] for k in labels) == {15: 6, 6: 2, 5: 1, 7: 1, 9: 1, 18: 1}
 
 
-def test_image_without_annotations_is_kept(tmp_path, coco_dir, coco_json):
+def test_image_without_annotations_is_kept(tmp_path, coco_full_dir, coco_json):
     data = copy.deepcopy(coco_json)
     extra = dict(data["images"][0], id=1)
     data["images"].append(extra)
-    ds = CocoInstances(write_json(tmp_path / "a.json", data), coco_dir / "images",
+    ds = CocoInstances(write_json(tmp_path / "a.json", data), coco_full_dir / "images",
                        transforms=v2.RandomHorizontalFlip(p=1.0))
     assert len(ds) == 17 and ds.image_ids[-1] == 1
     image, target = ds[16]
@@ -167,7 +172,7 @@ def test_image_without_annotations_is_kept(tmp_path, coco_dir, coco_json):
     assert image.shape == (3, h, w) and target["image_id"] == 1
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, h, w)
     assert target["labels"].shape == target["iscrowd"].shape == target["area"].shape == target["ann_ids"].shape == (0,)
-    subset = CocoInstances(tmp_path / "a.json", coco_dir / "images", image_ids=[1, 391895])
+    subset = CocoInstances(tmp_path / "a.json", coco_full_dir / "images", image_ids=[1, 391895])
     assert subset.image_ids == [1, 391895] and len(subset[1][1]["labels"]) == 4
 
 
@@ -225,14 +230,14 @@ def test_horizontal_flip_moves_image_boxes_and_masks(coco_dir):
             assert box.tolist() == extent(mask)
 
 
-def test_crop_and_sanitize_keep_instances_aligned(coco_dir):
+def test_crop_and_sanitize_keep_instances_aligned(coco_full_dir):
     transforms = v2.Compose([
         v2.RandomCrop((200, 200)),
         v2.SanitizeBoundingBoxes(min_size=2, labels_getter=instance_fields),
     ])
-    ds = CocoInstances(coco_dir / "annotations_instances.json", coco_dir / "images", transforms=transforms)
+    ds = CocoInstances(coco_full_dir / "annotations_instances.json", coco_full_dir / "images", transforms=transforms)
     torch.manual_seed(0)
-    full = CocoInstances(coco_dir / "annotations_instances.json", coco_dir / "images")
+    full = CocoInstances(coco_full_dir / "annotations_instances.json", coco_full_dir / "images")
     for i in range(4):
         image, target = ds[i]
         n = len(target["boxes"])

@@ -39,8 +39,8 @@ def test_parse_indices():
         parse_indices("1,1")
 
 
-def test_isbi_train_and_val_splits(isbi_dir):
-    cfg = DataConfig(dataset="isbi2012", root=str(isbi_dir.parent))
+def test_isbi_train_and_val_splits(isbi_full_dir):
+    cfg = DataConfig(dataset="isbi2012", root=str(isbi_full_dir.parent))
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert (len(train), len(val)) == (25, 5)
     assert val.names == ["25", "26", "27", "28", "29"] and train.names[0] == "00"
@@ -53,16 +53,16 @@ def test_isbi_train_and_val_splits(isbi_dir):
     assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64 and mask.shape == (512, 512)
     assert set(target) == {"mask"}
     # Class 1 = membrane = black (0) in the label PNG.
-    label = torch.from_numpy(read_png(isbi_dir / "train" / "label" / "00.png"))
+    label = torch.from_numpy(read_png(isbi_full_dir / "train" / "label" / "00.png"))
     assert torch.equal(mask == 1, label == 0)
     fractions = [float(train[i][1]["mask"].float().mean()) for i in range(len(train))]
     assert np.mean(fractions) == pytest.approx(0.22, abs=0.02)
 
 
-def test_isbi_weight_map_and_transforms(isbi_dir):
+def test_isbi_weight_map_and_transforms(isbi_full_dir):
     flip = v2.RandomHorizontalFlip(p=1.0)
-    ds = ISBI2012(isbi_dir, indices=[3], weight_map=True, transforms=flip)
-    plain = ISBI2012(isbi_dir, indices=[3], weight_map=True)
+    ds = ISBI2012(isbi_full_dir, indices=[3], weight_map=True, transforms=flip)
+    plain = ISBI2012(isbi_full_dir, indices=[3], weight_map=True)
     image, target = ds[0]
     image0, target0 = plain[0]
     weight = target["weight"]
@@ -82,19 +82,19 @@ def test_isbi_weight_map_and_transforms(isbi_dir):
     assert plain[0][1]["weight"].data_ptr() != cached.data_ptr()  # callers get a copy
 
 
-def test_isbi_weight_map_only_for_train_split(isbi_dir):
-    cfg = DataConfig(dataset="isbi2012", root=str(isbi_dir.parent), weight_map=True, val_split="27")
+def test_isbi_weight_map_only_for_train_split(isbi_full_dir):
+    cfg = DataConfig(dataset="isbi2012", root=str(isbi_full_dir.parent), weight_map=True, val_split="27")
     assert build_dataset(cfg, "train").weight_map
     val = build_dataset(cfg, "val")
     assert not val.weight_map and len(val) == 1 and set(val[0][1]) == {"mask"}
 
 
-def test_isbi_test_split_and_bad_indices(isbi_dir):
-    test = ISBI2012(isbi_dir, split="test", indices=[0, 1])
+def test_isbi_test_split_and_bad_indices(isbi_full_dir):
+    test = ISBI2012(isbi_full_dir, split="test", indices=[0, 1])
     image, target = test[1]
     assert image.shape == (1, 512, 512) and target == {}
     with pytest.raises(DataError, match=r"slices \[30, 31\] not found.*0\.\.29"):
-        ISBI2012(isbi_dir, indices=[0, 30, 31])
+        ISBI2012(isbi_full_dir, indices=[0, 30, 31])
 
 
 def test_camvid_splits(camvid_dir):
@@ -167,7 +167,7 @@ def test_folder_dataset_errors(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match=r"'kitti'.*camvid, coco, folder, isbi2012"):
+    with pytest.raises(ValueError, match=r"'kitti'.*camvid, coco, (coco-sample, )?folder, isbi2012"):
         build_dataset(DataConfig(dataset="kitti"), "train")
 
 

@@ -12,16 +12,16 @@ from torchvision.transforms import v2
 from pixelwise.data.isbi_instances import ANN_ID_STRIDE, ISBIInstances, to_coco
 
 
-def label_png(isbi_dir, index: int) -> np.ndarray:
-    with Image.open(isbi_dir / "train" / "label" / f"{index:02d}.png") as f:
+def label_png(isbi_full_dir, index: int) -> np.ndarray:
+    with Image.open(isbi_full_dir / "train" / "label" / f"{index:02d}.png") as f:
         return np.array(f)
 
 
-def test_slice0_instances_are_the_connected_cells(isbi_dir):
-    ds = ISBIInstances(isbi_dir, indices="0-1")
+def test_slice0_instances_are_the_connected_cells(isbi_full_dir):
+    ds = ISBIInstances(isbi_full_dir, indices="0-1")
     assert len(ds) == 2 and ds.names == ["00", "01"] and ds.category_ids == {1: 1}
     image, target = ds[0]
-    regions, n = ndimage.label(label_png(isbi_dir, 0) == 255)
+    regions, n = ndimage.label(label_png(isbi_full_dir, 0) == 255)
     assert isinstance(image, tv_tensors.Image) and image.shape == (1, 512, 512) and image.dtype == torch.float32
     masks, boxes = target["masks"], target["boxes"]
     assert n > 50 and masks.shape == (n, 512, 512) and masks.dtype == torch.uint8 and boxes.shape == (n, 4)
@@ -41,23 +41,23 @@ def test_slice0_instances_are_the_connected_cells(isbi_dir):
     assert ds[1][1]["ann_ids"][0] == ANN_ID_STRIDE + 1
 
 
-def test_channels_min_area_and_flip(isbi_dir):
-    ds = ISBIInstances(isbi_dir, indices=[0], channels=3, min_area=50)
+def test_channels_min_area_and_flip(isbi_full_dir):
+    ds = ISBIInstances(isbi_full_dir, indices=[0], channels=3, min_area=50)
     image, target = ds[0]
     assert image.shape == (3, 512, 512) and torch.equal(image[0], image[2])
-    regions, _ = ndimage.label(label_png(isbi_dir, 0) == 255)
+    regions, _ = ndimage.label(label_png(isbi_full_dir, 0) == 255)
     areas = np.bincount(regions.ravel())[1:]
     assert len(target["labels"]) == int((areas >= 50).sum()) < len(areas)
     assert float(target["area"].min()) >= 50
-    flipped = ISBIInstances(isbi_dir, indices=[0], min_area=50, transforms=v2.RandomHorizontalFlip(p=1.0))[0][1]
+    flipped = ISBIInstances(isbi_full_dir, indices=[0], min_area=50, transforms=v2.RandomHorizontalFlip(p=1.0))[0][1]
     assert torch.equal(flipped["masks"], target["masks"].flip(-1))
     assert torch.equal(flipped["boxes"][:, 0], 512 - target["boxes"][:, 2])
     with pytest.raises(ValueError, match="channels=2"):
-        ISBIInstances(isbi_dir, channels=2)
+        ISBIInstances(isbi_full_dir, channels=2)
 
 
-def test_to_coco_round_trip(isbi_dir):
-    ds = ISBIInstances(isbi_dir, indices=[0, 3], min_area=10)
+def test_to_coco_round_trip(isbi_full_dir):
+    ds = ISBIInstances(isbi_full_dir, indices=[0, 3], min_area=10)
     coco = to_coco(ds)
     assert [img["id"] for img in coco["images"]] == [0, 3] and coco["categories"] == [{"id": 1, "name": "cell"}]
     assert coco["images"][1] == {"id": 3, "file_name": "03", "height": 512, "width": 512}
@@ -73,12 +73,12 @@ def test_to_coco_round_trip(isbi_dir):
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
 
 
-def test_two_class_variant_splits_the_cells_at_the_median_training_area(isbi_dir):
+def test_two_class_variant_splits_the_cells_at_the_median_training_area(isbi_full_dir):
     from pixelwise.data.isbi_instances import median_cell_area
 
-    train = ISBIInstances(isbi_dir, indices="0-3")
+    train = ISBIInstances(isbi_full_dir, indices="0-3")
     threshold = median_cell_area(train)
-    sized = ISBIInstances(isbi_dir, indices="0-3", size_threshold=threshold)
+    sized = ISBIInstances(isbi_full_dir, indices="0-3", size_threshold=threshold)
     assert sized.num_classes == 2 and sized.class_names == ["__background__", "small", "large"]
     labels, areas = [], []
     for i in range(len(sized)):
@@ -91,4 +91,4 @@ def test_two_class_variant_splits_the_cells_at_the_median_training_area(isbi_dir
     assert abs((labels == 1).mean() - 0.5) < 0.05  # the median halves the training cells
     assert {c["name"] for c in to_coco(sized)["categories"]} == {"small", "large"}
     with pytest.raises(ValueError, match="size_threshold"):
-        ISBIInstances(isbi_dir, indices="0", size_threshold=0)
+        ISBIInstances(isbi_full_dir, indices="0", size_threshold=0)

@@ -16,12 +16,12 @@ from pixelwise.engine import train
 from pixelwise.engine.tasks.instance import collate_instances, evaluate_instances
 from pixelwise.engine.trainer import TrainingError
 from pixelwise.report.predictions import draw_instances, instance_map
-from conftest import _data_root, require_dataset
+from conftest import require_dataset
 
 # Small images and few RoIs keep these steps at about a second on a CPU.
 SMALL = ["-o", "model.args.min_size=128", "-o", "model.args.max_size=128", "-o", "model.args.box_batch_size_per_image=64",
          "-o", "model.args.rpn_post_nms_top_n=[200, 100]", "-o", "model.args.detections_per_img=100",
-         "-o", "train.device=cpu", "-o", "data.limit=2"]
+         "-o", "train.device=cpu", "-o", "data.limit=2", "-o", "data.train_split=0-7", "-o", "data.val_split=25-28"]
 TINY_COCO = ["-o", "data.path=tiny-coco", "-o", "data.train_split=annotations_instances.json:images",
              "-o", "data.val_split=annotations_instances.json:images", "-o", "model.args.backbone_weights=null",
              "-o", "data.num_workers=0"]
@@ -30,7 +30,7 @@ TINY_COCO = ["-o", "data.path=tiny-coco", "-o", "data.train_split=annotations_in
 def _cfg(name: str, tmp_path: Path, *overrides: str):
     args = [o for o in [*SMALL, *overrides] if o != "-o"]
     return load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml",
-                       [f"data.root={_data_root()}", f"output_dir={tmp_path}", *args])
+                       [f"data.root={require_dataset('isbi2012').parent}", f"output_dir={tmp_path}", *args])
 
 
 def test_isbi_recipe_train_eval_predict_through_the_cli(tmp_path, capsys):
@@ -61,12 +61,13 @@ def test_isbi_recipe_train_eval_predict_through_the_cli(tmp_path, capsys):
     assert main(["predict", "mask_rcnn_r18_fpn_isbi_cpu", "--checkpoint", str(run / "last.pt"), str(image),
                  "--out", str(out), *common, *missing, "-o", "infer.score_threshold=0"]) == 0
     record = json.loads((out / "25.json").read_text())
-    assert (record["height"], record["width"]) == (512, 512) and len(record["instances"]) > 0
+    side = Image.open(image).size[0]  # 512, or 352 in the bundled sample
+    assert (record["height"], record["width"]) == (side, side) and len(record["instances"]) > 0
     first = record["instances"][0]
-    assert first["class_name"] == "cell" and first["segmentation"]["size"] == [512, 512]
+    assert first["class_name"] == "cell" and first["segmentation"]["size"] == [side, side]
     ids = np.array(Image.open(out / "25_instances.png"))
-    assert ids.shape == (512, 512) and ids.max() <= len(record["instances"])
-    assert Image.open(out / "25_overlay.png").size == (512, 512)
+    assert ids.shape == (side, side) and ids.max() <= len(record["instances"])
+    assert Image.open(out / "25_overlay.png").size == (side, side)
 
     capsys.readouterr()  # train does read them: a missing file is one line on stderr and exit code 2
     assert main(["train", "mask_rcnn_r18_fpn_isbi_cpu", "--output-dir", str(tmp_path / "run2"), *common, *missing]) == 2
@@ -179,7 +180,7 @@ def test_evaluate_instances_scores_the_ground_truth_as_perfect_and_missing_masks
 
 
 def test_instance_datasets_in_build_dataset(tmp_path):
-    require_dataset("tiny-coco")
+    require_dataset("tiny-coco", full=True)  # its image ids and counts
     cfg = _cfg("mask_rcnn_r50_fpn_coco", tmp_path, *[o for o in TINY_COCO if o != "-o"], "data.limit=3")
     ds = build_dataset(cfg.data, "train")
     assert len(ds) == 3 and ds.image_ids == [391895, 522418, 184613] and ds.num_classes == 80
@@ -195,7 +196,7 @@ def test_instance_datasets_in_build_dataset(tmp_path):
 
     isbi = _cfg("mask_rcnn_r18_fpn_isbi_cpu", tmp_path, "data.limit=null")
     ds = build_dataset(isbi.data, "val")
-    assert ds.indices == [25, 26, 27, 28, 29] and ds[0][0].shape == (3, 512, 512)
+    assert ds.indices == [25, 26, 27, 28] and ds[0][0].shape in ((3, 512, 512), (3, 352, 352))  # full or sample
 
 
 def test_training_flips_move_boxes_and_masks_with_the_image(tmp_path):
@@ -215,7 +216,8 @@ def test_training_flips_move_boxes_and_masks_with_the_image(tmp_path):
     img2, t2 = flipped
     assert torch.equal(img2, image.flip(-1)) and torch.equal(t2["masks"], target["masks"].flip(-1))
     boxes = target["boxes"].as_subclass(torch.Tensor)
-    expected = torch.stack([512 - boxes[:, 2], boxes[:, 1], 512 - boxes[:, 0], boxes[:, 3]], 1)
+    side = image.shape[-1]
+    expected = torch.stack([side - boxes[:, 2], boxes[:, 1], side - boxes[:, 0], boxes[:, 3]], 1)
     assert torch.equal(t2["boxes"].as_subclass(torch.Tensor), expected)
 
 
@@ -235,7 +237,7 @@ def test_mask_rcnn_overfits_two_tiny_coco_images(tmp_path):
     them. Small images and 32 RoIs per image keep a step near a second; trainable BN and Adam learn fast."""
     require_dataset("tiny-coco")
     cfg = load_config(None, [
-        f"data.root={_data_root()}", "data.dataset=coco", "data.path=tiny-coco", "data.limit=2",
+        f"data.root={require_dataset('tiny-coco').parent}", "data.dataset=coco", "data.path=tiny-coco", "data.limit=2",
         "data.train_split=annotations_instances.json:images", "data.val_split=annotations_instances.json:images",
         "data.augment.hflip=false", "model.name=mask_rcnn_r18_fpn", "model.num_classes=80",
         "model.args={norm: bn, frozen_bn: false, min_size: 192, max_size: 384, box_batch_size_per_image: 32,"

@@ -66,7 +66,7 @@ def test_eval_and_predict_refuse_non_finite_weights(tmp_path, data_root, capsys)
                  "--out", str(tmp_path / "m.json"), *tiny]) == 2
     assert "NaN or infinite values in 1 tensors" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
-    image = data_root / "isbi2012" / "test" / "image" / "00.png"
+    image = data_root / "isbi2012" / "train" / "image" / "00.png"
     assert main(["predict", "unet_isbi2012_cpu", "--checkpoint", str(tmp_path / "nan.pt"), str(image),
                  "--out", str(tmp_path / "pred"), *tiny]) == 2
     assert "NaN or infinite" in capsys.readouterr().err

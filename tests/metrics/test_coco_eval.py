@@ -22,7 +22,7 @@ KEYS = [f"{t}_{s}" for t in ("bbox", "segm") for s in stat_names()]
 
 @pytest.fixture(scope="module")
 def tiny():
-    root = require_dataset("tiny-coco")
+    root = require_dataset("tiny-coco", full=True)  # the detections below are written for its objects
     with open(root / "annotations_instances.json") as f:
         gt = json.load(f)
     ds = CocoInstances(root / "annotations_instances.json", root / "images")
@@ -156,8 +156,8 @@ def test_mask_formats_and_errors(tiny):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_isbi_ground_truth_scores_itself(isbi_dir, backend):
-    ds = ISBIInstances(isbi_dir, indices=[0, 1])
+def test_isbi_ground_truth_scores_itself(isbi_full_dir, backend):
+    ds = ISBIInstances(isbi_full_dir, indices=[0, 1])
     targets = [ds[i][1] for i in range(len(ds))]
     gt, dets = to_coco(ds), perfect(targets)
     most = max(len(t["labels"]) for t in targets)

@@ -290,7 +290,7 @@ def test_backbone_weights_from_local_files(tmp_path):
 # ------------------------------------------------------------------------------------------- torchvision
 
 def _coco_images(names=("000000391895.jpg", "000000118113.jpg")) -> list[torch.Tensor]:
-    root = require_dataset("tiny-coco")
+    root = require_dataset("tiny-coco", full=True)  # these two files
     return [torchvision.io.read_image(str(root / "images" / n)).float() / 255 for n in names]
 
 

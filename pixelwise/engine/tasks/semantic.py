@@ -51,11 +51,25 @@ class SemanticTask(Task):
         from pixelwise.data.io import image_size
 
         crop, paths = self.cfg.data.augment.crop_size, getattr(train_ds, "image_paths", None)
-        if crop is None or not paths or any(max(image_size(p)) >= crop for p in paths):  # usually the first one
+        if crop is None:
             return
-        (h, w), path = max(((image_size(p), p) for p in paths), key=lambda s: max(s[0]))
+        if paths:
+            sizes = ((image_size(p), repr(str(p))) for p in paths)
+        elif hasattr(train_ds, "image_size"):  # images that are not files of their own (ISBI 2012's TIFF volumes)
+            sizes = ((train_ds.image_size(i), train_ds.image_location(i)) for i in range(len(train_ds)))
+        else:
+            return
+        largest = None
+        for size, where in sizes:
+            if max(size) >= crop:  # usually the first one
+                return
+            if largest is None or max(size) > max(largest[0]):
+                largest = size, where
+        if largest is None:
+            return
+        (h, w), where = largest
         raise ConfigError(f"data.augment.crop_size={crop} is larger than every training image of "
-                          f"{self.cfg.data.dataset!r} (the largest is {h}x{w} pixels, {str(path)!r}); expected "
+                          f"{self.cfg.data.dataset!r} (the largest is {h}x{w} pixels, {where}); expected "
                           f"at most {max(h, w)}, or null to train on whole images")
 
     def init_weights(self, model: nn.Module, state: dict, source: str) -> None:
