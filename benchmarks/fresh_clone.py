@@ -56,9 +56,13 @@ def main() -> None:
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fresh_clone.json"))
     p.add_argument("--skip-data", action="store_true", help="only the run without datasets")
+    p.add_argument("--table-only", action="store_true", help="only rewrite BENCHMARKS.md's section from --out")
     args = p.parse_args()
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {}
+    if args.table_only:
+        write_section(record)
+        return
     base = Path(tempfile.mkdtemp(prefix="pixelwise-fresh-"))
     clone, home = base / "pixelwise", base / "home"
     home.mkdir()
@@ -83,6 +87,49 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(json.dumps(result, indent=2), file=sys.stderr, flush=True)
+    write_section(record)
+
+
+TITLE = "Runs anywhere: make demo and make test on a fresh clone"
+
+
+def write_section(record: dict) -> None:
+    """BENCHMARKS.md's section from the record (also run by --table-only)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from common import replace_section
+
+    rows = []
+    for setting, label in (("no_data", "no data root, empty home"), ("with_data", "datasets at PIXELWISE_DATA")):
+        for target in ("demo", "test"):
+            r = record.get(setting, {}).get(target)
+            if r is None:
+                rows.append(f"| {label} | make {target} | not run | | |")
+                continue
+            if target == "demo":
+                sc = r.get("scores", {})
+                what = (f"{r.get('dataset')}: adapted Rand error {sc.get('adapted_rand_error')}, membrane IoU "
+                        f"{sc.get('membrane_iou')}, pixel error {sc.get('pixel_error')}")
+            else:
+                what = (f"{r.get('passed', 0)} passed, {r.get('skipped', 0)} skipped, {r.get('failed', 0)} failed, "
+                        f"{r.get('deselected', 0)} deselected (slow)")
+            rows.append(f"| {label} | make {target} | {r['exit_code']} | {r['seconds'] / 60:.1f} min | {what} |")
+    notes = [f"- {line}" for s in ("no_data", "with_data") for line in record.get(s, {}).get("test", {}).get("datasets", [])]
+    body = "\n".join([
+        f"`python benchmarks/fresh_clone.py` ({record.get('date')}, commit {record.get('commit')}, {record.get('machine')}, "
+        f"Python {record.get('python')}): `git clone` of the checkout into an empty temporary folder (no ../shared/data "
+        "beside it), HOME an empty folder, PIXELWISE_DATA and CI unset; `make demo` then `make test` there (the first "
+        "`make demo` creates .venv: pip installs torch 2.14.1 from this machine's disk, the rest from PyPI with no pip "
+        "cache); then the same two commands in the same clone with PIXELWISE_DATA set (its .venv already made). One run "
+        "each; wall times include everything make does.",
+        "",
+        "| setting | command | exit | wall time | result |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "What the test runs said about the datasets:" if notes else "",
+        *notes,
+    ])
+    replace_section(REPO / "BENCHMARKS.md", TITLE, body)
 
 
 def _dataset(config: Path) -> str:

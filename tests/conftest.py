@@ -1,5 +1,6 @@
 import collections
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,15 @@ def require_dataset(name: str, *, full: bool = False) -> Path:
     if not full and name in SAMPLE_FOR:
         ON_SAMPLE[name] += 1
         return sample_root() / name
-    MISSING[name] += 1
     pytest.skip(msg)
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Count each test skipped for want of a dataset (a module fixture's skip skips each of its tests)."""
+    if report.skipped and report.when in ("setup", "call"):
+        found = re.search(r"dataset '([^']+)' not found", str(report.longrepr))
+        if found:
+            MISSING[found[1]] += 1
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -68,7 +76,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
         listed = ", ".join(f"{d} ({n})" for d, n in sorted(MISSING.items()))
         terminalreporter.write_line(
             f"pixelwise: {sum(MISSING.values())} tests skipped because these datasets were not found: {listed}; "
-            f"set PIXELWISE_DATA to a folder holding them (data root now: {_data_root()}; their layouts: "
+            f"set PIXELWISE_DATA to a folder holding them (data root now: {_data_root() or 'none'}; their layouts: "
             "pixelwise/data/paths.py, or ../shared/data/README.md beside a checkout) to run them", yellow=True)
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from synthetic import Disks  # noqa: E402
+from synthetic import Disks, write_split  # noqa: E402
 
 from pixelwise.cli import main  # noqa: E402
 
@@ -20,14 +20,6 @@ data: {{dataset: folder, root: {root}, path: disks, num_classes: 2, mean: [0.5],
 train: {{batch_size: 2, max_steps: 4, val_every: 2, lr: 0.01, optimizer: adam, threads: 2}}
 """
 
-
-def write_split(folder: Path, dataset: Disks) -> None:
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    for i in range(len(dataset)):
-        image = (dataset.images[i][0].clamp(0, 1) * 255).round().numpy().astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"{i:02d}.png")
-        Image.fromarray(dataset.masks[i].numpy().astype(np.uint8)).save(folder / "masks" / f"{i:02d}.png")
 
 
 @pytest.fixture(scope="module")

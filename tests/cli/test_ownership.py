@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_checkpoint_only import RECIPE, write_split  # noqa: E402
+from test_checkpoint_only import RECIPE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from synthetic import Disks  # noqa: E402
+from synthetic import Disks, write_split  # noqa: E402
 
 from pixelwise.cli import main  # noqa: E402
 from pixelwise.files import RunLock, atomic_write, clean_stale_temporaries  # noqa: E402
@@ -237,3 +237,18 @@ def test_no_command_writes_over_a_foreign_file(run, tmp_path, capsys):
     for name in ("summary.md", "summary.json", "report.html"):  # refused before any training
         out = tmp_path / "reproduce" / name.replace(".", "_")
         _refused_and_kept(["reproduce", "unet-weightmap", "--out", str(out)], out / "unet-weightmap" / name, capsys)
+
+
+def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):
+    """Running the demo again (on the sample, then on the full data, say) replaces its earlier run; a folder it did
+    not make is refused."""
+    from pixelwise.demo import DEMO_MARK, _earlier_demo
+
+    out = tmp_path / "demo"
+    assert _earlier_demo(out) is False and (out / DEMO_MARK).is_file()  # a new folder, marked
+    (out / "best.pt").write_bytes(b"an earlier demo's")
+    assert _earlier_demo(out) is True
+    (out / DEMO_MARK).unlink()
+    with pytest.raises(Exception, match="not an earlier run of pixelwise demo"):
+        _earlier_demo(out)
+    assert (out / "best.pt").read_bytes() == b"an earlier demo's"

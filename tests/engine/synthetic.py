@@ -110,3 +110,18 @@ def semantic_data():
 
 def instance_data():
     return {"train": Boxes(4, seed=0), "val": Boxes(2, seed=1)}
+
+
+def write_split(folder, dataset: "Disks") -> None:
+    """A folder dataset's split on disk: images/NN.png (8-bit grey) and masks/NN.png (class indices)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(len(dataset)):
+        image = (dataset.images[i][0].clamp(0, 1) * 255).round().numpy().astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"{i:02d}.png")
+        Image.fromarray(dataset.masks[i].numpy().astype(np.uint8)).save(folder / "masks" / f"{i:02d}.png")

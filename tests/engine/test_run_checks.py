@@ -3,7 +3,6 @@
 import json
 import time
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,16 +12,8 @@ from pixelwise.engine import build_run, train
 from pixelwise.engine.run import build_inference
 from pixelwise.errors import CheckpointError, ConfigError
 
-from synthetic import Disks, semantic_config, semantic_data
+from synthetic import Disks, semantic_config, semantic_data, write_split
 
-
-def write_split(folder, dataset: Disks) -> None:
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    for i in range(len(dataset)):
-        image = (dataset.images[i][0].clamp(0, 1) * 255).round().numpy().astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"{i:02d}.png")
-        Image.fromarray(dataset.masks[i].numpy().astype(np.uint8)).save(folder / "masks" / f"{i:02d}.png")
 
 
 def folder_config(tmp_path, *overrides: str):
