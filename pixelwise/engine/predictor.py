@@ -164,9 +164,9 @@ class Predictor:
         return build_inference(path, device=device, runtime=runtime, overrides=[f"infer.{k}={json.dumps(v)}"
                                                                for k, v in overrides.items()]).predictor
 
-    def preprocess(self, image, name: str = "the image") -> torch.Tensor:
-        """An image as users have it -> (C, H, W) normalised as in training, accepted or refused as
-        `read_image` accepts or refuses image files (pixelwise.data.io.as_image)."""
+    def read(self, image, name: str = "the image") -> torch.Tensor:
+        """An image as users have it -> (C, H, W) float in [0, 1], accepted or refused as `read_image` accepts or
+        refuses image files (pixelwise.data.io.as_image)."""
         from pixelwise.data.io import as_image, image_size
 
         if self.channels is None:
@@ -174,16 +174,32 @@ class Predictor:
                               "through predict_probs, or build it with Predictor.from_checkpoint")
         if isinstance(image, (str, Path)):  # refused from its header, before its pixels are read
             self.check_fits(self.channels, *image_size(image), name)
-        image = as_image(image, channels=self.channels, name=name, grey_to_rgb=False)  # as the CLI reads files
+        return as_image(image, channels=self.channels, name=name, grey_to_rgb=False)  # as the CLI reads files
+
+    def preprocess(self, image, name: str = "the image") -> torch.Tensor:
+        """An image as users have it -> (C, H, W) normalised as in training (`read`, then data.mean / data.std)."""
+        image = self.read(image, name)
         return self.normalize(image) if self.normalize is not None else image
+
+    def denormalize(self, image: torch.Tensor) -> torch.Tensor:
+        """A normalised (C, H, W) image (a dataset's, after its transforms) back to [0, 1] as read."""
+        if self.normalize is None:
+            return image
+        mean, std = (torch.tensor(v, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+                     for v in (self.normalize.mean, self.normalize.std))
+        return image * std + mean
 
     def __call__(self, image, name: str | None = None) -> torch.Tensor:
         """The label map (H, W) int64 of an image as users have it (see the class docstring)."""
         name = name or (str(image) if isinstance(image, (str, Path)) else "the image")
-        return self.labels(self.predict_probs(self.preprocess(image, name), name=name))
+        image = self.read(image, name)
+        probs = self.predict_probs(self.normalize(image) if self.normalize is not None else image, name=name)
+        return self.postprocess(probs, image)
 
-    def labels(self, probs: torch.Tensor) -> torch.Tensor:
-        """probs (K, H, W) -> labels (H, W): the most probable class, or class 1 at or above `threshold`."""
+    def postprocess(self, probs: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """The one output step of a semantic model, which eval, predict, the report and every runtime call:
+        probs (K, H, W) and the image as read ((C, H, W) in [0, 1], not normalised: what a refinement such as a
+        CRF needs) -> labels (H, W) int64: the most probable class, or class 1 at or above infer.threshold."""
         return probs_to_labels(probs, self.threshold)
 
     def _probs(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -157,8 +157,9 @@ def predict_to_folder(
             what = str(source)
             predictor.check_fits(predictor.channels, *image_size(source), what)  # from the header, before reading
             image = read_image(source, channels=predictor.channels)
-        probs = predictor.predict_probs(predictor.preprocess(image, what), name=what)
-        labels = predictor.labels(probs).numpy().astype(np.uint8)
+        normalised = predictor.normalize(image) if predictor.normalize is not None else image
+        probs = predictor.predict_probs(normalised, name=what)
+        labels = predictor.postprocess(probs, image).numpy().astype(np.uint8)
         _save("prediction", out / f"{name}.png", lambda f: save_index_png(labels, colours, f))
         picture = Image.fromarray(overlay(image, labels, overlay_colours, skip_class=0 if binary else None))
         _save("overlay", out / f"{name}_overlay.png", lambda f: picture.save(f, format="PNG"))

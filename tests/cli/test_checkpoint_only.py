@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
@@ -68,3 +69,37 @@ def test_a_recipe_that_disagrees_with_the_checkpoint_is_refused(run, capsys):
     assert main(["predict", str(run / "recipe.yaml"), "--checkpoint", str(run / "run" / "best.pt"),
                  "--out", str(run / "c")]) == 2  # a recipe but no image
     assert "needs INPUTS" in capsys.readouterr().err
+
+
+def test_every_path_to_labels_is_the_one_output_step_with_the_image_as_read(run, monkeypatch, tmp_path):
+    """Predictor.postprocess(probs, image) is where probabilities become labels for eval, predict, the report and a
+    Predictor call, and it receives the image as read ([0, 1], not normalised), for refinements such as a CRF."""
+    from pixelwise.data.io import read_image
+    from pixelwise.engine.predictor import Predictor
+    from pixelwise.engine.report import write_report
+
+    images = run / "data" / "disks" / "val" / "images"
+    expected = [read_image(images / f"{i:02d}.png", channels=1) for i in range(2)]
+    seen, original = [], Predictor.postprocess
+
+    def recording(self, probs, image=None):
+        seen.append(image)
+        return original(self, probs, image)
+
+    monkeypatch.setattr(Predictor, "postprocess", recording)
+
+    def check(what: str, count: int) -> None:
+        assert len(seen) == count, what
+        for got in seen:
+            assert got is not None and any(torch.allclose(got, e, atol=1e-5) for e in expected), what
+        seen.clear()
+
+    best = run / "run" / "best.pt"
+    Predictor.from_checkpoint(best)(images / "00.png")
+    check("Predictor call", 1)
+    assert main(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "m.json")]) == 0
+    check("eval", 2)
+    assert main(["predict", "--checkpoint", str(best), str(images), "--out", str(tmp_path / "p")]) == 0
+    check("predict", 2)
+    write_report([run / "run"], tmp_path / "r.html", examples=1)
+    check("report examples", 2)  # the best and the worst image

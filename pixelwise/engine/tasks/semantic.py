@@ -13,7 +13,7 @@ import torch.nn as nn
 from pixelwise.data.stats import class_frequencies, label_census, median_frequency_weights
 from pixelwise.engine.data import collate
 from pixelwise.engine.precision import channels_last
-from pixelwise.engine.predictor import Predictor, forward_aligned, geometry, probs_to_labels
+from pixelwise.engine.predictor import Predictor, forward_aligned, geometry
 from pixelwise.engine.tasks import Task, register_task
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.losses import cross_entropy
@@ -142,7 +142,8 @@ class SemanticTask(Task):
         for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
             image, target = dataset[i]
             mask = target["mask"].as_subclass(torch.Tensor)
-            pred = probs_to_labels(predictor.predict_probs(image), self.cfg.infer.threshold)
+            image = image.as_subclass(torch.Tensor)
+            pred = predictor.postprocess(predictor.predict_probs(image), predictor.denormalize(image))
             one = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
             one.update(pred, mask)
             cm.matrix += one.matrix
@@ -182,7 +183,7 @@ class SemanticTask(Task):
         for kind, i, score in picks:
             image, target = dataset[i]
             image = image.as_subclass(torch.Tensor)
-            pred = probs_to_labels(predictor.predict_probs(image), self.cfg.infer.threshold).numpy()
+            pred = predictor.postprocess(predictor.predict_probs(image), predictor.denormalize(image)).numpy()
             truth = target["mask"].as_subclass(torch.Tensor).numpy()
             panel = [to_rgb(image), overlay(image, truth, palette), overlay(image, pred, palette)]
             picture = Image.fromarray(np.concatenate(panel, axis=1))
