@@ -11,10 +11,9 @@ import traceback
 import warnings
 from pathlib import Path
 
-from pixelwise.config import Config, ConfigError, load_config
+from pixelwise.config import CONFIG_DIR, Config, ConfigError, bundled_recipes, load_config, resolve_config
 from pixelwise.errors import OutputError, PixelwiseError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = "unet_isbi2012_cpu"
 
 DESCRIPTION = """\
@@ -36,26 +35,6 @@ examples:
 
 Every command has --help. Errors you can fix are printed in one line (exit code 2); --debug shows
 the traceback as well."""
-
-
-def bundled_recipes() -> list[Path]:
-    return sorted(CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-
-
-def resolve_config(name: str) -> Path:
-    """A path, or the name of a bundled recipe (`unet_isbi2012_cpu`, `unet_isbi2012_cpu.yaml` or
-    `configs/unet_isbi2012_cpu.yaml` from any folder)."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        raise ConfigError(f"config {name!r} is a folder; expected a recipe YAML file or a bundled recipe name")
-    if path.parent in (Path("."), Path("configs")):
-        bundled = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
-        if bundled.is_file():
-            return bundled
-    known = [p.stem for p in bundled_recipes()]
-    raise ConfigError(f"config {name!r} is neither a file nor a bundled recipe; bundled: {', '.join(known) or 'none'}")
 
 
 def _is_main() -> bool:
@@ -472,7 +451,6 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _format_warning
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse takes one run of positionals: `predict CONFIG --checkpoint CKPT INPUTS...` leaves the INPUTS over.
@@ -481,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or bool(os.environ.get("PIXELWISE_DEBUG"))
+    previous, warnings.formatwarning = warnings.formatwarning, _format_warning  # config warnings in one line
     try:
         trusted = [p for p in (getattr(args, "checkpoint", None), getattr(args, "resume", None)) if p]
         if getattr(args, "trust_checkpoint", False) and trusted:
@@ -499,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
+        warnings.formatwarning = previous  # main() may be called from Python: leave it as it was
         if "torch" in sys.modules:
             from pixelwise.engine.distributed import shutdown
 

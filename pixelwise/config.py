@@ -412,3 +412,27 @@ def check_ranges(cfg: Config, source: str = "config", overrides: dict[str, str] 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False), what="config")
+
+
+# The bundled recipes (`pixelwise recipes`), resolved here beside the config so that no module imports the CLI.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_recipes() -> list[Path]:
+    return sorted(CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+
+
+def resolve_config(name: str) -> Path:
+    """A path, or the name of a bundled recipe (`unet_isbi2012_cpu`, `unet_isbi2012_cpu.yaml` or
+    `configs/unet_isbi2012_cpu.yaml` from any folder)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError(f"config {name!r} is a folder; expected a recipe YAML file or a bundled recipe name")
+    if path.parent in (Path("."), Path("configs")):
+        bundled = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if bundled.is_file():
+            return bundled
+    known = [p.stem for p in bundled_recipes()]
+    raise ConfigError(f"config {name!r} is neither a file nor a bundled recipe; bundled: {', '.join(known) or 'none'}")

@@ -174,7 +174,7 @@ def listing() -> str:
 
 def _config(exp: Experiment, run: Run, folder: Path, seed: int, budget: float, overrides: Sequence[str],
             init_from: Path | None):
-    from pixelwise.cli import resolve_config
+    from pixelwise.config import resolve_config
     from pixelwise.config import load_config
 
     extra = [*FAST, *exp.overrides, *run.overrides, *overrides, f"output_dir={folder}", f"train.seed={seed}",

@@ -141,3 +141,17 @@ def test_fc_densenet56_camvid_train_eval_predict(tmp_path, camvid_dir):
     assert main(["predict", "fc_densenet56_camvid_cpu", "--data-root", root, "--checkpoint", str(run / "last.pt"),
                  str(image), "--out", str(tmp_path / "pred"), *tiny]) == 0
     assert Image.open(tmp_path / "pred" / f"{image.stem}.png").size == (480, 360)
+
+
+def test_main_leaves_warnings_as_it_found_them_and_nothing_imports_the_cli():
+    import re
+    import warnings
+
+    before = warnings.formatwarning
+    assert main(["recipes"]) == 0
+    assert warnings.formatwarning is before
+    package = Path(__file__).resolve().parents[2] / "pixelwise"
+    importers = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
+                 if p.name not in ("cli.py", "__main__.py") and re.search(r"pixelwise\.cli\b|from pixelwise import cli",
+                                                                          p.read_text())]
+    assert importers == []
