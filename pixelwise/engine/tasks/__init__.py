@@ -9,6 +9,7 @@ task module here and registering it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -106,14 +107,21 @@ def task_name(cfg, model: nn.Module | None = None) -> str:
 
 def build_task(cfg, model: nn.Module | None = None) -> Task:
     """The task of `model` (else of the registered cfg.model.name), checked against cfg.data.dataset's."""
-    from pixelwise.engine.tasks import instance, semantic  # noqa: F401  (register the tasks)
-
+    _load_tasks()
     name, data_task = task_name(cfg, model), dataset_entry(cfg.data.dataset).task
     if name != data_task:
-        instances = [d for d in list_datasets() if dataset_entry(d).task == "instance"]
-        if name == "instance":
-            raise TrainingError(f"model.name={cfg.model.name!r} detects object instances; data.dataset="
-                                f"{cfg.data.dataset!r} is semantic. Use one of {', '.join(instances)}")
-        raise TrainingError(f"data.dataset={cfg.data.dataset!r} holds object instances; model.name={cfg.model.name!r} "
-                            "is a semantic model. Use a Mask R-CNN model (see `pixelwise models`)")
+        fitting = [d for d in list_datasets() if dataset_entry(d).task == name]
+        raise TrainingError(f"model.name={cfg.model.name!r} is a {name} model but data.dataset={cfg.data.dataset!r} "
+                            f"holds {data_task} data; use a dataset of {name} models ({', '.join(fitting) or 'none'}) "
+                            f"or a {data_task} model (see `pixelwise models`)")
     return TASKS[name](cfg)
+
+
+@functools.cache
+def _load_tasks() -> None:
+    """Import every task module of this package once, so that each registers itself (a new family is one module)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
