@@ -70,8 +70,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """One line naming the datasets that were missing, what skipped for want of them, and how to point the tests
     at them."""
     if ON_SAMPLE:
-        terminalreporter.write_line("pixelwise: " + ", ".join(f"{n} tests ran on the bundled {SAMPLE_FOR[d]}" for d, n in
-                                                             sorted(ON_SAMPLE.items())) + " (the full dataset was not found)")
+        terminalreporter.write_line("pixelwise: the full dataset was not found, so " + ", ".join(
+            f"the bundled {SAMPLE_FOR[d]} stood in for {d} {n} times" for d, n in sorted(ON_SAMPLE.items()))
+            + " (a module's fixture counts once)")
     if MISSING:
         listed = ", ".join(f"{d} ({n})" for d, n in sorted(MISSING.items()))
         terminalreporter.write_line(

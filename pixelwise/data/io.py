@@ -77,9 +77,13 @@ def _too_large(what: str, width: int, height: int, bands: int, free: int | None 
 
 
 def _check_fits(img: Image.Image, what: str) -> None:
-    """Refuse, from its header, an image whose pixels cannot be held in the free memory."""
+    """Refuse, from its header, an image whose pixels cannot be held in the free memory. Every image and mask read
+    passes here (data loading's hot path): the free memory is asked only for images of 64 MB and more."""
+    need = img.width * img.height * len(img.getbands()) * _READ_BYTES
+    if need < 1 << 26:
+        return
     free = free_host_memory()
-    if free is not None and img.width * img.height * len(img.getbands()) * _READ_BYTES > free:
+    if free is not None and need > free:
         raise _too_large(what, img.width, img.height, len(img.getbands()), free)
 
 

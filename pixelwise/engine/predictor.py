@@ -237,8 +237,9 @@ class Predictor:
 
     def check_fits(self, channels: int, height: int, width: int, name: str = "the image") -> None:
         """Refuse, before anything is allocated, a whole-image pass that cannot fit in the device's free memory:
-        it needs at least the model's largest activation over the whole image (measured once on a small input)."""
-        if self.tile is not None:
+        it needs at least the model's largest activation over the whole image (measured once on a small input).
+        Images up to 1 M pixels are not checked: no extra forward pass for the small images of a validation."""
+        if self.tile is not None or height * width <= 1 << 20:
             return
         free = free_memory(self.device)
         if free is None:

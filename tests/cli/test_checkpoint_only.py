@@ -23,15 +23,19 @@ train: {{batch_size: 2, max_steps: 4, val_every: 2, lr: 0.01, optimizer: adam, t
 
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ckpt_only")
+def trained_run(tmp: Path, *train_args: str) -> Path:
+    """A folder dataset of disks in tmp/data, its recipe tmp/recipe.yaml and a tiny trained run in tmp/run."""
     write_split(tmp / "data" / "disks" / "train", Disks(6, seed=0))
     write_split(tmp / "data" / "disks" / "val", Disks(2, seed=1))
     recipe = tmp / "recipe.yaml"
     recipe.write_text(RECIPE.format(out=tmp / "run", root=tmp / "data"))
-    assert main(["train", str(recipe)]) == 0
+    assert main(["train", str(recipe), *train_args]) == 0
     return tmp
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory.mktemp("ckpt_only"))
 
 
 def test_eval_with_the_checkpoint_alone(run, capsys):

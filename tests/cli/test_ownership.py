@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_checkpoint_only import RECIPE  # noqa: E402
+from test_checkpoint_only import RECIPE, trained_run  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from synthetic import Disks, write_split  # noqa: E402
@@ -32,13 +32,7 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ownership")
-    write_split(tmp / "data" / "disks" / "train", Disks(6, seed=0))
-    write_split(tmp / "data" / "disks" / "val", Disks(2, seed=1))
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=tmp / "run", root=tmp / "data"))
-    assert main(["train", str(recipe), "--no-report"]) == 0
-    return tmp
+    return trained_run(tmp_path_factory.mktemp("ownership"), "--no-report")
 
 
 def test_train_refuses_a_folder_holding_a_finished_run(run, capsys):
