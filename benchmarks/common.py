@@ -40,7 +40,8 @@ def train_and_evaluate(cfg, model=None) -> tuple:
     import sys
     import time
 
-    from pixelwise.engine import build_inference, build_run, train
+    from pixelwise.engine import build_run, train
+    from pixelwise.inference import build_inference
     from pixelwise.engine.distributed import resolve_device
 
     state = train(cfg, model=model, progress=True)

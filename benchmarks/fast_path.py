@@ -99,8 +99,9 @@ def _scores(metrics: dict, recipe: str) -> str:
 
 
 def equal_time(args, tmp: Path) -> None:
-    from pixelwise.deploy.export import export
-    from pixelwise.engine import build_inference, train
+    from pixelwise.export import export
+    from pixelwise.engine import train
+    from pixelwise.inference import build_inference
     from pixelwise.engine.run import build_datasets
 
     def evaluate(checkpoint, overrides=(), runtime=None):

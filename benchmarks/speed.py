@@ -28,8 +28,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine_summary, replace_section, save_record  # noqa: E402
 
 import pixelwise  # noqa: E402
-from pixelwise.deploy.export import Normalized, _export_part, _instance_parts  # noqa: E402
-from pixelwise.deploy.runtime import RuntimeModule  # noqa: E402
+from pixelwise.export import _export_part  # noqa: E402
+from pixelwise.deploy.graph import RuntimeModule  # noqa: E402
+from pixelwise.engine.tasks.instance import InstanceTask  # noqa: E402
+from pixelwise.engine.tasks.semantic import Normalized  # noqa: E402
 from pixelwise.engine.precision import autocast, channels_last  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -163,16 +165,14 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
         images = [torch.rand(3, 480, 640), torch.rand(3, 427, 640)]
         what = "2 random images"
     print("mask_rcnn_r50_fpn: exporting ...", flush=True)
-    parts = _instance_parts(ours, {"tensor": images[0]})
-    from pixelwise.deploy.export import MASK_RCNN_PARTS
+    task = InstanceTask(None)  # its export parts and how they are put back need no config
+    parts = task.export_parts(ours, images[0])
 
     def runtime_model(runtime, precision="fp32"):
-        m = copy.deepcopy(ours)
-        for name in parts:
-            parent, _, leaf = MASK_RCNN_PARTS[name][0].rpartition(".")
-            setattr(m.get_submodule(parent), leaf, RuntimeModule(tmp / f"mrcnn.{name}.onnx", runtime,
-                                                                 precision=precision, structure=MASK_RCNN_PARTS[name][1]))
-        return m.eval()
+        def graph(name, **kwargs):
+            return RuntimeModule(tmp / f"mrcnn.{name}.onnx", runtime, precision=precision, **kwargs)
+
+        return task.exported_model(copy.deepcopy(ours), {n: {"structure": p[2]} for n, p in parts.items()}, graph).eval()
 
     for name, (module, args, structure, dims) in parts.items():
         _export_part(module, args, dims, "onnx", tmp / f"mrcnn.{name}.onnx", None)

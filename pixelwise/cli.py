@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from pixelwise.config import CONFIG_DIR, Config, ConfigError, bundled_recipes, load_config, resolve_config
+from pixelwise.deploy import runtimes
 from pixelwise.errors import OutputError, PixelwiseError
 
 DEMO_CONFIG = "unet_isbi2012_cpu"
@@ -62,7 +63,7 @@ def _load(args) -> Config:
 def _config_of_checkpoint(path: str, overrides: list[str]) -> Config:
     """The config a checkpoint was trained with, plus overrides (for `train --resume CKPT` alone)."""
     from pixelwise.engine.checkpoint import load_checkpoint
-    from pixelwise.engine.run import config_of_checkpoint
+    from pixelwise.inference import config_of_checkpoint
 
     # Mapped, not read: train() reads the checkpoint itself, once.
     return config_of_checkpoint(load_checkpoint(path, mmap=True), path, overrides)
@@ -70,7 +71,7 @@ def _config_of_checkpoint(path: str, overrides: list[str]) -> Config:
 
 def _inference(args):
     """Model, task and predictor of --checkpoint: with its own config, or with CONFIG's (checked against it)."""
-    from pixelwise.engine.run import build_inference
+    from pixelwise.inference import build_inference
 
     if args.config is None:
         inference = build_inference(args.checkpoint, overrides=args.override, runtime=args.runtime)
@@ -122,7 +123,7 @@ def cmd_train(args) -> int:
         print(f"final validation (step {state.step}):")
         _print_metrics(state.metrics)
     if not args.no_report and _is_main():
-        from pixelwise.engine.report import write_report
+        from pixelwise.report.run import write_report
 
         try:
             print(f"wrote {write_report([out], data_root=args.data_root)}")
@@ -132,7 +133,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pixelwise.engine.report import write_report
+    from pixelwise.report.run import write_report
 
     print(f"wrote {write_report(args.runs, args.out, data_root=args.data_root, examples=args.examples)}")
     return 0
@@ -216,7 +217,7 @@ def _split_predict_arguments(args) -> None:
 
 
 def cmd_predict(args) -> int:
-    from pixelwise.report.predictions import expand_inputs
+    from pixelwise.output.predictions import expand_inputs
 
     _split_predict_arguments(args)
     paths = expand_inputs(args.inputs)
@@ -228,7 +229,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pixelwise.deploy.export import export
+    from pixelwise.export import export
 
     report = export(args.checkpoint, args.format, args.out, image=args.image, overrides=args.override)
     print(f"checked with {report['runtime']} on {report['image']}: {report['summary']}")
@@ -277,43 +278,95 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixelwise", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"pixelwise {__import__('pixelwise').__version__}")
-    p.add_argument("--debug", action="store_true", help="show the traceback of errors too (or set PIXELWISE_DEBUG=1)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+OVERRIDE_HELP = "override any config field, e.g. -o train.lr=1e-3 -o model.args.base_width=32"
+DATA_ROOT_HELP = "folder holding the datasets (else $PIXELWISE_DATA, else ~/.cache/pixelwise/data)"
 
-    def common(sp, config: str | None = "required"):
-        if config == "required":
-            sp.add_argument("config", metavar="CONFIG", help="recipe YAML file, or a bundled recipe name (pixelwise recipes)")
-        elif config is not None:
-            sp.add_argument("config", metavar="CONFIG", nargs="?", help=config)
-        sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. -o train.lr=1e-3 -o model.args.base_width=32")
-        sp.add_argument("--data-root", help="folder holding the datasets (else $PIXELWISE_DATA, else ~/.cache/pixelwise/data)")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    def trust(sp):
-        sp.add_argument("--trust-checkpoint", action="store_true", help=(
-            "also read the checkpoint named by --checkpoint / --resume (that file only) when it holds pickled Python "
-            "objects. Without it only tensors and plain values are read, since unpickling can run arbitrary code: use "
-            "it only for files you made or trust (for example checkpoints of pixelwise 0.1 with extra objects)"))
+def _join(items: list[str], last: str = "or") -> str:
+    """'a, b or c'."""
+    return f"{', '.join(items[:-1])} {last} {items[-1]}" if len(items) > 1 else "".join(items)
 
-    ckpt_help = ("checkpoint to use: a run's best.pt (best validation score) or last.pt (latest step), or a model "
-                 "written by pixelwise export (.onnx, .xml, .pt2)")
 
-    def runtime(sp):
-        sp.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), help=(
-            "what runs the model: torch (checkpoints and .pt2), onnxruntime (.onnx) or openvino (.onnx, .xml); "
-            "default: the file's own. Tiling, TTA and outputs are the same; -o infer.precision=bf16 runs OpenVINO "
-            "in bf16. onnxruntime and openvino come with pip install 'pixelwise[deploy]'"))
+def _suffixes() -> list[str]:
+    """The file suffixes of the export formats."""
+    return [f.suffix for f in runtimes.FORMATS.values()]
+
+
+def _deploy_runtimes() -> list[str]:
+    """The runtimes that need the deployment extra."""
+    return [name for name, r in runtimes.RUNTIMES.items() if r.packages]
+
+
+def _runtime_files(name: str, runtime) -> str:
+    """A runtime and what it runs, e.g. 'torch (checkpoints, .pt2)'."""
+    files = ["checkpoints"] if runtimes.CHECKPOINT in runtime.formats else []
+    files += [f.suffix for f in runtimes.FORMATS.values() if f.name in runtime.formats]
+    return f"{name} ({', '.join(files)})" if files else name
+
+
+def _runtime_help() -> str:
+    """Help of --runtime: each runtime with the files it runs, its precisions beyond fp32 and the extra needed."""
+    names = [_runtime_files(name, r) for name, r in runtimes.RUNTIMES.items()]
+    text = f"what runs the model: {_join(names)}; default: the file's own. Tiling, TTA and outputs are the same"
+    precisions = dict.fromkeys(p for r in runtimes.RUNTIMES.values() for p in r.precisions if p != "fp32")
+    for p in precisions:
+        titles = [r.title for r in runtimes.RUNTIMES.values() if p in r.precisions]
+        text += f"; -o infer.precision={p} runs {_join(titles)} in {p}"
+    extra = _deploy_runtimes()
+    if extra:
+        text += f". {_join(extra, 'and')} {'come' if len(extra) > 1 else 'comes'} with {runtimes.EXTRA}"
+    return text
+
+
+def _config_arg(sp, help: str) -> None:
+    sp.add_argument("config", metavar="CONFIG", nargs="?", help=help)
+
+
+def _overrides(sp, help: str = OVERRIDE_HELP) -> None:
+    sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _data_root(sp, help: str = DATA_ROOT_HELP) -> None:
+    sp.add_argument("--data-root", help=help)
+
+
+def _hidden_debug(sp) -> None:
+    """--debug after the command as well as before it."""
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _common(sp) -> None:
+    """-o, --data-root and --debug."""
+    _overrides(sp)
+    _data_root(sp)
+    _hidden_debug(sp)
+
+
+def _checkpoint(sp, help: str | None = None) -> None:
+    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=help or (
+        "checkpoint to use: a run's best.pt (best validation score) or last.pt (latest step), or a model written by "
+        f"pixelwise export ({', '.join(_suffixes())})"))
+
+
+def _runtime(sp) -> None:
+    sp.add_argument("--runtime", choices=tuple(runtimes.RUNTIMES), help=_runtime_help())
+
+
+def _trust(sp) -> None:
+    sp.add_argument("--trust-checkpoint", action="store_true", help=(
+        "also read the checkpoint named by --checkpoint / --resume (that file only) when it holds pickled Python "
+        "objects. Without it only tensors and plain values are read, since unpickling can run arbitrary code: use "
+        "it only for files you made or trust (for example checkpoints of pixelwise 0.1 with extra objects)"))
+
+
+def _train_parser(sub) -> None:
     sp = sub.add_parser("train", help="train a model from a recipe", description=(
         "Train a model as the recipe says. Writes config.yaml, log.csv, tensorboard/, last.pt and best.pt "
         "to output_dir (locked while the run goes on). Ctrl-C or SIGTERM saves last.pt before exiting, and so "
         "does an error; --resume continues exactly, with the config stored in the checkpoint."),
         epilog="bundled recipes: " + ", ".join(p.stem for p in bundled_recipes()))
-    common(sp, config="recipe YAML file or bundled recipe name; with --resume it may be left out")
+    _config_arg(sp, "recipe YAML file or bundled recipe name; with --resume it may be left out")
+    _common(sp)
     sp.add_argument("--resume", metavar="CKPT", help=(
         "continue from a run's last.pt exactly where it stopped; -o may change only settings that keep the run the "
         "same (max_steps, time_limit, lr, logging, device, infer.*)"))
@@ -322,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         "start over in an output_dir that holds another run, replacing that run's files (config.yaml, log.csv, "
         "last.pt, best.pt, ...; it says which). Without it such a folder is refused"))
     sp.add_argument("--no-report", action="store_true", help="do not write OUTPUT_DIR/report.html at the end")
-    trust(sp)
+    _trust(sp)
     sp.set_defaults(fn=cmd_train)
 
+
+def _eval_parser(sub) -> None:
     sp = sub.add_parser("eval", help="evaluate a checkpoint and write metrics.json", description=(
         "Evaluate a checkpoint on the validation split: pixel accuracy, mean accuracy, mean IoU, "
         "frequency-weighted IoU (FCN section 5), per-class IoU and Dice with class names; on ISBI 2012 also the "
@@ -332,17 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
         "mask AP (bbox_AP, segm_AP, AP50, AP75, APs/m/l, AR). Writes JSON. The checkpoint holds the config it was "
         "trained with, so CONFIG may be left out; given, it must agree with the checkpoint on the model and the "
         "input normalisation."))
-    common(sp, config="recipe YAML file or bundled recipe name (default: the config stored in the checkpoint)")
-    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=ckpt_help)
+    _config_arg(sp, "recipe YAML file or bundled recipe name (default: the config stored in the checkpoint)")
+    _common(sp)
+    _checkpoint(sp)
     sp.add_argument("--split", default="val", metavar="SPLIT", help=(
         "train or val (the recipe's data.train_split / data.val_split), or any split of the dataset: test for "
         "CamVid and VOC lists, a slice list such as 25-29 for ISBI 2012 (default val)"))
     sp.add_argument("--out", help="metrics file (default OUTPUT_DIR/metrics.json)")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
-    runtime(sp)
-    trust(sp)
+    _runtime(sp)
+    _trust(sp)
     sp.set_defaults(fn=cmd_eval)
 
+
+def _predict_parser(sub) -> None:
     sp = sub.add_parser("predict", help="segment images and write index PNGs and overlays",
                         usage="pixelwise predict [CONFIG] --checkpoint CKPT INPUTS... --out DIR [options]", description=(
         "Segment image files (or folders of images) with a checkpoint: writes <name>.png (class indices with a "
@@ -352,17 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
         "<name>.json (every detection: label, class, score, box, COCO RLE mask), <name>_instances.png (16-bit ids of "
         "the detections scoring at least infer.score_threshold) and <name>_overlay.png (with class names and scores). "
         "CONFIG may be left out: the checkpoint holds the config it was trained with."))
-    common(sp, config=None)
-    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help=ckpt_help)
+    _common(sp)
+    _checkpoint(sp)
     sp.add_argument("inputs", nargs="+", metavar="INPUTS", help=(
         "an optional recipe (a .yaml file or bundled recipe name; default: the checkpoint's own config), then image "
         "files or folders"))
     sp.add_argument("--out", required=True, metavar="DIR", help="output folder")
     sp.add_argument("--output-dir", help=argparse.SUPPRESS)
-    runtime(sp)
-    trust(sp)
+    _runtime(sp)
+    _trust(sp)
     sp.set_defaults(fn=cmd_predict)
 
+
+def _export_parser(sub) -> None:
     sp = sub.add_parser("export", help="export a checkpoint to ONNX, OpenVINO or torch.export, checked on a real image",
                         description=(
         "Write a checkpoint as an ONNX, OpenVINO (.xml + .bin) or torch.export (.pt2) model holding its config and "
@@ -371,17 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(backbone, rpn_head, box_head, mask_head, res5 for C4; STEM.PART.SUFFIX beside --out), with resizing, "
         "anchors, NMS, RoI pooling and mask pasting in PyTorch. The exported model is then run on a real image beside "
         "PyTorch and nothing is written if they disagree. Use the file with eval / predict --checkpoint FILE "
-        "[--runtime onnxruntime|openvino]."))
-    sp.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run's best.pt or last.pt")
-    sp.add_argument("--format", required=True, choices=("onnx", "openvino", "torch-export"), help="what to write")
-    sp.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, .xml or .pt2); never overwritten")
+        f"[--runtime {'|'.join(_deploy_runtimes())}]."))
+    _checkpoint(sp, help="a run's best.pt or last.pt")
+    sp.add_argument("--format", required=True, choices=tuple(runtimes.FORMATS), help="what to write")
+    sp.add_argument("--out", required=True, metavar="FILE",
+                    help=f"file to write ({_join(_suffixes())}); never overwritten")
     sp.add_argument("--image", metavar="FILE", help="image to check the export on (default: the recipe's first "
                                                     "validation image)")
-    sp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of the checkpoint's config, e.g. -o data.root=DIR")
-    trust(sp)
+    _overrides(sp, help="override a field of the checkpoint's config, e.g. -o data.root=DIR")
+    _trust(sp)
     sp.set_defaults(fn=cmd_export)
 
+
+def _report_parser(sub) -> None:
     sp = sub.add_parser("report", help="write one self-contained HTML page of one or more run folders",
                         description=(
         "Write an HTML report of training runs that opens offline (plots and images embedded, no scripts): the "
@@ -396,10 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         "only if it is a pixelwise report"))
     sp.add_argument("--examples", type=int, default=2, metavar="N", help=(
         "best and worst N validation images (instance runs: the first 2N); 0 for none (default 2)"))
-    sp.add_argument("--data-root", help="folder holding the datasets (else the run's data.root, else $PIXELWISE_DATA)")
-    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _data_root(sp, help="folder holding the datasets (else the run's data.root, else $PIXELWISE_DATA)")
+    _hidden_debug(sp)
     sp.set_defaults(fn=cmd_report)
 
+
+def _reproduce_parser(sub) -> None:
     sp = sub.add_parser("reproduce", help="re-run a paper's ablation on the bundled data and summarise it",
                         description=(
         "Re-run one of the papers' ablations: a set of runs (a bundled recipe plus overrides), each trained for the "
@@ -413,29 +477,50 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "experiment's; staged stages get their share)")
     sp.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per run (default 1)")
     sp.add_argument("--out", default="reproduce", metavar="DIR", help="folder of the experiments (default reproduce)")
-    common(sp, config=None)  # -o applies to every run
+    _common(sp)  # -o applies to every run
     sp.set_defaults(fn=cmd_reproduce)
 
+
+def _models_parser(sub) -> None:
     sp = sub.add_parser("models", help="list registered models, or show one model's arguments",
                         description="List the registered models; with a NAME, show the builder's arguments and defaults.")
     sp.add_argument("name", nargs="?", metavar="NAME")
     sp.set_defaults(fn=cmd_models)
 
+
+def _recipes_parser(sub) -> None:
     sp = sub.add_parser("recipes", help="list the bundled recipes (names usable as CONFIG)",
                         description="List the recipes shipped with pixelwise, with the first line of each file's header.")
     sp.set_defaults(fn=cmd_recipes)
 
+
+def _demo_parser(sub) -> None:
     sp = sub.add_parser("demo", help="train, evaluate and predict a U-Net on ISBI 2012 on the CPU (about 6 min)",
                         description=(f"Train the CPU recipe {DEMO_CONFIG} on ISBI 2012 slices 0-24, evaluate "
                                      "on slices 25-29, predict them, and write a run folder with metrics, overlays and "
                                      "curves. Where the dataset is not found, it runs on the small sample bundled "
                                      "with pixelwise (12 slices, about 4 min) and says so."))
-    common(sp, config=None)
+    _common(sp)
     sp.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
     sp.add_argument("--sample", action="store_true", help=(
         "run on the small ISBI 2012 sample bundled with pixelwise even where the full dataset is found (it is used "
         "anyway when the full dataset is not found)"))
     sp.set_defaults(fn=cmd_demo)
+
+
+_COMMAND_PARSERS = (_train_parser, _eval_parser, _predict_parser, _export_parser, _report_parser, _reproduce_parser,
+            _models_parser, _recipes_parser, _demo_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `pixelwise` parser: global options and one subparser per command."""
+    p = argparse.ArgumentParser(prog="pixelwise", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"pixelwise {__import__('pixelwise').__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of errors too (or set PIXELWISE_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in _COMMAND_PARSERS:
+        add_parser(sub)
     return p
 
 

@@ -92,8 +92,8 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 1  # micro-batches per optimizer step (FCN: 20 whole images of different sizes, one at a time)
     grad_clip: Optional[float] = None  # max global gradient norm
-    # The fast path (issue 12): autocast to bf16 (CPU with avx512_bf16, or GPU) or fp16 (GPU, with a
-    # GradScaler); losses, metrics, weights and BatchNorm statistics stay fp32. Was train.amp (none = fp32).
+    # The fast path: autocast to bf16 (CPU with avx512_bf16, or GPU) or fp16 (GPU, with a GradScaler); losses,
+    # metrics, weights and BatchNorm statistics stay fp32. Configs with the old key train.amp are read (_RENAMED).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False  # NHWC memory format for the model and its inputs
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
@@ -341,7 +341,7 @@ def _number_checks(cfg: Config) -> list[tuple[str, Any, bool, str]]:
     def opt(v, ok) -> bool:
         return v is None or ok(v)
 
-    pos, nonneg = (lambda v: v > 0), (lambda v: v >= 0)
+    pos = lambda v: v > 0  # noqa: E731
     unit = lambda v: 0 <= v <= 1  # noqa: E731
     finite_list = lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
                                                          and math.isfinite(x) and x >= 0 for x in v)

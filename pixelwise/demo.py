@@ -6,11 +6,12 @@ from pathlib import Path
 
 from pixelwise.config import Config
 from pixelwise.errors import OutputError
-from pixelwise.engine.run import build_datasets, build_inference
+from pixelwise.engine.run import build_datasets
+from pixelwise.inference import build_inference
 from pixelwise.engine.trainer import RUN_FILES, train
 from pixelwise.files import write_json
-from pixelwise.report.predictions import predict_to_folder
-from pixelwise.report.visualize import plot_curves
+from pixelwise.output.predictions import predict_to_folder
+from pixelwise.output.visualize import plot_curves
 
 
 DEMO_MARK = ".pixelwise-demo"  # in a demo's run folder: running the demo again may replace that run
@@ -44,15 +45,14 @@ GET_DATA = ("to run it on the full dataset, download train-volume.tif and train-
 def demo_config(recipe: Path, overrides, *, data_root: str | None, out: str, sample: bool = False) -> tuple[Config, str | None]:
     """The demo's config, on the bundled sample (with a note saying so) when asked or when ISBI 2012 is not found."""
     from pixelwise.config import ConfigError, load_config
-    from pixelwise.data import dataset_entry
     from pixelwise.data.paths import dataset_dir
     from pixelwise.errors import DatasetNotFoundError
+    from pixelwise.engine.tasks import build_task
     from pixelwise.metrics import ISBI_METRICS
-    from pixelwise.registry import model_task
 
     cfg = load_config(recipe, overrides)
-    # The demo's summary explains the ISBI challenge scores of a semantic model.
-    if not set(ISBI_METRICS) <= set(dataset_entry(cfg.data.dataset).metrics) or model_task(cfg.model.name) != "semantic":
+    # The demo's summary explains the ISBI challenge scores, which only a model scored on ISBI 2012 reports.
+    if not set(ISBI_METRICS) <= set(build_task(cfg).metric_names(cfg.data.dataset)):
         raise ConfigError(f"pixelwise demo trains a U-Net on ISBI 2012 (data.dataset={cfg.data.dataset!r}, "
                           f"model.name={cfg.model.name!r} given); use pixelwise train for other datasets and models")
     if data_root:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 _MODELS: dict[str, Callable[..., "nn.Module"]] = {}
-_TASKS: dict[str, str] = {}  # model name -> its task's name (pixelwise.engine.tasks)
+_MODEL_TASKS: dict[str, str] = {}  # model name -> its task's name (pixelwise.engine.tasks)
 
 
 def register_model(fn: Callable[..., "nn.Module"] | None = None, *, task: str = "semantic"):
@@ -26,7 +26,7 @@ def register_model(fn: Callable[..., "nn.Module"] | None = None, *, task: str = 
     def register(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
         if fn.__name__ in _MODELS:
             raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _MODELS[fn.__name__], _TASKS[fn.__name__] = fn, task
+        _MODELS[fn.__name__], _MODEL_TASKS[fn.__name__] = fn, task
         return fn
     return register(fn) if fn is not None else register
 
@@ -69,7 +69,7 @@ def create_model(name: str, **kwargs) -> "nn.Module":
 def model_task(name: str) -> str:
     """The task a registered model performs: "semantic" (per-pixel classes) or "instance" (Mask R-CNN)."""
     _builder(name)
-    return _TASKS[name]
+    return _MODEL_TASKS[name]
 
 
 def model_arguments(name: str) -> dict[str, object]:

@@ -25,7 +25,8 @@ FAST = ("train.precision=bf16", "train.channels_last=true")
 
 
 @dataclass(frozen=True)
-class Run:
+class Planned:
+    """One run an experiment plans: a recipe with overrides, its share of the budget, the paper's figure."""
     name: str
     recipe: str
     overrides: tuple[str, ...] = ()
@@ -49,7 +50,7 @@ class Experiment:
     source: str  # where the paper says it
     metric: str
     budget: float  # default seconds per run (share 1)
-    runs: tuple[Run, ...]
+    runs: tuple[Planned, ...]
     claims: tuple[Claim, ...]
     overrides: tuple[str, ...] = ()  # every run's
     notes: str = ""
@@ -67,22 +68,22 @@ def _fcn(model: str) -> tuple[str, ...]:
 TWO_CLASSES = ("data.dataset=isbi_instances_by_size", "model.num_classes=2")
 
 
-def _mrcnn(name: str, *overrides: str, paper: str) -> Run:
-    return Run(name, "mask_rcnn_r18_fpn_isbi_cpu", overrides, paper=paper)
+def _mrcnn(name: str, *overrides: str, paper: str) -> Planned:
+    return Planned(name, "mask_rcnn_r18_fpn_isbi_cpu", overrides, paper=paper)
 
 
 EXPERIMENTS = {e.name: e for e in (
     Experiment(
         "fcn-skips", "FCN-32s / 16s / 8s at equal time on CamVid, at once and staged",
         "FCN (Long et al. 2015) section 4.2 and Table 2: VOC2011 val mean IU 59.4 / 62.4 / 62.7", "miou", 120,
-        runs=(Run("FCN-32s", "fcn8s_camvid_cpu", _fcn("fcn32s"), paper="59.4"),
-              Run("FCN-16s", "fcn8s_camvid_cpu", _fcn("fcn16s"), paper="62.4"),
-              Run("FCN-8s", "fcn8s_camvid_cpu", _fcn("fcn8s"), paper="62.7"),
+        runs=(Planned("FCN-32s", "fcn8s_camvid_cpu", _fcn("fcn32s"), paper="59.4"),
+              Planned("FCN-16s", "fcn8s_camvid_cpu", _fcn("fcn16s"), paper="62.4"),
+              Planned("FCN-8s", "fcn8s_camvid_cpu", _fcn("fcn8s"), paper="62.7"),
               # Staged (section 4.2): each net starts from the coarser one, the learning rate divided by 100.
-              Run("FCN-32s staged", "fcn8s_camvid_cpu", _fcn("fcn32s"), share=1 / 3, paper="59.4"),
-              Run("FCN-16s staged", "fcn8s_camvid_cpu", (*_fcn("fcn16s"), "train.lr=1e-5"), share=1 / 3,
+              Planned("FCN-32s staged", "fcn8s_camvid_cpu", _fcn("fcn32s"), share=1 / 3, paper="59.4"),
+              Planned("FCN-16s staged", "fcn8s_camvid_cpu", (*_fcn("fcn16s"), "train.lr=1e-5"), share=1 / 3,
                   init_from="FCN-32s staged", paper="62.4"),
-              Run("FCN-8s staged", "fcn8s_camvid_cpu", (*_fcn("fcn8s"), "train.lr=1e-7"), share=1 / 3,
+              Planned("FCN-8s staged", "fcn8s_camvid_cpu", (*_fcn("fcn8s"), "train.lr=1e-7"), share=1 / 3,
                   init_from="FCN-16s staged", paper="62.7")),
         claims=(Claim("FCN-16s", "FCN-32s", "62.4 vs 59.4"), Claim("FCN-8s", "FCN-16s", "62.7 vs 62.4"),
                 Claim("FCN-16s staged", "FCN-32s staged", "62.4 vs 59.4"),
@@ -94,9 +95,9 @@ EXPERIMENTS = {e.name: e for e in (
         "fcn-loss-sampling", "Whole-image training vs loss sampling, against wall-clock time",
         "FCN section 4.3 and Fig. 5: sampling the loss (p = 0.5, 0.25) does not converge faster in time than whole "
         "images; whole-image training is as effective and more efficient", "miou", 150,
-        runs=(Run("whole image", "fcn8s_camvid_cpu", paper="baseline"),
-              Run("p = 0.5", "fcn8s_camvid_cpu", ("train.loss_sampling_p=0.5",), paper="no faster in time"),
-              Run("p = 0.25", "fcn8s_camvid_cpu", ("train.loss_sampling_p=0.25",), paper="no faster in time")),
+        runs=(Planned("whole image", "fcn8s_camvid_cpu", paper="baseline"),
+              Planned("p = 0.5", "fcn8s_camvid_cpu", ("train.loss_sampling_p=0.5",), paper="no faster in time"),
+              Planned("p = 0.25", "fcn8s_camvid_cpu", ("train.loss_sampling_p=0.25",), paper="no faster in time")),
         claims=(Claim("whole image", "p = 0.5", "equal or better at equal time"),
                 Claim("whole image", "p = 0.25", "equal or better at equal time")),
         overrides=("train.val_every=100",),
@@ -125,9 +126,9 @@ EXPERIMENTS = {e.name: e for e in (
         "U-Net (Ronneberger et al. 2015) section 3: the weight map (w0 = 10, sigma = 5) makes the network learn the "
         "borders between touching cells; valid convolutions with overlap-tile inference give seamless maps",
         "adapted_rand_error", 120,
-        runs=(Run("valid, no weight map", "unet_isbi2012_cpu", ("data.weight_map=false",), paper="recipe"),
-              Run("valid, weight map", "unet_isbi2012_cpu", ("data.weight_map=true",), paper="better borders"),
-              Run("padded, no weight map", "unet_isbi2012_cpu", ("data.weight_map=false", "model.args.padding=true"),
+        runs=(Planned("valid, no weight map", "unet_isbi2012_cpu", ("data.weight_map=false",), paper="recipe"),
+              Planned("valid, weight map", "unet_isbi2012_cpu", ("data.weight_map=true",), paper="better borders"),
+              Planned("padded, no weight map", "unet_isbi2012_cpu", ("data.weight_map=false", "model.args.padding=true"),
                   paper="(not in the paper)")),
         claims=(Claim("valid, weight map", "valid, no weight map", "weight map separates touching cells"),
                 Claim("valid, no weight map", "padded, no weight map", "overlap-tile: no border artefacts")),
@@ -138,10 +139,10 @@ EXPERIMENTS = {e.name: e for e in (
         "tiramisu-vs-fcn", "FC-DenseNet56 / 67 / 103 vs FCN-8s at equal time on CamVid, with parameter counts",
         "FC-DenseNet (Jegou et al. 2017) Table 2: CamVid test mean IoU 58.9 / 60.1 / 66.9 (1.5 M / 3.5 M / 9.4 M "
         "parameters) vs FCN-8s 57.0 (134 M)", "miou", 150,
-        runs=(Run("FC-DenseNet56", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet56",), paper="58.9"),
-              Run("FC-DenseNet67", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet67",), paper="60.1"),
-              Run("FC-DenseNet103", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet103",), paper="66.9"),
-              Run("FCN-8s", "fcn8s_camvid_cpu", paper="57.0")),
+        runs=(Planned("FC-DenseNet56", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet56",), paper="58.9"),
+              Planned("FC-DenseNet67", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet67",), paper="60.1"),
+              Planned("FC-DenseNet103", "fc_densenet56_camvid_cpu", ("model.name=fc_densenet103",), paper="66.9"),
+              Planned("FCN-8s", "fcn8s_camvid_cpu", paper="57.0")),
         claims=(Claim("FC-DenseNet103", "FCN-8s", "66.9 vs 57.0"), Claim("FC-DenseNet56", "FCN-8s", "58.9 vs 57.0"),
                 Claim("FC-DenseNet103", "FC-DenseNet56", "66.9 vs 58.9")),
         notes="From scratch at equal time: the paper trains for hundreds of epochs on a GPU; a few minutes on two cores "
@@ -172,7 +173,7 @@ def listing() -> str:
     return "\n".join(lines)
 
 
-def _config(exp: Experiment, run: Run, folder: Path, seed: int, budget: float, overrides: Sequence[str],
+def _config(exp: Experiment, run: Planned, folder: Path, seed: int, budget: float, overrides: Sequence[str],
             init_from: Path | None):
     from pixelwise.config import resolve_config
     from pixelwise.config import load_config
@@ -225,7 +226,7 @@ def reproduce(name: str, *, out="reproduce", budget: float | None = None, seeds:
     write_json(root / "summary.json", summary, what="experiment summary")
     write_text(root / "summary.md", summary_markdown(summary), what="experiment summary")
     if report:
-        from pixelwise.engine.report import write_report
+        from pixelwise.report.run import write_report
 
         dirs = [root / slug(r.name) / "seed0" for r in exp.runs]
         summary["report"] = str(write_report(dirs, root / "report.html", data_root=data_root, title=exp.title,
@@ -251,7 +252,7 @@ def _check_summary_files(root: Path, name: str, report: bool) -> None:
     ours(root / "summary.json", lambda text: json.loads(text).get("experiment") == name)
     ours(root / "summary.md", lambda text: text.startswith(f"# {name}: "))
     if report:
-        from pixelwise.engine.report import check_report_path
+        from pixelwise.report.run import check_report_path
 
         check_report_path(root / "report.html")
 

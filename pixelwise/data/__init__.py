@@ -76,8 +76,3 @@ def check_data_settings(data_cfg) -> None:
             raise ConfigError(f"data.{key}={value!r} is read only by the {' and '.join(users)} dataset"
                               f"{'s' if len(users) > 1 else ''}; data.dataset={data_cfg.dataset!r} would ignore it. "
                               "Remove the setting")
-    if entry.task == "instance" and data_cfg.weight_map:
-        raise ConfigError(f"data.weight_map=true is for semantic models; {data_cfg.dataset!r} is an instance dataset")
-    if entry.task == "instance" and (data_cfg.mean != defaults.mean or data_cfg.std != defaults.std):
-        raise ConfigError(f"data.mean / data.std are not used with the instance dataset {data_cfg.dataset!r}: Mask "
-                          "R-CNN normalises its input inside the model, with ImageNet's mean and std; remove them")

@@ -28,7 +28,7 @@ from pixelwise.data.io import DataError, _open
 from pixelwise.data.paths import dataset_dir, sample_dir
 from pixelwise.data.registry import register_dataset
 
-__all__ = ["CocoInstances", "decode_segmentation", "instance_fields"]
+__all__ = ["CocoInstances", "instance_fields"]
 
 _MIN_POLYGON_AREA = 1e-6  # square pixels; below this a polygon is taken as collinear points
 
@@ -43,12 +43,8 @@ def instance_fields(sample: tuple[Any, dict]) -> tuple[torch.Tensor, ...]:
     return tuple(target[k] for k in ("labels", "iscrowd", "area", "ann_ids") if k in target)
 
 
-def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation (polygons, uncompressed RLE or compressed RLE) -> (H, W) uint8 {0, 1}."""
-    return mask_utils.decode(_to_rle(segmentation, height, width))
-
-
 def _to_rle(segmentation: list | dict, height: int, width: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed RLE or compressed RLE) -> compressed RLE, for mask_utils.decode."""
     if isinstance(segmentation, list):  # polygons: one or more parts of one object
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation["counts"], list):  # uncompressed RLE
@@ -142,17 +138,7 @@ class CocoInstances(torch.utils.data.Dataset):
             raise DataError(f"COCO annotation file {str(self.annotation_file)!r} does not exist")
         if not self.image_dir.is_dir():
             raise DataError(f"COCO image folder {str(self.image_dir)!r} does not exist")
-        try:
-            with open(self.annotation_file) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"COCO annotation file {str(self.annotation_file)!r} is not valid JSON: {e}") from None
-        missing = [k for k in ("images", "annotations", "categories") if k not in data]
-        if missing:
-            raise DataError(
-                f"COCO annotation file {str(self.annotation_file)!r} has no {missing} key(s); expected an instances"
-                " JSON with images, annotations and categories"
-            )
+        data = self._read_json()
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids: dict[int, int] = {k: c["id"] for k, c in enumerate(categories, start=1)}
         self.class_names: list[str] = ["__background__"] + [c["name"] for c in categories]
@@ -185,10 +171,33 @@ class CocoInstances(torch.utils.data.Dataset):
                 " relative to?"
             )
 
+        self._annotations = self._group(data["annotations"], images, label_of, drop_crowd, skip_invalid)
+        self.boxes_from_masks = boxes_from_masks
+        self.transforms = transforms
+
+    def _read_json(self) -> dict:
+        """The annotation file, checked to be an instances JSON."""
+        try:
+            with open(self.annotation_file) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"COCO annotation file {str(self.annotation_file)!r} is not valid JSON: {e}") from None
+        missing = [k for k in ("images", "annotations", "categories") if k not in data]
+        if missing:
+            raise DataError(
+                f"COCO annotation file {str(self.annotation_file)!r} has no {missing} key(s); expected an instances"
+                " JSON with images, annotations and categories"
+            )
+        return data
+
+    def _group(self, annotations: list, images: dict, label_of: dict[int, int], drop_crowd: bool,
+               skip_invalid: bool) -> dict[int, list[dict]]:
+        """The valid annotations of the wanted images, by image id; invalid ones are refused, or skipped and
+        listed in self.skipped."""
         wanted = set(self.image_ids)
         by_image: dict[int, list[dict]] = defaultdict(list)
         self.skipped: list[str] = []  # why each dropped annotation was invalid (skip_invalid=True)
-        for ann in data["annotations"]:
+        for ann in annotations:
             image_id = ann.get("image_id")
             if image_id not in images:
                 raise DataError(
@@ -217,11 +226,9 @@ class CocoInstances(torch.utils.data.Dataset):
             warnings.warn(
                 f"CocoInstances: skipped {len(self.skipped)} invalid annotation(s) of {str(self.annotation_file)!r};"
                 f" first: {self.skipped[0]}",
-                stacklevel=2,
+                stacklevel=3,  # the caller of __init__
             )
-        self._annotations = by_image
-        self.boxes_from_masks = boxes_from_masks
-        self.transforms = transforms
+        return by_image
 
     def _record(self, ann: dict, image: dict, label_of: dict[int, int]) -> tuple[dict, str | None]:
         h, w = int(image["height"]), int(image["width"])

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
 from PIL import Image, ImageOps
 
 from pixelwise.errors import DataError

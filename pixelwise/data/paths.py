@@ -48,7 +48,7 @@ _LAYOUTS = {
         "your own data",
     ),
 }
-# ISBIInstances reads slice files (pixelwise/data/isbi_instances.py): the PNG layout only, for now.
+# ISBIInstances reads slice files (pixelwise/data/isbi_instances.py): the PNG layout only, not the TIFF volumes.
 _LAYOUTS["isbi_instances"] = _LAYOUTS["isbi_instances_by_size"] = (
     f"one PNG per slice, {_ISBI_PNGS} (the official multi-page TIFFs are read by data.dataset=isbi2012, not yet by"
     " the instance datasets)",

@@ -17,7 +17,6 @@ from torchvision.transforms.v2.functional import is_pure_tensor
 
 from pixelwise.config import DataConfig
 from pixelwise.errors import ConfigError
-from pixelwise.data.registry import dataset_entry
 
 __all__ = [
     "ElasticDeformation",
@@ -27,6 +26,7 @@ __all__ = [
     "MirrorPad",
     "Normalize",
     "build_transforms",
+    "instance_transforms",
 ]
 
 
@@ -252,8 +252,6 @@ def build_transforms(
     on each side): the image is then mirror-extended by `context` before the crop.
     """
     aug = data_cfg.augment
-    if dataset_entry(data_cfg.dataset).task == "instance":
-        return _instance_transforms(data_cfg, train=train)
     crop_size = crop_size or aug.crop_size
     steps: list[v2.Transform] = []
     if train:
@@ -276,7 +274,7 @@ def build_transforms(
     return v2.Compose(steps)
 
 
-def _instance_transforms(data_cfg: DataConfig, *, train: bool) -> Callable:
+def instance_transforms(data_cfg: DataConfig, *, train: bool) -> Callable:
     """Flips that move boxes and masks with the image (Detectron trains Mask R-CNN with horizontal flips
     only). No normalisation: Mask R-CNN normalises and resizes inside the model."""
     aug = data_cfg.augment

@@ -101,42 +101,56 @@ class Checkpointer:
         self.trainer, self.saved_step = weakref.proxy(trainer), -1  # a proxy: no cycle with the trainer
         self.failure: str | None = None  # why the latest last.pt could not be written
 
-    def save(self, name: str, *, pending_validation: bool = False) -> bool:
-        """False when the weights are not finite (nothing is written); an OutputError when the file cannot be."""
-        t = self.trainer
-        state = t.state
-        if name == "last.pt":
-            if self.saved_step == state.step and not pending_validation:
-                return True
-            self.saved_step = state.step
+    def save_last(self, *, pending_validation: bool = False) -> bool:
+        """last.pt: the weights with the optimizer, scheduler, scaler, RNG and clock, for an exact --resume (once per
+        step unless a validation is pending). False when the weights are not finite (nothing is written); an
+        OutputError when the file cannot be written."""
+        t, state = self.trainer, self.trainer.state
+        if self.saved_step == state.step and not pending_validation:
+            return True
+        self.saved_step = state.step
         if not t.info.is_main:
             return True
+        entry = self._entry()
+        if entry is None:
+            self.failure = "the weights are not finite"
+            return False
+        entry.update(optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+                     scaler=t.scaler.state_dict(), rng=rng_state(), elapsed=t.clock.elapsed(),
+                     validate_first=pending_validation)
+        try:
+            save_checkpoint(entry, t.out / "last.pt")
+        except PixelwiseError as e:
+            self.saved_step, self.failure = -1, str(e)
+            raise
+        state.last_good, state.last_good_step, self.failure = t.out / "last.pt", state.step, None  # once on disk
+        return True
+
+    def save_best(self) -> bool:
+        """best.pt: what inference needs (weights, config, class names). False when the weights are not finite."""
+        t = self.trainer
+        if not t.info.is_main:
+            return True
+        entry = self._entry()
+        if entry is None:
+            return False
+        save_checkpoint(entry, t.out / "best.pt")
+        return True
+
+    def _entry(self) -> dict | None:
+        """What both checkpoints hold, None when the weights are not finite."""
+        t, state = self.trainer, self.trainer.state
         weights = t.model.state_dict()
         if non_finite(weights):
-            if name == "last.pt":
-                self.failure = "the weights are not finite"
-            return False
-        entry = {"model": weights, "config": to_dict(t.cfg), "class_names": getattr(t.run.train_ds, "class_names", None),
-                 "step": state.step, "best_metric": state.best_metric, "best_step": state.best_step}
-        if name == "last.pt":
-            entry.update(optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
-                         scaler=t.scaler.state_dict(), rng=rng_state(), elapsed=t.clock.elapsed(),
-                         validate_first=pending_validation)
-        try:
-            save_checkpoint(entry, t.out / name)
-        except PixelwiseError as e:
-            if name == "last.pt":
-                self.saved_step, self.failure = -1, str(e)
-            raise
-        if name == "last.pt":  # only once it is on disk
-            state.last_good, state.last_good_step, self.failure = t.out / name, state.step, None
-        return True
+            return None
+        return {"model": weights, "config": to_dict(t.cfg), "class_names": getattr(t.run.train_ds, "class_names", None),
+                "step": state.step, "best_metric": state.best_metric, "best_step": state.best_step}
 
     def save_after_error(self, pending_validation: bool = False) -> None:
         """Try to save last.pt; a failure (a full disk, say) is kept for note(): the error that stopped the run
         is the one to report."""
         with contextlib.suppress(PixelwiseError):
-            self.save("last.pt", pending_validation=pending_validation)
+            self.save_last(pending_validation=pending_validation)
 
     def note(self, error: BaseException | None = None) -> str:
         """Where the run's state really is after a failure (what to resume from); `error`, the one that stopped the

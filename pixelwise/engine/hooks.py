@@ -208,7 +208,7 @@ class BestCheckpoint(HookBase):
         state, name = trainer.state, trainer.cfg.train.best_metric
         if trainer.info.is_main and trainer.task.better(name, metrics[name], state.best_metric):
             state.best_metric, state.best_step = metrics[name], state.step
-            trainer.checkpointer.save("best.pt")
+            trainer.checkpointer.save_best()
 
 
 class EarlyStopping(HookBase):
@@ -228,10 +228,10 @@ class PeriodicCheckpoint(HookBase):
 
     def after_step(self, trainer, logs) -> None:
         if trainer.state.stopped is None and trainer.state.step % trainer.ckpt_every == 0:
-            trainer.checkpointer.save("last.pt")
+            trainer.checkpointer.save_last()
 
     def after_train(self, trainer) -> None:
-        trainer.checkpointer.save("last.pt")
+        trainer.checkpointer.save_last()
 
 
 def default_hooks(trainer, user_hooks=(), progress: bool = True) -> list[HookBase]:

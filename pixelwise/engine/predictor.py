@@ -8,7 +8,6 @@ part of the output that belongs to the window.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -109,7 +108,7 @@ class Predictor:
     `predict_probs` takes an image normalised as in training. Called on an image as users have it
     (a path, a PIL image, a uint8 array (H, W) or (H, W, C)), the predictor reads it with `channels`,
     normalises it with `mean` / `std` (the training transform's own Normalize), and returns the label
-    map (H, W); `threshold` applies to class 1 of a two-class model. `Predictor.from_checkpoint`
+    map (H, W); `threshold` applies to class 1 of a two-class model. `pixelwise.inference.load_predictor`
     sets all of these from what a checkpoint holds.
     """
 
@@ -149,21 +148,6 @@ class Predictor:
 
             self.normalize = Normalize(mean, std)
 
-    @classmethod
-    def from_checkpoint(cls, path, *, device=None, runtime: str | None = None, **overrides):
-        """The predictor of a pixelwise checkpoint (best.pt or last.pt), rebuilt from the config it stores, or of
-        a file of `pixelwise export` (.onnx, .xml, .pt2) run by `runtime` (onnxruntime, openvino, torch).
-
-        `overrides` are infer.* settings (tile=256, tta=True, threshold=0.5, precision="bf16", ...). Returns a Predictor
-        for a semantic model and an InstancePredictor (pixelwise.engine.tasks.instance) for Mask R-CNN;
-        both are called on images as users have them.
-        """
-        from pixelwise.engine.run import build_inference
-
-        # JSON is YAML: each value reads back as given.
-        return build_inference(path, device=device, runtime=runtime, overrides=[f"infer.{k}={json.dumps(v)}"
-                                                               for k, v in overrides.items()]).predictor
-
     def read(self, image, name: str = "the image") -> torch.Tensor:
         """An image as users have it -> (C, H, W) float in [0, 1], accepted or refused as `read_image` accepts or
         refuses image files (pixelwise.data.io.as_image)."""
@@ -171,7 +155,7 @@ class Predictor:
 
         if self.channels is None:
             raise ConfigError("this Predictor was built without `channels`: give it normalised (C, H, W) tensors "
-                              "through predict_probs, or build it with Predictor.from_checkpoint")
+                              "through predict_probs, or build it with pixelwise.inference.load_predictor")
         if isinstance(image, (str, Path)):  # refused from its header, before its pixels are read
             self.check_fits(self.channels, *image_size(image), name)
         return as_image(image, channels=self.channels, name=name, grey_to_rgb=False)  # as the CLI reads files

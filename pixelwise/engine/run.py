@@ -13,15 +13,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from pixelwise.config import Config, apply_override, check_ranges, from_dict, to_dict
+from pixelwise.config import Config
 from pixelwise.data import build_dataset, dataset_meta
-from pixelwise.data.transforms import build_transforms
-from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
-from pixelwise.engine.distributed import resolve_device
-from pixelwise.engine.precision import fold_batchnorm
 from pixelwise.engine.predictor import geometry
 from pixelwise.engine.tasks import Task, build_task
-from pixelwise.errors import CheckpointError, ConfigError, TrainingError
+from pixelwise.errors import TrainingError
 from pixelwise.models.weights import load_state_dict
 from pixelwise.registry import create_model
 
@@ -62,7 +58,7 @@ def build_run(cfg: Config, *, model: nn.Module | None = None, datasets: dict | N
         if cfg.model.init_from and pretrained:
             init_weights(cfg, model, cfg.model.init_from, task)
     if datasets is None:
-        datasets = build_datasets(cfg, model, splits)
+        datasets = build_datasets(cfg, model, splits, task=task)
     return Run(cfg, task, model, meta, dict(datasets))
 
 
@@ -88,19 +84,20 @@ def build_model(cfg: Config, meta: dict | None = None, *, pretrained: bool = Tru
     return create_model(cfg.model.name, num_classes=num_classes, **args)
 
 
-def build_datasets(cfg: Config, model: nn.Module | None = None, splits: tuple[str, ...] = ("train", "val")) -> dict:
-    """{split: dataset} with its transforms: augmentation for "train", none for the others.
+def build_datasets(cfg: Config, model: nn.Module | None = None, splits: tuple[str, ...] = ("train", "val"), *,
+                   task: Task | None = None) -> dict:
+    """{split: dataset} with the task's transforms: augmentation for "train", none for the others.
 
     With data.augment.crop_size and a model whose output is smaller than its input, training crops
     are the model's input size, cut from the mirror-extended image, so that the output covers
     crop_size target pixels with real context around them (U-Net section 2).
     """
-    out = {}
+    task, out = task or build_task(cfg, model), {}
     for split in splits:
         ds = build_dataset(cfg.data, split)
         crop, context = training_crop(model, cfg.data.augment.crop_size) if split == "train" else (None, 0)
-        ds.transforms = build_transforms(cfg.data, train=split == "train",
-                                         ignore_index=getattr(ds, "ignore_index", None), crop_size=crop, context=context)
+        ds.transforms = task.transforms(train=split == "train", ignore_index=getattr(ds, "ignore_index", None),
+                                        crop_size=crop, context=context)
         out[split] = ds
     return out
 
@@ -158,103 +155,5 @@ def total_steps_for(cfg: Config, steps_per_epoch: int) -> int:
     return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * steps_per_epoch
 
 
-@dataclass
-class Inference:
-    cfg: Config
-    task: Task
-    model: nn.Module
-    meta: dict
-    device: torch.device
-    checkpoint: dict
-    predictor: Any
-
-
-def config_of_checkpoint(ckpt: dict, source: str, overrides: list[str] = ()) -> Config:
-    """The resolved config a checkpoint stores, with `overrides` applied."""
-    saved = ckpt.get("config")
-    if not isinstance(saved, dict):
-        raise ConfigError(f"checkpoint {source!r} holds no config; give the recipe it was trained with as well")
-    cfg = from_dict(saved, f"config stored in {source}")
-    for o in overrides:
-        apply_override(cfg, o)
-    check_ranges(cfg, f"config stored in {source}")
-    return cfg
-
-
-def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overrides: list[str] = (),
-                    tta: bool | None = None, runtime: str | None = None) -> Inference:
-    """Model (weights loaded, eval mode), task and predictor of a checkpoint; the config is the checkpoint's own
-    unless `cfg` is given, which must then agree with it on the model and the normalisation.
-
-    `checkpoint` may also be a file of `pixelwise export` (.onnx, .xml, .pt2), run by `runtime`
-    ("onnxruntime", "openvino", or "torch" for .pt2 and checkpoints; default: the format's own).
-    """
-    from pixelwise.deploy.runtime import check_runtime, exported_format, load_exported
-
-    if exported_format(checkpoint) is not None:
-        return load_exported(checkpoint, runtime, cfg=cfg, overrides=list(overrides), tta=tta)
-    check_runtime(checkpoint, runtime or "torch")
-    source = str(checkpoint)
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    if cfg is None:
-        cfg = config_of_checkpoint(ckpt, source, list(overrides))
-        check_overrides(cfg, config_of_checkpoint(ckpt, source), source)
-    else:
-        check_against_checkpoint(cfg, ckpt.get("config"), source)
-    device = resolve_device(cfg.train.device if device is None else str(device))
-    run = build_run(cfg, pretrained=False, splits=())
-    load_model_weights(run.model, ckpt, source)
-    model = run.model.to(device).eval()
-    if cfg.infer.fold_bn:  # BatchNorm folded into the convolution before it, checked on an example
-        name, example = run.task.fold_example(model)
-        folded, _ = fold_batchnorm(model.get_submodule(name) if name else model, example)
-        if name:
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, folded)
-        else:
-            model = folded
-    names = ckpt.get("class_names") or run.meta["class_names"]
-    predictor = run.task.predictor(model, device, tta=tta, class_names=names)
-    return Inference(cfg, run.task, model, run.meta, device, ckpt, predictor)
-
-
-# What a checkpoint's weights were trained with and inference must repeat (the pretrained-weight sources
-# are replaced by the checkpoint, so they may differ).
-_MUST_MATCH = ("model.name", "model.num_classes", "model.args", "data.mean", "data.std")
-
-
-def _inference_settings(values: dict) -> dict:
-    model, data = values.get("model") or {}, values.get("data") or {}
-    return {"model.name": model.get("name"), "model.num_classes": model.get("num_classes"),
-            "model.args": {k: v for k, v in (model.get("args") or {}).items() if k not in PRETRAINED_ARGS},
-            "data.mean": data.get("mean"), "data.std": data.get("std")}
-
-
-def _changed(cfg: Config, saved: dict | None) -> list[str]:
-    """The settings the weights were trained with that `cfg` changes, as "key=value (checkpoint: value)"."""
-    if not isinstance(saved, dict):
-        return []
-    ours, theirs = _inference_settings(to_dict(cfg)), _inference_settings(saved)
-    return [f"{k}={ours[k]!r} (checkpoint: {theirs[k]!r})" for k in _MUST_MATCH if ours[k] != theirs[k]]
-
-
-def check_against_checkpoint(cfg: Config, saved: dict | None, checkpoint: str) -> None:
-    differ = _changed(cfg, saved)
-    if differ:
-        raise CheckpointError(f"checkpoint {checkpoint!r} was trained with other settings than this config: "
-                              f"{'; '.join(differ)}. Leave out the CONFIG (the checkpoint holds its own), use the "
-                              "recipe it was trained with, or drop the overrides")
-
-
-def check_overrides(cfg: Config, stored: Config, checkpoint: str) -> None:
-    """Refuse `-o` overrides (in `cfg`) that change what the checkpoint's weights were trained with (`stored`: its
-    config as it is): the model, data.mean / data.std. Inference settings (infer.*, data.root, ...) may change."""
-    differ = _changed(cfg, to_dict(stored))
-    if differ:
-        raise CheckpointError(f"the overrides change settings checkpoint {checkpoint!r} was trained with: "
-                              f"{'; '.join(differ)}; its weights only work with its own values: drop these overrides")
-
-
-__all__ = ["Inference", "PRETRAINED_ARGS", "Run", "build_datasets", "build_inference", "build_model",
-           "build_optimizer", "build_run", "init_weights", "build_scheduler", "check_against_checkpoint",
-           "check_overrides", "config_of_checkpoint", "lr_factor", "total_steps_for", "training_crop"]
+__all__ = ["PRETRAINED_ARGS", "Run", "build_datasets", "build_model", "build_optimizer", "build_run", "init_weights",
+           "build_scheduler", "lr_factor", "total_steps_for", "training_crop"]

@@ -39,32 +39,8 @@ def cross_entropy(
     reduction: "mean" as above; "sum" returns the unnormalised sum of the (kept) pixel terms, FCN's
         setting with batch 1 and momentum 0.99 (Shelhamer, Long & Darrell, PAMI 2017).
     """
-    if logits.dim() != 4:
-        raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)}, expected (B, K, H, W)")
-    b, k, h, w = logits.shape
-    if tuple(targets.shape) != (b, h, w):
-        raise ValueError(
-            f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits of shape "
-            f"{tuple(logits.shape)}; expected targets of shape {(b, h, w)}"
-        )
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise ValueError(f"cross_entropy: targets of dtype {targets.dtype}, expected an integer dtype (int64)")
-    if weight_map is not None and tuple(weight_map.shape) != (b, h, w):
-        raise ValueError(
-            f"cross_entropy: weight_map of shape {tuple(weight_map.shape)}, expected {(b, h, w)} like targets"
-        )
-    if class_weights is not None and tuple(class_weights.shape) != (k,):
-        raise ValueError(
-            f"cross_entropy: class_weights of shape {tuple(class_weights.shape)}, expected ({k},) for {k} classes"
-        )
-    if sample_p is not None and not 0 < sample_p <= 1:
-        raise ValueError(
-            f"cross_entropy: sample_p={sample_p}; expected the probability of keeping a pixel's term, in (0, 1]"
-            " (None or 1 keeps every pixel)"
-        )
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"cross_entropy: reduction={reduction!r}; expected 'mean' or 'sum'")
-
+    _check_arguments(logits, targets, weight_map, class_weights, sample_p, reduction)
+    k = logits.shape[1]
     targets = targets.long()
     valid = targets != ignore_index
     # One reduction (and one device sync) on the happy path; details only when it fails.
@@ -94,3 +70,32 @@ def cross_entropy(
         if reduction == "sum":
             return losses.sum()
         return losses.sum() / valid.sum().clamp(min=1)
+
+
+def _check_arguments(logits, targets, weight_map, class_weights, sample_p, reduction) -> None:
+    """Shapes, dtypes and ranges of cross_entropy's arguments, each refusal naming what was expected."""
+    if logits.dim() != 4:
+        raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)}, expected (B, K, H, W)")
+    b, k, h, w = logits.shape
+    if tuple(targets.shape) != (b, h, w):
+        raise ValueError(
+            f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits of shape "
+            f"{tuple(logits.shape)}; expected targets of shape {(b, h, w)}"
+        )
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"cross_entropy: targets of dtype {targets.dtype}, expected an integer dtype (int64)")
+    if weight_map is not None and tuple(weight_map.shape) != (b, h, w):
+        raise ValueError(
+            f"cross_entropy: weight_map of shape {tuple(weight_map.shape)}, expected {(b, h, w)} like targets"
+        )
+    if class_weights is not None and tuple(class_weights.shape) != (k,):
+        raise ValueError(
+            f"cross_entropy: class_weights of shape {tuple(class_weights.shape)}, expected ({k},) for {k} classes"
+        )
+    if sample_p is not None and not 0 < sample_p <= 1:
+        raise ValueError(
+            f"cross_entropy: sample_p={sample_p}; expected the probability of keeping a pixel's term, in (0, 1]"
+            " (None or 1 keeps every pixel)"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"cross_entropy: reduction={reduction!r}; expected 'mean' or 'sum'")

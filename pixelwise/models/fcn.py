@@ -91,7 +91,11 @@ def fcn32s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, 
     The denser scores are those shift-and-stitch adds to the right of and below each coarse one, so
     on inputs under about 32 pixels they may not reach the top-left corner (zero logits there).
     """
-    return _build_fcn(32, **locals())
+    return _build_fcn(
+        32, num_classes=num_classes, in_channels=in_channels, pad100=pad100, upsampling=upsampling,
+        learn_upsampling=learn_upsampling, batch_norm=batch_norm, width=width, fc_channels=fc_channels,
+        dropout=dropout, backbone_weights=backbone_weights, output_stride=output_stride,
+    )
 
 
 @register_model
@@ -99,7 +103,11 @@ def fcn16s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, 
            learn_upsampling: bool = True, batch_norm: bool = False, width: float = 1.0, fc_channels: int = 4096,
            dropout: float = 0.5, backbone_weights: str | None = None) -> FCN:
     """FCN-16s: FCN-32s plus a zero-initialised pool4 skip, fused after a learnable 2x upsampling (section 4.2)."""
-    return _build_fcn(16, **locals())
+    return _build_fcn(
+        16, num_classes=num_classes, in_channels=in_channels, pad100=pad100, upsampling=upsampling,
+        learn_upsampling=learn_upsampling, batch_norm=batch_norm, width=width, fc_channels=fc_channels,
+        dropout=dropout, backbone_weights=backbone_weights,
+    )
 
 
 @register_model
@@ -107,7 +115,11 @@ def fcn8s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, u
           learn_upsampling: bool = True, batch_norm: bool = False, width: float = 1.0, fc_channels: int = 4096,
           dropout: float = 0.5, backbone_weights: str | None = None) -> FCN:
     """FCN-8s: FCN-16s plus a pool3 skip; stride-8 predictions (section 4.2, Fig. 3)."""
-    return _build_fcn(8, **locals())
+    return _build_fcn(
+        8, num_classes=num_classes, in_channels=in_channels, pad100=pad100, upsampling=upsampling,
+        learn_upsampling=learn_upsampling, batch_norm=batch_norm, width=width, fc_channels=fc_channels,
+        dropout=dropout, backbone_weights=backbone_weights,
+    )
 
 
 for _fn in (fcn32s, fcn16s, fcn8s):
@@ -172,11 +184,13 @@ def _build_fcn_resnet(depth: int, *, num_classes: int, aux_loss: bool, weights: 
 def fcn_resnet50(*, num_classes: int = 21, aux_loss: bool = False, weights: str | None = None,
                  backbone_weights: str | None = None) -> FCNResNet:
     """FCN with a dilated ResNet-50 (torchvision's layout): weights="coco_voc" or a path loads its state dicts."""
-    return _build_fcn_resnet(50, **locals())
+    return _build_fcn_resnet(50, num_classes=num_classes, aux_loss=aux_loss, weights=weights,
+                             backbone_weights=backbone_weights)
 
 
 @register_model
 def fcn_resnet101(*, num_classes: int = 21, aux_loss: bool = False, weights: str | None = None,
                   backbone_weights: str | None = None) -> FCNResNet:
     """FCN with a dilated ResNet-101 (torchvision's layout): weights="coco_voc" or a path loads its state dicts."""
-    return _build_fcn_resnet(101, **locals())
+    return _build_fcn_resnet(101, num_classes=num_classes, aux_loss=aux_loss, weights=weights,
+                             backbone_weights=backbone_weights)

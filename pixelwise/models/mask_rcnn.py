@@ -417,7 +417,16 @@ def _fpn_builder(depth: int):
         detections_per_img: int = 100, mask_threshold: float | None = 0.5, trainable_layers: int | None = None,
         weights: str | None = None, backbone_weights: str | None = None,
     ) -> MaskRCNN:
-        return _build(**{**locals(), "depth": depth, "c4": False})
+        return _build(
+            depth=depth, c4=False, num_classes=num_classes, min_size=min_size, max_size=max_size,
+            frozen_bn=frozen_bn, norm=norm, mask_roi=mask_roi, mask_loss=mask_loss, class_agnostic=class_agnostic,
+            mask_head=mask_head, rpn_batch_size_per_image=rpn_batch_size_per_image,
+            rpn_positive_fraction=rpn_positive_fraction, rpn_pre_nms_top_n=rpn_pre_nms_top_n,
+            rpn_post_nms_top_n=rpn_post_nms_top_n, box_batch_size_per_image=box_batch_size_per_image,
+            box_positive_fraction=box_positive_fraction, box_score_thresh=box_score_thresh,
+            box_nms_thresh=box_nms_thresh, detections_per_img=detections_per_img, mask_threshold=mask_threshold,
+            trainable_layers=trainable_layers, weights=weights, backbone_weights=backbone_weights,
+        )
     builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_fpn"
     builder.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (He et al. 2017, section 3; FPN RoI heads of Fig. 4 right)."
                        + ("\n" + _DOC_ARGS))
@@ -435,7 +444,16 @@ def _c4_builder(depth: int):
         detections_per_img: int = 100, mask_threshold: float | None = 0.5, trainable_layers: int | None = None,
         weights: str | None = None, backbone_weights: str | None = None,
     ) -> MaskRCNN:
-        return _build(**{**locals(), "depth": depth, "c4": True})
+        return _build(
+            depth=depth, c4=True, num_classes=num_classes, min_size=min_size, max_size=max_size,
+            frozen_bn=frozen_bn, norm=norm, mask_roi=mask_roi, mask_loss=mask_loss, class_agnostic=class_agnostic,
+            mask_head=mask_head, rpn_batch_size_per_image=rpn_batch_size_per_image,
+            rpn_positive_fraction=rpn_positive_fraction, rpn_pre_nms_top_n=rpn_pre_nms_top_n,
+            rpn_post_nms_top_n=rpn_post_nms_top_n, box_batch_size_per_image=box_batch_size_per_image,
+            box_positive_fraction=box_positive_fraction, box_score_thresh=box_score_thresh,
+            box_nms_thresh=box_nms_thresh, detections_per_img=detections_per_img, mask_threshold=mask_threshold,
+            trainable_layers=trainable_layers, weights=weights, backbone_weights=backbone_weights,
+        )
     builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_c4"
     builder.__doc__ = (f"Mask R-CNN, ResNet-{depth}-C4: res4 backbone, res5 RoI head on 14x14 RoI features, "
                        "deconv mask head, 15 anchors (Fig. 4 left)." + ("\n" + _DOC_ARGS))

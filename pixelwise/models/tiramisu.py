@@ -174,7 +174,10 @@ def fc_densenet56(
     with n_layers_per_block=4, growth_rate=12) has 1,376,795 for 11 classes, 1,397,963 counting batch
     norm's running statistics as Lasagne does; this builds the described architecture.
     """
-    return FCDenseNet(**locals())
+    return FCDenseNet(
+        num_classes=num_classes, in_channels=in_channels, growth_rate=growth_rate, layers_per_block=layers_per_block,
+        dropout=dropout, first_channels=first_channels, memory_efficient=memory_efficient,
+    )
 
 
 @register_model
@@ -193,7 +196,10 @@ def fc_densenet67(
     3,463,243 parameters for 11 classes; 3,502,923 (the paper's 3.5M, Table 3) with batch norm's
     running statistics, which Lasagne's count includes.
     """
-    return FCDenseNet(**locals())
+    return FCDenseNet(
+        num_classes=num_classes, in_channels=in_channels, growth_rate=growth_rate, layers_per_block=layers_per_block,
+        dropout=dropout, first_channels=first_channels, memory_efficient=memory_efficient,
+    )
 
 
 @register_model
@@ -212,7 +218,10 @@ def fc_densenet103(
     9,322,091 parameters for 11 classes; 9,425,163 (the paper's 9.4M, Table 3) with batch norm's
     running statistics, which Lasagne's count includes.
     """
-    return FCDenseNet(**locals())
+    return FCDenseNet(
+        num_classes=num_classes, in_channels=in_channels, growth_rate=growth_rate, layers_per_block=layers_per_block,
+        dropout=dropout, first_channels=first_channels, memory_efficient=memory_efficient,
+    )
 
 
 for _fn in (fc_densenet56, fc_densenet67, fc_densenet103):

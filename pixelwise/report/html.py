@@ -1,7 +1,7 @@
 """One self-contained HTML page for one or more training runs: no scripts, no links out, every plot and
 image embedded as a PNG data URI, so that it opens offline and can be mailed as one file.
 
-`render(runs, title)` takes what `pixelwise.engine.report.collect_run` gathers from a run folder (plain
+`render(runs, title)` takes what `pixelwise.report.run.collect_run` gathers from a run folder (plain
 dicts and PNG bytes); it reads no files. Semantic runs get per-class IoU and a confusion heatmap, instance
 runs the COCO AP table; both get their training curves, and several runs a comparison table and curves
 drawn over each other.
@@ -17,8 +17,6 @@ from typing import Any, Sequence
 MARKER = "<!-- pixelwise report -->"  # first line of every report: what may be rewritten
 NOT_CURVES = {"step", "epoch", "time", "lr"}
 AP_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-SUMMARY_SEMANTIC = ("miou", "pixel_acc", "mean_acc", "fwiou", "membrane_iou", "adapted_rand_error", "pixel_error")
-SUMMARY_INSTANCE = ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50")
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
 color:#222;padding:0 16px}h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
@@ -173,8 +171,8 @@ def confusion_png(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> byte
 
 def _summary_keys(runs: Sequence[dict]) -> list[str]:
     keys = []
-    for r in runs:
-        keys += [k for k in (*SUMMARY_SEMANTIC, *SUMMARY_INSTANCE) if isinstance(r["metrics"].get(k), float) and k not in keys]
+    for r in runs:  # each run's task names the metrics worth a column (Task.summary_metrics)
+        keys += [k for k in r.get("summary_metrics", ()) if isinstance(r["metrics"].get(k), float) and k not in keys]
     return keys
 
 

@@ -1,36 +1,14 @@
 """`pixelwise eval` and `pixelwise predict` with --checkpoint alone (the checkpoint holds its config), on a
 folder dataset written here (no shared data needed)."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from synthetic import Disks, write_split  # noqa: E402
-
-from pixelwise.cli import main  # noqa: E402
-
-RECIPE = """\
-output_dir: {out}
-model: {{name: unet_padded, num_classes: 2, args: {{base_width: 4, depth: 2, in_channels: 1}}}}
-data: {{dataset: folder, root: {root}, path: disks, num_classes: 2, mean: [0.5], std: [0.25]}}
-train: {{batch_size: 2, max_steps: 4, val_every: 2, lr: 0.01, optimizer: adam, threads: 2}}
-"""
-
-
-
-def trained_run(tmp: Path, *train_args: str) -> Path:
-    """A folder dataset of disks in tmp/data, its recipe tmp/recipe.yaml and a tiny trained run in tmp/run."""
-    write_split(tmp / "data" / "disks" / "train", Disks(6, seed=0))
-    write_split(tmp / "data" / "disks" / "val", Disks(2, seed=1))
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=tmp / "run", root=tmp / "data"))
-    assert main(["train", str(recipe), *train_args]) == 0
-    return tmp
+from helpers.runs import trained_run
+from pixelwise.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +58,8 @@ def test_every_path_to_labels_is_the_one_output_step_with_the_image_as_read(run,
     Predictor call, and it receives the image as read ([0, 1], not normalised), for refinements such as a CRF."""
     from pixelwise.data.io import read_image
     from pixelwise.engine.predictor import Predictor
-    from pixelwise.engine.report import write_report
+    from pixelwise.inference import load_predictor
+    from pixelwise.report.run import write_report
 
     images = run / "data" / "disks" / "val" / "images"
     expected = [read_image(images / f"{i:02d}.png", channels=1) for i in range(2)]
@@ -99,7 +78,7 @@ def test_every_path_to_labels_is_the_one_output_step_with_the_image_as_read(run,
         seen.clear()
 
     best = run / "run" / "best.pt"
-    Predictor.from_checkpoint(best)(images / "00.png")
+    load_predictor(best)(images / "00.png")
     check("Predictor call", 1)
     assert main(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "m.json")]) == 0
     check("eval", 2)

@@ -1,3 +1,4 @@
+import ast
 import json
 import subprocess
 import sys
@@ -155,3 +156,43 @@ def test_main_leaves_warnings_as_it_found_them_and_nothing_imports_the_cli():
                  if p.name not in ("cli.py", "__main__.py") and re.search(r"pixelwise\.cli\b|from pixelwise import cli",
                                                                           p.read_text())]
     assert importers == []
+
+
+def _option(parser, command: str, flag: str):
+    """The action of `flag` in the subparser of `command`."""
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if flag in a.option_strings)
+
+
+def test_runtime_and_format_choices_come_from_the_registries(monkeypatch):
+    from pixelwise.deploy import runtimes
+
+    parser = build_parser()
+    for command in ("eval", "predict"):
+        assert list(_option(parser, command, "--runtime").choices) == list(runtimes.RUNTIMES)
+    assert list(_option(parser, "export", "--format").choices) == list(runtimes.FORMATS)
+
+    class ExtraRuntime(runtimes.Runtime):
+        name, title, formats, precisions = "extra", "Extra", ("onnx",), ("fp32", "bf16")
+
+    monkeypatch.setitem(runtimes.RUNTIMES, ExtraRuntime.name, ExtraRuntime)
+    parser = build_parser()
+    for command in ("eval", "predict"):
+        runtime = _option(parser, command, "--runtime")
+        assert list(runtime.choices) == list(runtimes.RUNTIMES) and "extra" in runtime.choices
+        assert "extra (.onnx)" in runtime.help and "runs OpenVINO or Extra in bf16" in runtime.help
+    assert build_parser().parse_args(["eval", "--checkpoint", "c.pt", "--runtime", "extra"]).runtime == "extra"
+
+
+def test_no_function_of_the_cli_is_longer_than_80_lines():
+    tree = ast.parse((REPO / "pixelwise" / "cli.py").read_text())
+    long = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80}
+    assert long == {}
+
+
+def test_importing_the_cli_does_not_import_torch():
+    code = "import sys, pixelwise.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

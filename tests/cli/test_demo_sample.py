@@ -1,5 +1,5 @@
 """`pixelwise demo` on a machine that has never seen the datasets: no data root, an empty home. It runs on the
-ISBI 2012 sample bundled with pixelwise, says so in its first line, and learns (issue 23)."""
+ISBI 2012 sample bundled with pixelwise, says so in its first line, and learns."""
 import json
 import os
 import subprocess

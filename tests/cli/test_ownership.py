@@ -1,10 +1,9 @@
-"""Nothing a user owns is lost (issue 22): no command writes over a file it did not write itself, follows a
+"""Nothing a user owns is lost: no command writes over a file it did not write itself, follows a
 link out of its folder, or leaves a message that names a checkpoint that is not there. Runs on a folder
 dataset written here (no shared data needed)."""
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_checkpoint_only import RECIPE, trained_run  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from synthetic import Disks, write_split  # noqa: E402
-
-from pixelwise.cli import main  # noqa: E402
-from pixelwise.files import RunLock, atomic_write, clean_stale_temporaries  # noqa: E402
+from helpers.runs import RECIPE, trained_run
+from helpers.synthetic import Disks, write_split
+from pixelwise.cli import main
+from pixelwise.files import RunLock, atomic_write, clean_stale_temporaries
 
 
 def snapshot(folder: Path) -> dict:

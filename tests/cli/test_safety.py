@@ -281,7 +281,7 @@ def test_the_wheel_carries_the_recipes(tmp_path, data_root):
     listed = subprocess.run([sys.executable, "-m", "pixelwise", "recipes"], cwd=elsewhere, env=env,
                             capture_output=True, text=True, timeout=60).stdout
     assert "unet_isbi2012_cpu" in listed and "fcn8s_camvid_cpu" in listed
-    # The bundled samples travel in the wheel (issue 23): every file, at most about 1.5 MB in all.
+    # The bundled samples travel in the wheel: every file, at most about 1.5 MB in all.
     shipped = sorted(p.relative_to(target / "pixelwise").as_posix() for p in (target / "pixelwise" / "samples").rglob("*")
                      if p.is_file())
     assert shipped == sorted(p.relative_to(REPO / "pixelwise").as_posix() for p in (REPO / "pixelwise" / "samples").rglob("*")

@@ -182,7 +182,7 @@ def test_not_found_message_names_the_official_files(tmp_path, monkeypatch):
                  "https://imagej.net/events/isbi-2012-segmentation-challenge"):
         assert name in msg
     assert "convert" not in msg.lower() and "either" in msg
-    with pytest.raises(DatasetNotFoundError) as e:  # the instance datasets read the PNG slices only, for now
+    with pytest.raises(DatasetNotFoundError) as e:  # the instance datasets read the PNG slices only
         dataset_dir(DataConfig(dataset="isbi_instances", root=str(tmp_path)))
     assert "train/image" in str(e.value) and "not yet" in str(e.value)
     with pytest.raises(DatasetNotFoundError, match="annotations_trainval2017.zip"):

@@ -9,6 +9,7 @@ from pixelwise.config import ConfigError, load_config
 from pixelwise.data import CocoInstances, DataError, FolderDataset, build_dataset
 from pixelwise.data.folder import default_palette
 from pixelwise.engine.tasks.semantic import check_training_labels
+from pixelwise.engine.run import build_run
 from pixelwise.engine.trainer import train
 
 
@@ -89,9 +90,10 @@ def test_weight_map_works_on_any_two_class_dataset_and_is_refused_elsewhere(tmp_
     camvid = load_config(None, ["data.dataset=camvid", f"data.root={camvid_dir.parent}", "data.weight_map=true"])
     with pytest.raises(ConfigError, match="weight_map=true needs a two-class .* 'camvid' has 11 classes"):
         build_dataset(camvid.data, "train")
-    coco = load_config(None, ["data.dataset=isbi_instances", "data.weight_map=true"])
+    coco = load_config(None, ["data.dataset=isbi_instances", "data.weight_map=true",
+                              "model.name=mask_rcnn_r18_fpn", "model.num_classes=1"])
     with pytest.raises(ConfigError, match="weight_map=true is for semantic models"):
-        build_dataset(coco.data, "train")
+        build_run(coco, splits=())  # the instance task refuses it before any file is read
 
 
 def _coco(tmp_path, images, annotations):

@@ -8,17 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from synthetic import Disks  # noqa: E402
-from test_checkpoint_only import write_split  # noqa: E402
-
-import pixelwise.deploy.export as export_module  # noqa: E402
-from pixelwise.cli import main  # noqa: E402
-from pixelwise.deploy.runtime import read_metadata  # noqa: E402
-from pixelwise.engine import Predictor  # noqa: E402
-from pixelwise.errors import ConfigError  # noqa: E402
-from pixelwise.files import trusting_pickles  # noqa: E402
+import pixelwise.export as export_module
+from helpers.synthetic import Disks, write_split
+from pixelwise.cli import main
+from pixelwise.deploy.runtimes import read_metadata
+from pixelwise.inference import load_predictor
+from pixelwise.errors import ConfigError
+from pixelwise.files import trusting_pickles
 
 MODELS = {
     # the valid-convolution U-Net: its size rule (sides 8k + 44 for depth 2) must survive the export
@@ -94,16 +90,16 @@ def test_export_then_eval_and_predict_agree_with_pytorch(runs, model, fmt, suffi
     # Height and width are dynamic: another, non-square size than the export's example.
     image = np.random.default_rng(1).integers(0, 256, (80, 112), dtype=np.uint8)
     with trusting_pickles(out):
-        labels = Predictor.from_checkpoint(out, runtime=runtimes[0])(image)
-    assert (labels == Predictor.from_checkpoint(ckpt)(image)).float().mean() > 0.999
+        labels = load_predictor(out, runtime=runtimes[0])(image)
+    assert (labels == load_predictor(ckpt)(image)).float().mean() > 0.999
 
 
 def test_the_exported_unet_keeps_its_size_rule_and_openvino_runs_in_bf16(runs):
     out = runs / "unet-rule.onnx"
     assert main(["export", "--checkpoint", str(runs / "unet" / "best.pt"), "--format", "onnx", "--out", str(out)]) == 0
-    fp32 = Predictor.from_checkpoint(out, runtime="openvino")
-    bf16 = Predictor.from_checkpoint(out, runtime="openvino", precision="bf16")
-    torch_predictor = Predictor.from_checkpoint(runs / "unet" / "best.pt")
+    fp32 = load_predictor(out, runtime="openvino")
+    bf16 = load_predictor(out, runtime="openvino", precision="bf16")
+    torch_predictor = load_predictor(runs / "unet" / "best.pt")
     assert fp32.model.input_size_for(20) == torch_predictor.model.input_size_for(20)
     image = runs / "data" / "disks" / "val" / "images" / "00.png"
     reference = torch_predictor(image)
@@ -151,7 +147,7 @@ def test_runtime_mismatches_untrusted_pt2_and_a_missing_runtime_are_clear_errors
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
     with pytest.raises(ConfigError, match=r"pixelwise\[deploy\]"):
-        Predictor.from_checkpoint(_exported(runs, "onnx", ".onnx"), runtime="onnxruntime")
+        load_predictor(_exported(runs, "onnx", ".onnx"), runtime="onnxruntime")
 
 
 def test_a_file_without_pixelwise_metadata_is_refused(runs, capsys):
@@ -173,7 +169,7 @@ def test_a_file_without_pixelwise_metadata_is_refused(runs, capsys):
 @pytest.fixture(scope="module")
 def mask_rcnn(tmp_path_factory):
     """A Mask R-CNN R18-FPN trained 2 steps on synthetic boxes, and one image of them."""
-    from synthetic import Boxes, instance_config, instance_data
+    from helpers.synthetic import Boxes, instance_config, instance_data
 
     from pixelwise.engine import train
 
@@ -204,11 +200,11 @@ def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suff
     # (A torch.export program keeps a guard that every FPN level is at least 2 pixels: here the wide image's
     # 32-pixel-high batch gives a 1-pixel level, which it refuses with a clear error; ONNX has no such guard.)
     for picture in (image, wide) if fmt != "torch-export" else (image,):
-        reference = Predictor.from_checkpoint(tmp / "run" / "last.pt")(picture)
+        reference = load_predictor(tmp / "run" / "last.pt")(picture)
         assert len(reference["boxes"]) > 0
         for runtime in runtimes:
             with trusting_pickles(out):
-                d = Predictor.from_checkpoint(out, runtime=runtime)(picture)
+                d = load_predictor(out, runtime=runtime)(picture)
             assert len(d["boxes"]) == len(reference["boxes"]), runtime
             assert torch.allclose(d["boxes"], reference["boxes"], atol=0.05)
             assert torch.equal(d["labels"], reference["labels"])
@@ -221,12 +217,12 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_was(runs):
     import ctypes
     import signal
 
-    from pixelwise.deploy.runtime import _SignalStack
+    from pixelwise.deploy.runtimes import _SignalStack
 
     libc = ctypes.CDLL(None)
     before, after = _SignalStack(), _SignalStack()
     libc.sigaltstack(None, ctypes.byref(before))
-    Predictor.from_checkpoint(_exported(runs, "openvino", ".xml"), precision="bf16")
+    load_predictor(_exported(runs, "openvino", ".xml"), precision="bf16")
     libc.sigaltstack(None, ctypes.byref(after))
     assert (after.ss_sp, after.ss_size, after.ss_flags) == (before.ss_sp, before.ss_size, before.ss_flags)
     got = []

@@ -1,9 +1,8 @@
-"""`pixelwise export` and exported OpenVINO files when something goes wrong (issue 22): the padded U-Net, exporter
-dumps kept out of the terminal, a missing / truncated / foreign .bin, an unwritable folder and a full disk."""
+"""`pixelwise export` and exported OpenVINO files when something goes wrong: the padded U-Net, exporter dumps
+kept out of the terminal, a missing / truncated / foreign .bin, an unwritable folder and a full disk."""
 import errno
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from synthetic import Disks  # noqa: E402
-from test_checkpoint_only import write_split  # noqa: E402
-
-import pixelwise.deploy.export as export_module  # noqa: E402
-from pixelwise.cli import main  # noqa: E402
-from pixelwise.engine import Predictor  # noqa: E402
-from pixelwise.errors import CheckpointError, ConfigError  # noqa: E402
-from pixelwise.models.unet import UNet  # noqa: E402
+import pixelwise.export as export_module
+from helpers.synthetic import Disks, write_split
+from pixelwise.cli import main
+from pixelwise.inference import load_predictor
+from pixelwise.errors import CheckpointError, ConfigError
+from pixelwise.models.unet import UNet
 
 RECIPE = """\
 output_dir: {out}
@@ -68,11 +63,11 @@ def test_the_padded_unet_exports_to_onnx_quietly_and_agrees_with_pytorch(runs, m
     assert _export(runs, "onnx", out, model) == 0
     said, err = capfd.readouterr()
     assert "largest probability difference" in said and f"wrote {out}" in said
-    assert "[torch.onnx]" not in said + err and err == ""  # the exporter's progress lines went to its log
+    assert "[torch.onnx]" not in said + err and err == ""  # the exporter's progress lines go to its log
     assert not _logs(out.stem)  # ... which is removed after a successful export
     image = np.random.default_rng(1).integers(0, 256, (48, 80), dtype=np.uint8)  # another size than exported
-    labels = Predictor.from_checkpoint(out, runtime="onnxruntime")(image)
-    assert (labels == Predictor.from_checkpoint(runs / model / "best.pt")(image)).float().mean() > 0.999
+    labels = load_predictor(out, runtime="onnxruntime")(image)
+    assert (labels == load_predictor(runs / model / "best.pt")(image)).float().mean() > 0.999
 
 
 def test_a_failing_exporter_prints_one_line_naming_its_log(runs, capfd, monkeypatch):
@@ -109,7 +104,7 @@ def test_a_real_exporter_failure_is_captured(tmp_path, capfd):
     """A real torch.export failure (the skip crops of a padded U-Net are data-dependent slices) through the same
     path: nothing of its dump on the terminal, its cause in the message."""
     model = UNet(num_classes=2, in_channels=1, base_width=4, depth=4, padding=True, batch_norm=True).eval()
-    model.padding = False  # crops the skips, as the padded U-Net did before issue 22
+    model.padding = False  # crops the skips: a data-dependent slice of symbolic sizes
     capfd.readouterr()
     with pytest.raises(ConfigError, match="GuardOnDataDependentSymNode") as caught:
         export_module._export_part(model, (torch.rand(2, 1, 64, 64),), (0, 2, 3), "onnx", tmp_path / "m.onnx", None)
@@ -157,13 +152,13 @@ def test_openvino_refuses_a_missing_truncated_or_foreign_bin_in_one_line(openvin
     assert len(err.strip().splitlines()) == 1 and str(weights) in err and expected in err, err
     assert "core.cpp" not in err and not (tmp_path / "m.json").exists()
     with pytest.raises(CheckpointError, match=expected):
-        Predictor.from_checkpoint(xml)
+        load_predictor(xml)
 
 
 def test_an_intact_openvino_copy_still_runs(openvino_export, tmp_path):
     xml, _ = _copy(openvino_export, tmp_path / "copy")
     image = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
-    assert Predictor.from_checkpoint(xml)(image).shape == (64, 64)
+    assert load_predictor(xml)(image).shape == (64, 64)
 
 
 def _fail_after_writing(exc):

@@ -26,8 +26,11 @@ class Saver:
     def __init__(self):
         self.saved = []
 
-    def save(self, name, **kw):
-        self.saved.append(name)
+    def save_last(self, **kw):
+        self.saved.append("last.pt")
+
+    def save_best(self):
+        self.saved.append("best.pt")
 
 
 def fake_trainer(tmp_path=None, **train):

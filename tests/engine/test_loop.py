@@ -1,5 +1,5 @@
 """The training loop on in-memory data (no dataset files): both tasks end to end, exact resume, accumulation,
-Predictor.from_checkpoint on images as users have them."""
+load_predictor on images as users have them."""
 import csv
 
 import numpy as np
@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelwise.engine import Predictor, build_run, train
+from pixelwise.engine import build_run, train
+from pixelwise.inference import load_predictor
 from pixelwise.engine.checkpoint import load_checkpoint
 from pixelwise.engine.distributed import DistInfo
 from pixelwise.engine.trainer import Trainer
 
-from synthetic import Disks, instance_config, instance_data, semantic_config, semantic_data
+from helpers.synthetic import Disks, instance_config, instance_data, semantic_config, semantic_data
 
 
 def log(run) -> list[dict]:
@@ -81,7 +82,7 @@ def test_run_step_accumulates_micro_batches_before_stepping(tmp_path):
 
 def test_predictor_from_checkpoint_takes_images_as_users_have_them(tmp_path):
     train(semantic_config(tmp_path / "run"), datasets=semantic_data(), progress=False)
-    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", device="cpu", tile=16, overlap=4)
+    predictor = load_predictor(tmp_path / "run" / "best.pt", device="cpu", tile=16, overlap=4)
     assert (predictor.tile, predictor.overlap) == (16, 4)
     image = (Disks(1, seed=5).images[0][0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     Image.fromarray(image).save(tmp_path / "slice.png")
@@ -98,7 +99,7 @@ def test_predictor_from_checkpoint_takes_images_as_users_have_them(tmp_path):
 
 def test_instance_predictor_from_checkpoint(tmp_path):
     train(instance_config(tmp_path / "run"), datasets=instance_data(), progress=False)
-    predictor = Predictor.from_checkpoint(tmp_path / "run" / "last.pt", device="cpu")
+    predictor = load_predictor(tmp_path / "run" / "last.pt", device="cpu")
     image = (instance_data()["val"][0][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # (H, W, 3)
     d = predictor(image)
     n = len(d["scores"])

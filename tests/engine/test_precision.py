@@ -3,15 +3,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from PIL import Image
 from torchvision.ops import FrozenBatchNorm2d
 
 from pixelwise.config import Config, apply_override, from_dict
-from pixelwise.engine import Predictor, train
+from pixelwise.engine import train
+from pixelwise.inference import load_predictor
 from pixelwise.engine.precision import autocast, fold_batchnorm
 from pixelwise.errors import ConfigError
 
-from synthetic import Boxes, instance_config, instance_data, semantic_config, semantic_data
+from helpers.synthetic import Boxes, instance_config, instance_data, semantic_config, semantic_data
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -59,8 +59,8 @@ def test_fold_batchnorm_of_every_unet_batchnorm_gives_the_same_prediction(tmp_pa
     train(semantic_config(tmp_path / "run", "model.args={base_width: 4, depth: 2, batch_norm: true}"),
           datasets=semantic_data(), progress=False)
     image = (Disks_image() * 255).astype(np.uint8)
-    plain = Predictor.from_checkpoint(tmp_path / "run" / "best.pt")
-    folded = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", fold_bn=True)
+    plain = load_predictor(tmp_path / "run" / "best.pt")
+    folded = load_predictor(tmp_path / "run" / "best.pt", fold_bn=True)
     n_bn = lambda m: sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())  # noqa: E731
     assert n_bn(plain.model) > 0 and n_bn(folded.model) == 0
     assert torch.allclose(plain.predict_probs(plain.preprocess(image)), folded.predict_probs(folded.preprocess(image)),
@@ -87,7 +87,7 @@ def test_bf16_mask_rcnn_training_and_inference_run(tmp_path):
     state = train(instance_config(tmp_path / "run", "train.precision=bf16", "train.channels_last=true"),
                   datasets=instance_data(), progress=False)
     assert state.step == 2 and -1 <= state.metrics["segm_AP"] <= 1
-    predictor = Predictor.from_checkpoint(tmp_path / "run" / "last.pt")
+    predictor = load_predictor(tmp_path / "run" / "last.pt")
     image = (Boxes(1, seed=5).samples[0][0].transpose(1, 2, 0) * 255).astype(np.uint8)
     d = predictor(image)
     assert d["boxes"].dtype == torch.float32 and d["masks"].shape[-2:] == image.shape[:2]
@@ -97,8 +97,8 @@ def test_bf16_inference_agrees_with_fp32(tmp_path):
     train(semantic_config(tmp_path / "run", "train.max_steps=30", "train.val_every=30"), datasets=semantic_data(),
           progress=False)
     image = (Disks_image() * 255).astype(np.uint8)
-    fp32 = Predictor.from_checkpoint(tmp_path / "run" / "best.pt")
-    bf16 = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", precision="bf16", channels_last=True)
+    fp32 = load_predictor(tmp_path / "run" / "best.pt")
+    bf16 = load_predictor(tmp_path / "run" / "best.pt", precision="bf16", channels_last=True)
     p, q = fp32.predict_probs(fp32.preprocess(image)), bf16.predict_probs(bf16.preprocess(image))
     assert q.dtype == torch.float32
     assert (p.argmax(0) == q.argmax(0)).float().mean() > 0.99
@@ -121,7 +121,7 @@ def test_the_old_amp_key_still_reads():
 
 
 def test_under_bf16_autocast_anchors_proposals_and_box_outputs_stay_float32():
-    """bf16 anchors put boxes 4-8 px apart at 1000 px; the bf16 Mask R-CNN recipe's box loss went NaN with them."""
+    """bf16 anchors put boxes 4-8 px apart at 1000 px, enough to make the bf16 Mask R-CNN recipe's box loss NaN."""
     import pixelwise
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The Predictor's door (issue 22): images accepted and refused exactly as the CLI reads files, a whole-image
+"""The Predictor's door: images accepted and refused exactly as the CLI reads files, a whole-image
 pass refused before it cannot fit in memory, and test-time augmentation at the cost the image size implies."""
 import re
 import time

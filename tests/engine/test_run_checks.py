@@ -1,4 +1,4 @@
-"""Bad values refused before they cost anything (issue 22): a training crop far larger than the images, and
+"""Bad values refused before they cost anything: a training crop far larger than the images, and
 `-o` overrides that change what a checkpoint's weights were trained with."""
 import json
 import time
@@ -9,10 +9,10 @@ from PIL import Image
 
 from pixelwise.config import apply_override
 from pixelwise.engine import build_run, train
-from pixelwise.engine.run import build_inference
+from pixelwise.inference import build_inference
 from pixelwise.errors import CheckpointError, ConfigError
 
-from synthetic import Disks, semantic_config, semantic_data, write_split
+from helpers.synthetic import Disks, semantic_config, semantic_data, write_split
 
 
 

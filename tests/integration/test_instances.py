@@ -11,11 +11,11 @@ from PIL import Image
 from pixelwise.cli import main
 from pixelwise.config import load_config
 from pixelwise.data import build_dataset
-from pixelwise.data.transforms import build_transforms
+from pixelwise.data.transforms import instance_transforms
 from pixelwise.engine import train
 from pixelwise.engine.tasks.instance import collate_instances, evaluate_instances
 from pixelwise.engine.trainer import TrainingError
-from pixelwise.report.predictions import draw_instances, instance_map
+from pixelwise.output.predictions import draw_instances, instance_map
 from conftest import require_dataset
 
 # Small images and few RoIs keep these steps at about a second on a CPU.
@@ -168,7 +168,7 @@ def test_evaluate_instances_scores_the_ground_truth_as_perfect_and_missing_masks
     require_dataset("isbi2012")
     cfg = _cfg("mask_rcnn_r18_fpn_isbi_cpu", tmp_path)
     ds = build_dataset(cfg.data, "val")
-    ds.transforms = build_transforms(cfg.data, train=False, ignore_index=None)
+    ds.transforms = instance_transforms(cfg.data, train=False)
     oracle = _Oracle(ds)
     metrics = evaluate_instances(oracle, ds, torch.device("cpu"), batch_size=2, progress=False)
     assert metrics["segm_AP"] == pytest.approx(1.0) and metrics["bbox_AP"] == pytest.approx(1.0)
@@ -192,7 +192,7 @@ def test_instance_datasets_in_build_dataset(tmp_path):
         build_dataset(cfg.data, "train")
     cfg.data.augment.crop_size = 256
     with pytest.raises(ValueError, match="crop_size=256 is not supported"):
-        build_transforms(cfg.data, train=True, ignore_index=None)
+        instance_transforms(cfg.data, train=True)
 
     isbi = _cfg("mask_rcnn_r18_fpn_isbi_cpu", tmp_path, "data.limit=null")
     ds = build_dataset(isbi.data, "val")
@@ -204,7 +204,7 @@ def test_training_flips_move_boxes_and_masks_with_the_image(tmp_path):
     cfg = _cfg("mask_rcnn_r18_fpn_isbi_cpu", tmp_path, "data.augment.vflip=false")
     ds = build_dataset(cfg.data, "train")
     image, target = ds[0]
-    ds.transforms = build_transforms(cfg.data, train=True, ignore_index=None)
+    ds.transforms = instance_transforms(cfg.data, train=True)
     flipped = None
     for seed in range(10):
         torch.manual_seed(seed)

@@ -107,7 +107,7 @@ def test_checkpoints_follow_the_umask_and_stale_temporaries_are_removed(tmp_path
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    stale = tmp_path / ".last.pt.abc123de.tmp"  # the older name, left by a kill during a save
+    stale = tmp_path / ".last.pt.abc123de.tmp"  # a name without the writer's pid, left by a kill during a save
     stale.write_bytes(b"x")
     dead = tmp_path / ".last.pt.999999999.k3j_9x0q.tmp"
     dead.write_bytes(b"x")

@@ -14,7 +14,7 @@ from pixelwise.config import load_config
 from pixelwise.engine.checkpoint import load_checkpoint, save_checkpoint
 from pixelwise.engine.data import StepBatchSampler
 from pixelwise.engine.run import lr_factor
-from pixelwise.engine.trainer import TrainingError, train
+from pixelwise.engine.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,15 +4,10 @@ untested: it is in list_models(), so it is here."""
 import pytest
 import torch
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from synthetic import Boxes, Disks, instance_config, semantic_config  # noqa: E402
-
-from pixelwise import create_model, list_models  # noqa: E402
-from pixelwise.engine.tasks import build_task  # noqa: E402
-from pixelwise.registry import model_arguments, model_task  # noqa: E402
+from helpers.synthetic import Boxes, Disks, instance_config, semantic_config
+from pixelwise import create_model, list_models
+from pixelwise.engine.tasks import build_task
+from pixelwise.registry import model_arguments, model_task
 
 # Small values for the width arguments a builder has; every other argument keeps its default.
 TINY = {"base_width": 4, "depth": 2, "width": 0.0625, "fc_channels": 32, "growth_rate": 4, "first_channels": 8,

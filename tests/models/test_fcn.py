@@ -201,7 +201,7 @@ def test_rarefied_fcn32s_has_input_size_and_loads_the_same_weights(output_stride
 def test_rarefied_backbone_equals_shift_and_stitch():
     # FCN section 3.2 on the real network: fc7 of the rarefied FCN-32s (pool5 stride removed, fc6
     # dilated) equals shift-and-stitch of the original pool5..fc7 layers over the conv5_3 map.
-    from pixelwise.ops.dense import shift_and_stitch
+    from pixelwise.ops.shift_and_stitch import shift_and_stitch
 
     coarse = _tiny("fcn32s", pad100=True).eval().double()
     dense = _tiny("fcn32s", pad100=True, output_stride=16).eval().double()

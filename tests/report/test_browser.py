@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from pixelwise.engine.report import write_report
+from pixelwise.report.run import write_report
 from conftest import tiny_fcn_run
 
 CHECKER = """<script>

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.engine.report import write_report
+from pixelwise.report.run import write_report
 from pixelwise.errors import DataError, OutputError
 from pixelwise.report.html import MARKER
 from conftest import require_dataset, tiny_fcn_run

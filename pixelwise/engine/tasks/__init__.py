@@ -1,11 +1,13 @@
 """Tasks: what differs between model families, so that the run builder, the loop and inference do not branch.
 
-A task owns how a batch is collated and moved to the device, `loss(model, batch) -> {name: scalar}`
-(the loop sums the dict), evaluation and the metrics it reports with their directions, the
-predictor that applies a model to images as users have them, and how predictions are written.
-The task of a run is chosen once, from the model: its registry entry (`register_model(task=...)`)
-or, for a model from elsewhere, its `pixelwise_task` attribute. Adding a family means adding one
-task module here and registering it.
+A task owns every difference between families: the samples' transforms and the settings and data it
+refuses, how a batch is collated and moved to the device, `loss(model, batch) -> {name: scalar}` (the
+loop sums the dict), evaluation and the metrics it reports with their directions (and the ones the
+report's table shows), the predictor that applies a model to images as users have them, how
+predictions are written, and what an export holds: its parts, how they are put back in the model and
+how an export is compared with PyTorch. The task of a run is chosen once, from the model: its registry
+entry (`register_model(task=...)`) or, for a model from elsewhere, its `pixelwise_task` attribute.
+Adding a family means adding one task module here, registered with @register_task.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pixelwise.data import dataset_entry, list_datasets
 from pixelwise.errors import TrainingError
 from pixelwise.metrics import better
 
-__all__ = ["Task", "TASKS", "build_task", "register_task", "task_name"]
+__all__ = ["Task", "TASKS", "build_task", "register_task", "task_class", "task_name"]
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -34,6 +36,7 @@ class Task:
 
     name = ""
     metrics: tuple[str, ...] = ()  # reported by `evaluate` on every dataset of the task
+    summary_metrics: tuple[str, ...] = ()  # the columns of the report's comparison table, where a run has them
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -48,6 +51,12 @@ class Task:
 
     def check_config(self, meta: dict) -> None:
         """Refuse settings that cannot fit the dataset (`meta`: data.dataset_meta), before the model is built."""
+
+    def transforms(self, *, train: bool, ignore_index: int | None, crop_size: int | None, context: int):
+        """The sample pipeline (image, target) -> (image, target) of a split: augmentation when `train`. `crop_size`
+        is the model's input side for data.augment.crop_size and `context` the margin a valid-convolution model
+        loses on each side (pixelwise.engine.run.training_crop)."""
+        raise NotImplementedError
 
     def init_weights(self, model: nn.Module, state: dict, source: str) -> None:
         """Start from a whole-model state dict (model.init_from), every tensor fitting."""
@@ -94,9 +103,39 @@ class Task:
         run report (`metrics`: this model's evaluation on `dataset`)."""
         return []
 
+    # Export (pixelwise.export, pixelwise.inference.load_exported).
+    export_input = ""  # what the main exported graph takes, recorded in the file's metadata
+
+    def export_parts(self, model: nn.Module, sample: torch.Tensor) -> dict:
+        """{part name: (module, example inputs, output structure, dynamic dimensions)}, the main part first, for
+        `sample` (an image as `export_sample` returns it)."""
+        raise NotImplementedError
+
+    def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
+        """`model` with its exported parts run by `graph(name, **RuntimeModule options)` (pixelwise.deploy.graph);
+        `parts` is the file's {name: {"structure": ...}}."""
+        raise NotImplementedError
+
+    def export_sample(self, predictor, image) -> torch.Tensor:
+        """An image file or array as the exported model is checked on it."""
+        raise NotImplementedError
+
+    def compare_export(self, reference, exported, sample: torch.Tensor, tolerance: dict) -> dict:
+        """How the exported model's predictor differs from PyTorch's on `sample`: {"agrees": bool, "summary": str,
+        the figures}."""
+        raise NotImplementedError
+
     def write_predictions(self, predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
         """Write the predictions of `paths` into `out`; returns (files written, what was written, in words)."""
         raise NotImplementedError
+
+
+def task_class(name: str) -> type[Task]:
+    """The registered task called `name`."""
+    _load_tasks()
+    if name not in TASKS:
+        raise TrainingError(f"unknown task {name!r}, expected one of {', '.join(sorted(TASKS))}")
+    return TASKS[name]
 
 
 def task_name(cfg, model: nn.Module | None = None) -> str:
@@ -114,7 +153,7 @@ def build_task(cfg, model: nn.Module | None = None) -> Task:
         raise TrainingError(f"model.name={cfg.model.name!r} is a {name} model but data.dataset={cfg.data.dataset!r} "
                             f"holds {data_task} data; use a dataset of {name} models ({', '.join(fitting) or 'none'}) "
                             f"or a {data_task} model (see `pixelwise models`)")
-    return TASKS[name](cfg)
+    return task_class(name)(cfg)
 
 
 @functools.cache

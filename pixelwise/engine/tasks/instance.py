@@ -12,15 +12,16 @@ import torch
 import torch.nn as nn
 
 from pixelwise.data.isbi_instances import to_coco
+from pixelwise.data.transforms import instance_transforms
 from pixelwise.engine.precision import as_float, autocast
 from pixelwise.engine.tasks import Task, register_task
-from pixelwise.errors import TrainingError
+from pixelwise.errors import ConfigError, TrainingError
 from pixelwise.metrics import COCO_METRICS
 from pixelwise.metrics.coco import coco_evaluate, masks_to_rle
 from pixelwise.progress import progress as track
-from pixelwise.report.predictions import predict_instances_to_folder
+from pixelwise.output.predictions import predict_instances_to_folder
 
-__all__ = ["InstancePredictor", "InstanceTask", "collate_instances", "evaluate_instances", "detect",
+__all__ = ["EXPORT_PARTS", "InstancePredictor", "InstanceTask", "collate_instances", "evaluate_instances", "detect",
            "instances_to_device", "max_detections"]
 
 
@@ -28,6 +29,23 @@ __all__ = ["InstancePredictor", "InstanceTask", "collate_instances", "evaluate_i
 class InstanceTask(Task):
     name = "instance"
     metrics = COCO_METRICS
+    summary_metrics = ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50")
+
+    def check_config(self, meta: dict) -> None:
+        """No semantic-only data settings: Mask R-CNN normalises its input inside the model."""
+        from pixelwise.config import DataConfig
+
+        data, defaults = self.cfg.data, DataConfig()
+        if data.weight_map:
+            raise ConfigError(f"data.weight_map=true is for semantic models; {data.dataset!r} is an instance dataset")
+        if data.mean != defaults.mean or data.std != defaults.std:
+            raise ConfigError(f"data.mean / data.std are not used with the instance dataset {data.dataset!r}: Mask "
+                              "R-CNN normalises its input inside the model, with ImageNet's mean and std; remove them")
+
+    def transforms(self, *, train: bool, ignore_index: int | None, crop_size: int | None, context: int):
+        """Horizontal and vertical flips that move boxes and masks with the image, when `train`
+        (pixelwise.data.transforms.instance_transforms)."""
+        return instance_transforms(self.cfg.data, train=train)
 
     def check(self, model: nn.Module, train_ds) -> None:
         """One class per object category, and none of the semantic loss options."""
@@ -63,7 +81,7 @@ class InstanceTask(Task):
         import numpy as np
         from PIL import Image
 
-        from pixelwise.report.predictions import draw_instances, instance_map
+        from pixelwise.output.predictions import draw_instances, instance_map
 
         names, examples = list(dataset.class_names), []
         for i in range(min(2 * count, len(dataset))):
@@ -95,10 +113,110 @@ class InstanceTask(Task):
         device = next(model.parameters()).device
         return "backbone", (torch.randn(1, 3, 128, 128, device=device),)
 
+    # Export (pixelwise.export): the parts with weights, each a graph; the code around them stays PyTorch.
+    export_input = "normalised, resized and padded (B, 3, H, W) batch (see pixelwise.export)"
+
+    def export_parts(self, model: nn.Module, sample: torch.Tensor) -> dict:
+        """{part: (module, example inputs, output structure, dynamic dimensions)} of EXPORT_PARTS present in the
+        model, each with the inputs it gets on `sample` ((3, H, W) in [0, 1]), captured by hooks."""
+        seen: dict[str, tuple] = {}
+        handles = [module.register_forward_pre_hook(
+            lambda m, args, name=name: seen.setdefault(name, tuple(_clone(a) for a in args)))
+            for name, module in _export_modules(model).items()]
+        try:
+            with torch.no_grad():
+                model.eval()([sample], detect=True)
+        finally:
+            for h in handles:
+                h.remove()
+        parts = {}
+        for name, module in _export_modules(model).items():
+            path, structure, dims = EXPORT_PARTS[name]
+            if name not in seen:
+                raise ConfigError(f"Mask R-CNN part {path} was not run on the sample image; cannot export it")
+            parts[name] = (module.eval(), tuple(_at_least_two(a, dims) for a in seen[name]), structure, dims)
+        rest = [n for n, p in model.named_parameters() if not any(n.startswith(v[0] + ".") for v in EXPORT_PARTS.values())]
+        if rest:  # every weight must be in a graph, or the exported model would run with random ones
+            raise ConfigError(f"Mask R-CNN parameters outside the exported parts: {rest[:5]}")
+        return parts
+
+    def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
+        """The model with each exported part replaced by its graph."""
+        for name, info in parts.items():
+            parent, _, leaf = EXPORT_PARTS[name][0].rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, graph(name, structure=info["structure"]))
+        return model
+
+    def export_sample(self, predictor: "InstancePredictor", image) -> torch.Tensor:
+        from pixelwise.data.io import as_image
+
+        return as_image(image, channels=3, name=str(image))
+
+    def compare_export(self, reference: "InstancePredictor", exported: "InstancePredictor", sample: torch.Tensor,
+                       tolerance: dict) -> dict:
+        """The same detections: their number and labels, boxes within tolerance["box_px"], masks agreeing."""
+        cpu = torch.device("cpu")
+        a, b = detect(reference.model, [sample], cpu)[0], detect(exported.model, [sample], cpu)[0]
+        report = {"detections": len(a["boxes"]), "exported_detections": len(b["boxes"])}
+        if len(a["boxes"]) != len(b["boxes"]):
+            report.update(agrees=False, summary=f"{len(a['boxes'])} detections in PyTorch, {len(b['boxes'])} exported")
+            return report
+        box = (a["boxes"] - b["boxes"]).abs().max().item() if len(a["boxes"]) else 0.0
+        score = (a["scores"] - b["scores"]).abs().max().item() if len(a["scores"]) else 0.0
+        union = (a["masks"] | b["masks"]).sum().item()
+        agreement = 1.0 - (a["masks"] ^ b["masks"]).sum().item() / union if union else 1.0
+        labels_same = bool(torch.equal(a["labels"], b["labels"]))
+        ok = box <= tolerance["box_px"] and agreement >= tolerance["agreement"] and labels_same
+        report.update(max_box_diff=box, max_score_diff=score, mask_agreement=agreement, agrees=ok,
+                      summary=f"{len(a['boxes'])} detections each, boxes within {box:.2e} px, scores within "
+                              f"{score:.2e}, {100 * agreement:.3f}% of the mask pixels the same"
+                              + ("" if labels_same else ", labels differ"))
+        return report
+
     def write_predictions(self, predictor: "InstancePredictor", paths, out, *, meta: dict, protected=()):
         written = predict_instances_to_folder(predictor, paths, out, protected=protected)
         return written, (".json with boxes, scores and RLE masks + _instances.png + _overlay.png; classes.json names "
                          "the classes")
+
+
+# The exported parts of a Mask R-CNN, the ones with weights: (submodule path, how its outputs are grouped,
+# dimensions that vary at run time). C4 models have res5, FPN models do not.
+EXPORT_PARTS = {
+    "backbone": ("backbone", "list", (0, 2, 3)),
+    "rpn_head": ("rpn.head", "lists:2", (0, 2, 3)),
+    "res5": ("roi_heads.res5", "tensor", (0,)),
+    "box_head": ("roi_heads.box_head", "tuple", (0,)),
+    "mask_head": ("roi_heads.mask_head", "tensor", (0,)),
+}
+
+
+def _export_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The EXPORT_PARTS the model has (with weights), by name."""
+    found = {}
+    for name, (path, _, _) in EXPORT_PARTS.items():
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+            found[name] = module
+    return found
+
+
+def _clone(a):
+    if isinstance(a, torch.Tensor):
+        return a.detach().clone()
+    return type(a)(_clone(v) for v in a) if isinstance(a, (list, tuple)) else a
+
+
+def _at_least_two(a, dims):
+    """The example with every dynamic dimension of size >= 2 (export fixes dimensions of size 0 and 1)."""
+    if isinstance(a, (list, tuple)):
+        return type(a)(_at_least_two(v, dims) for v in a)
+    for d in dims:
+        if d < a.dim() and a.shape[d] < 2:
+            a = torch.randn(*a.shape[:d], 2, *a.shape[d + 1:]) if a.shape[d] == 0 else torch.cat([a, a], dim=d)
+    return a
 
 
 class InstancePredictor:

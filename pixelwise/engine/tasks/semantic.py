@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pixelwise.data.transforms import build_transforms
 from pixelwise.data.stats import class_frequencies, label_census, median_frequency_weights
 from pixelwise.engine.data import collate
 from pixelwise.engine.precision import channels_last
@@ -19,7 +20,7 @@ from pixelwise.errors import ConfigError, DataError
 from pixelwise.losses import cross_entropy
 from pixelwise.metrics import ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, isbi_scores, mean_isbi_scores
 from pixelwise.progress import progress as track
-from pixelwise.report.predictions import predict_to_folder
+from pixelwise.output.predictions import predict_to_folder
 from pixelwise.registry import model_arguments
 
 
@@ -27,6 +28,7 @@ from pixelwise.registry import model_arguments
 class SemanticTask(Task):
     name = "semantic"
     metrics = SEMANTIC_METRICS
+    summary_metrics = ("miou", "pixel_acc", "mean_acc", "fwiou", "membrane_iou", "adapted_rand_error", "pixel_error")
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -44,6 +46,12 @@ class SemanticTask(Task):
         if isinstance(model_channels, int) and model_channels != channels:
             raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
                               f"channel{'s' if channels > 1 else ''}; set model.args.in_channels={channels}")
+
+    def transforms(self, *, train: bool, ignore_index: int | None, crop_size: int | None, context: int):
+        """Flips, rot90, elastic deformation, crop and intensity jitter as data.augment enables them (training),
+        then data.mean / data.std (pixelwise.data.transforms.build_transforms)."""
+        return build_transforms(self.cfg.data, train=train, ignore_index=ignore_index, crop_size=crop_size,
+                                context=context)
 
     def check(self, model: nn.Module, train_ds) -> None:
         """A training crop no larger than the longest side of the training images (read from their headers):
@@ -171,7 +179,7 @@ class SemanticTask(Task):
         from PIL import Image
 
         from pixelwise.data import dataset_meta
-        from pixelwise.report.visualize import overlay, palette_for, to_rgb
+        from pixelwise.output.visualize import overlay, palette_for, to_rgb
 
         scores = metrics.get("per_image_miou") or []
         ranked = sorted((s, i) for i, s in enumerate(scores[: len(dataset)]) if s is not None)
@@ -191,11 +199,57 @@ class SemanticTask(Task):
             examples.append((f"{kind}: {label}, mean IoU {score:.3f} (image | ground truth | prediction)", picture))
         return examples
 
+    # Export (pixelwise.export): the whole network in one graph, the recipe's normalisation inside.
+    export_input = "float32 (N, C, H, W) in [0, 1], normalised inside the graph"
+
+    def export_parts(self, model: nn.Module, sample: torch.Tensor) -> dict:
+        """{"model": (module, example inputs, output structure, dynamic dimensions)}; `sample` is a normalised
+        (C, H, W) image. Batch, height and width stay dynamic; a model's size rule is kept (geometry)."""
+        data = self.cfg.data
+        graph = Normalized(model, data.mean, data.std) if data.mean is not None else model
+        C, H, W = sample.shape
+        in_side = geometry(model, min(H, W, 256))[0]
+        example = torch.rand(2, C, in_side, in_side)  # batch 2: a batch of 1 would be fixed to 1 in the graph
+        return {"model": (graph.eval(), (example,), "tensor", (0, 2, 3))}
+
+    def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
+        """The exported graph in place of the whole model; it normalises itself, so the Predictor's normalised
+        windows are denormalised before it."""
+        data = self.cfg.data
+        normalize = (data.mean, data.std) if data.mean is not None else None
+        return graph(next(iter(parts)), denormalize=normalize, geometry=model)
+
+    def export_sample(self, predictor: Predictor, image) -> torch.Tensor:
+        return predictor.preprocess(image, str(image))
+
+    def compare_export(self, reference: Predictor, exported: Predictor, sample: torch.Tensor, tolerance: dict) -> dict:
+        """The largest probability difference and the share of pixels with the same label."""
+        p, q = reference.predict_probs(sample), exported.predict_probs(sample)
+        diff = (p - q).abs().max().item()
+        agreement = (p.argmax(0) == q.argmax(0)).float().mean().item()
+        ok = diff <= tolerance["prob"] and agreement >= tolerance["agreement"]
+        return {"max_prob_diff": diff, "label_agreement": agreement, "agrees": ok,
+                "summary": f"largest probability difference {diff:.2e}, {100 * agreement:.3f}% of the pixels with "
+                           "the same label"}
+
     def write_predictions(self, predictor: Predictor, paths, out, *, meta: dict, protected=()) -> tuple[list, str]:
         save = self.cfg.infer.save_probs
         written = predict_to_folder(predictor, paths, out, palette=meta["palette"], save_probs=save,
                                     class_names=meta["class_names"], note=meta.get("label_note"), protected=protected)
         return written, f"index PNG + _overlay.png{' + _probs.npy' if save else ''}; classes.json says what each pixel value means"
+
+
+class Normalized(nn.Module):
+    """model((x - mean) / std): the recipe's input normalisation inside an exported graph."""
+
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
 
 
 def center_crop_like(targets: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

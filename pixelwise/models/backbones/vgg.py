@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pixelwise.ops.dense import rarefy
+from pixelwise.ops.shift_and_stitch import rarefy
 from pixelwise.ops.upsample import Placement
 from pixelwise.errors import ConfigError, WeightsError
 

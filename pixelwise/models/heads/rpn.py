@@ -216,7 +216,7 @@ class RPN(nn.Module):
         grid = [tuple(f.shape[-2:]) for f in features]
         strides = [(padded_size[0] // h, padded_size[1] // w) for h, w in grid]
         # At least float32: under bf16 autocast the features are bf16, whose 8-bit mantissa would put anchors
-        # (and the proposals and IoUs computed from them) 4-8 px apart at 1000 px; the bf16 recipe's box loss went NaN.
+        # (and the proposals and IoUs computed from them) 4-8 px apart at 1000 px, enough to make the box loss NaN.
         return grid_anchors(self.sizes, self.aspect_ratios, grid, strides, device=features[0].device,
                             dtype=torch.promote_types(features[0].dtype, torch.float32))
 

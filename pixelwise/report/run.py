@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from pixelwise.engine.tasks import task_class
 from pixelwise.errors import DataError, OutputError, PixelwiseError
 from pixelwise.files import write_text
+from pixelwise.registry import model_task
 from pixelwise.report.html import MARKER, curves_png, render
 
 __all__ = ["collect_run", "write_report"]
@@ -69,12 +71,13 @@ def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, dev
     run = {"name": name, "path": str(folder.resolve()), "config": config, "config_text": config_text,
            "metrics": metrics, "log": log, "train_state": _json(folder / "train_state.json"),
            "environment": _json(folder / "environment.json"), "curves": curves_png([(name, log)]) if log else None,
-           "examples": [], "examples_note": None}
+           "examples": [], "examples_note": None, "summary_metrics": _summary_metrics(config)}
     checkpoint = folder / "last.pt" if (folder / "last.pt").is_file() else folder / "best.pt"
     if not checkpoint.is_file():
         run["examples_note"] = f"No last.pt or best.pt in {folder}: no validation images shown."
         return run
-    from pixelwise.engine.run import build_datasets, build_inference
+    from pixelwise.engine.run import build_datasets
+    from pixelwise.inference import build_inference
 
     try:
         inference = build_inference(checkpoint, device=device, overrides=[f"data.root={data_root}"] if data_root else [])
@@ -87,6 +90,15 @@ def collect_run(run_dir, *, data_root: str | None = None, examples: int = 2, dev
     except PixelwiseError as e:  # the page still shows the rest; it says why the images are missing
         run["examples_note"] = f"Validation images not shown: {e}"
     return run
+
+
+def _summary_metrics(config: dict) -> tuple[str, ...]:
+    """The metrics of the comparison table for a run: its task's (Task.summary_metrics), by its model; none for a
+    model this version does not know."""
+    try:
+        return task_class(model_task(str((config.get("model") or {}).get("name")))).summary_metrics
+    except PixelwiseError:
+        return ()
 
 
 def write_report(run_dirs: Sequence, out=None, *, data_root: str | None = None, title: str | None = None,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelwise.ops.dense import rarefy, rarefy_kernel, shift_and_stitch
+from pixelwise.ops.shift_and_stitch import rarefy, rarefy_kernel, shift_and_stitch
 
 
 def pooled_net() -> nn.Sequential:

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelwise.report.visualize import colorize, overlay, palette_for, plot_curves, save_index_png
+from pixelwise.output.visualize import colorize, overlay, palette_for, plot_curves, save_index_png
 
 
 def test_index_png_keeps_class_indices_and_palette(tmp_path):

@@ -21,7 +21,7 @@ from pixelwise.data.io import DataError, as_image, image_size, read_image
 from pixelwise.errors import OutputError
 from pixelwise.files import atomic_write, ensure_dir, write_json, write_text
 from pixelwise.progress import progress as track
-from pixelwise.report.visualize import DEFAULT_PALETTE, overlay, palette_for, save_index_png
+from pixelwise.output.visualize import DEFAULT_PALETTE, overlay, palette_for, save_index_png
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 SEMANTIC_OUTPUTS = ("{}.png", "{}_overlay.png", "{}_probs.npy")

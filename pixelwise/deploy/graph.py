@@ -1,0 +1,80 @@
+"""One exported graph behind an nn.Module: `RuntimeModule`, called like the PyTorch module it was exported from.
+
+Float32 tensors in, tensors out, in the same structure, so the Predictor's tiling and TTA and Mask
+R-CNN's proposal and post-processing code run unchanged around it. What runs the graph is a runtime of
+pixelwise.deploy.runtimes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pixelwise.deploy.runtimes import RUNTIMES, check_runtime, flatten
+from pixelwise.errors import InferenceError
+
+
+class RuntimeModule(nn.Module):
+    """One exported graph, called like the module it came from.
+
+    structure: how the flat list of graph outputs is regrouped ("tensor", "tuple", "list", or
+    "lists:N" for N lists of equal length). denormalize: (mean, std) to undo before the graph, for a
+    semantic model whose graph normalises its input itself while the Predictor hands normalised windows.
+    """
+
+    def __init__(self, path: str | Path, runtime: str, *, precision: str = "fp32", structure: str = "tensor",
+                 denormalize=None, geometry: nn.Module | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        # The size rule of the exported model (the valid-convolution U-Net's), which the Predictor asks for.
+        for fn in ("input_size_for", "output_size"):
+            if geometry is not None and hasattr(geometry, fn):
+                setattr(self, fn, _size_rule(geometry, fn))
+        self.path, self.runtime, self.structure = str(path), runtime, structure
+        if denormalize is not None:
+            mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in denormalize)
+            self.register_buffer("mean", mean, persistent=False)
+            self.register_buffer("std", std, persistent=False)
+        self.denormalize = denormalize is not None
+        check_runtime(path, runtime)
+        self._runner = RUNTIMES[runtime](path, precision, threads or torch.get_num_threads())  # not a module: no weights here
+
+    def forward(self, *inputs):
+        if self.denormalize:
+            inputs = (inputs[0].float() * self.std + self.mean, *inputs[1:])
+        feeds = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in flatten(inputs)]
+        try:
+            raw = self._runner.run(feeds, inputs)
+        except Exception as e:  # the runtime's own refusal (an input size its graph cannot take, ...)
+            shapes = ", ".join(str(tuple(f.shape)) for f in feeds)
+            raise InferenceError(f"{self.runtime} could not run {self.path!r} on inputs of shape {shapes}: "
+                                 f"{' '.join(str(e).split())[-300:]}") from e
+        outs = [torch.as_tensor(np.asarray(o)) if not isinstance(o, torch.Tensor) else o for o in raw]
+        return regroup(outs, self.structure)
+
+
+def _size_rule(model: nn.Module, fn: str):
+    """model.fn as a function that keeps no reference to the model's weights (they are not needed)."""
+    import copy
+
+    skeleton = copy.copy(model)  # shallow: the same attributes (depth, padding, ...) without...
+    skeleton._parameters, skeleton._buffers, skeleton._modules = {}, {}, {}  # ...the tensors and children
+    return getattr(skeleton, fn)
+
+
+def regroup(outs: list[torch.Tensor], structure: str):
+    if structure == "tensor":
+        return outs[0]
+    if structure == "tuple":
+        return tuple(outs)
+    if structure == "list":
+        return list(outs)
+    if structure.startswith("lists:"):
+        n = int(structure.split(":")[1])
+        size = len(outs) // n
+        return tuple(list(outs[i * size:(i + 1) * size]) for i in range(n))
+    raise ValueError(f"unknown output structure {structure!r}")
+
+
+__all__ = ["RuntimeModule", "regroup"]
