@@ -406,19 +406,23 @@ _DOC_ARGS = """
 """
 
 
-def _fpn_builder(depth: int):
+def _builder(depth: int, c4: bool):
+    """The registered builder of one Mask R-CNN; C4 and FPN differ in their proposal and RoI sampling defaults."""
+    pre_nms = (12000, 6000) if c4 else (2000, 1000)
+    rois = 64 if c4 else 512
+
     def builder(
         *, num_classes: int = 90, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
         frozen_bn: bool = True, norm: str = "bn", mask_roi: str = "roi_align", mask_loss: str = "sigmoid",
         class_agnostic: bool = False, mask_head: str = "fcn", rpn_batch_size_per_image: int = 256,
-        rpn_positive_fraction: float = 0.5, rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
-        rpn_post_nms_top_n: tuple[int, int] = (2000, 1000), box_batch_size_per_image: int = 512,
+        rpn_positive_fraction: float = 0.5, rpn_pre_nms_top_n: tuple[int, int] = pre_nms,
+        rpn_post_nms_top_n: tuple[int, int] = (2000, 1000), box_batch_size_per_image: int = rois,
         box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5,
         detections_per_img: int = 100, mask_threshold: float | None = 0.5, trainable_layers: int | None = None,
         weights: str | None = None, backbone_weights: str | None = None,
     ) -> MaskRCNN:
         return _build(
-            depth=depth, c4=False, num_classes=num_classes, min_size=min_size, max_size=max_size,
+            depth=depth, c4=c4, num_classes=num_classes, min_size=min_size, max_size=max_size,
             frozen_bn=frozen_bn, norm=norm, mask_roi=mask_roi, mask_loss=mask_loss, class_agnostic=class_agnostic,
             mask_head=mask_head, rpn_batch_size_per_image=rpn_batch_size_per_image,
             rpn_positive_fraction=rpn_positive_fraction, rpn_pre_nms_top_n=rpn_pre_nms_top_n,
@@ -427,42 +431,17 @@ def _fpn_builder(depth: int):
             box_nms_thresh=box_nms_thresh, detections_per_img=detections_per_img, mask_threshold=mask_threshold,
             trainable_layers=trainable_layers, weights=weights, backbone_weights=backbone_weights,
         )
-    builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_fpn"
-    builder.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (He et al. 2017, section 3; FPN RoI heads of Fig. 4 right)."
-                       + ("\n" + _DOC_ARGS))
+    builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_{'c4' if c4 else 'fpn'}"
+    summary = (f"Mask R-CNN, ResNet-{depth}-C4: res4 backbone, res5 RoI head on 14x14 RoI features, deconv mask head, "
+               "15 anchors (Fig. 4 left)." if c4 else
+               f"Mask R-CNN, ResNet-{depth}-FPN (He et al. 2017, section 3; FPN RoI heads of Fig. 4 right).")
+    builder.__doc__ = summary + "\n" + _DOC_ARGS
     return register_model(builder, task="instance")
 
 
-def _c4_builder(depth: int):
-    def builder(
-        *, num_classes: int = 90, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
-        frozen_bn: bool = True, norm: str = "bn", mask_roi: str = "roi_align", mask_loss: str = "sigmoid",
-        class_agnostic: bool = False, mask_head: str = "fcn", rpn_batch_size_per_image: int = 256,
-        rpn_positive_fraction: float = 0.5, rpn_pre_nms_top_n: tuple[int, int] = (12000, 6000),
-        rpn_post_nms_top_n: tuple[int, int] = (2000, 1000), box_batch_size_per_image: int = 64,
-        box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5,
-        detections_per_img: int = 100, mask_threshold: float | None = 0.5, trainable_layers: int | None = None,
-        weights: str | None = None, backbone_weights: str | None = None,
-    ) -> MaskRCNN:
-        return _build(
-            depth=depth, c4=True, num_classes=num_classes, min_size=min_size, max_size=max_size,
-            frozen_bn=frozen_bn, norm=norm, mask_roi=mask_roi, mask_loss=mask_loss, class_agnostic=class_agnostic,
-            mask_head=mask_head, rpn_batch_size_per_image=rpn_batch_size_per_image,
-            rpn_positive_fraction=rpn_positive_fraction, rpn_pre_nms_top_n=rpn_pre_nms_top_n,
-            rpn_post_nms_top_n=rpn_post_nms_top_n, box_batch_size_per_image=box_batch_size_per_image,
-            box_positive_fraction=box_positive_fraction, box_score_thresh=box_score_thresh,
-            box_nms_thresh=box_nms_thresh, detections_per_img=detections_per_img, mask_threshold=mask_threshold,
-            trainable_layers=trainable_layers, weights=weights, backbone_weights=backbone_weights,
-        )
-    builder.__name__ = builder.__qualname__ = f"mask_rcnn_r{depth}_c4"
-    builder.__doc__ = (f"Mask R-CNN, ResNet-{depth}-C4: res4 backbone, res5 RoI head on 14x14 RoI features, "
-                       "deconv mask head, 15 anchors (Fig. 4 left)." + ("\n" + _DOC_ARGS))
-    return register_model(builder, task="instance")
-
-
-mask_rcnn_r18_fpn = _fpn_builder(18)
-mask_rcnn_r34_fpn = _fpn_builder(34)
-mask_rcnn_r50_fpn = _fpn_builder(50)
-mask_rcnn_r101_fpn = _fpn_builder(101)
-mask_rcnn_r50_c4 = _c4_builder(50)
-mask_rcnn_r101_c4 = _c4_builder(101)
+mask_rcnn_r18_fpn = _builder(18, c4=False)
+mask_rcnn_r34_fpn = _builder(34, c4=False)
+mask_rcnn_r50_fpn = _builder(50, c4=False)
+mask_rcnn_r101_fpn = _builder(101, c4=False)
+mask_rcnn_r50_c4 = _builder(50, c4=True)
+mask_rcnn_r101_c4 = _builder(101, c4=True)
