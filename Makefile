@@ -7,9 +7,10 @@ ifneq ($(wildcard ../shared/data),)
 export PIXELWISE_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: demo test test-slow bench env browser clean
+.PHONY: demo test test-slow bench env browser compiler clean
 
 $(BIN)/pixelwise: pyproject.toml
+	$(MAKE) compiler
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
@@ -25,6 +26,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+# The crf extra (pydensecrf2) is an sdist compiled at install: a C++ compiler and Python's headers, installed once.
+compiler:
+	@command -v g++ >/dev/null 2>&1 && $(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ python3-dev; }
 
 test: env browser
 	$(BIN)/python -m pytest

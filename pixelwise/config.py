@@ -125,6 +125,9 @@ class InferConfig:
     precision: Optional[Literal["fp32", "bf16", "fp16"]] = None  # null: as train.precision
     channels_last: Optional[bool] = None  # null: as train.channels_last
     fold_bn: bool = False  # eval and predict: fold eval-mode BatchNorm into the convolution before it (checked)
+    # Semantic models: the fully connected CRF after the network (pixelwise.crf): null = off, else a mapping of
+    # backend (torch | pydensecrf), iterations, w1, theta_alpha, theta_beta, w2, theta_gamma ({} = the defaults).
+    crf: Optional[dict] = None
 
 
 @dataclass

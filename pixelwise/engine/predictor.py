@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixelwise.crf import crf_settings, dense_crf
 from pixelwise.engine.precision import autocast, channels_last
 from pixelwise.errors import ConfigError, InferenceError
 
@@ -108,7 +109,8 @@ class Predictor:
     `predict_probs` takes an image normalised as in training. Called on an image as users have it
     (a path, a PIL image, a uint8 array (H, W) or (H, W, C)), the predictor reads it with `channels`,
     normalises it with `mean` / `std` (the training transform's own Normalize), and returns the label
-    map (H, W); `threshold` applies to class 1 of a two-class model. `pixelwise.inference.load_predictor`
+    map (H, W); `threshold` applies to class 1 of a two-class model; `crf` (infer.crf) refines the
+    probabilities with the fully connected CRF first. `pixelwise.inference.load_predictor`
     sets all of these from what a checkpoint holds.
     """
 
@@ -127,6 +129,7 @@ class Predictor:
         mean=None,
         std=None,
         threshold: float | None = None,
+        crf: dict | None = None,
         class_names=None,
     ) -> None:
         if tile is not None and tile <= 0:
@@ -141,6 +144,7 @@ class Predictor:
         if channels_last and isinstance(model, nn.Module):
             model.to(memory_format=torch.channels_last)
         self.channels, self.threshold, self.class_names = channels, threshold, class_names
+        self.crf = crf_settings(crf) if crf is not None else None  # (backend, CRFParams)
         self._bytes_per_pixel: float | None = None  # of the largest activation, per input pixel (check_fits)
         self.normalize = None
         if mean is not None:
@@ -183,7 +187,14 @@ class Predictor:
     def postprocess(self, probs: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """The one output step of a semantic model, which eval, predict, the report and every runtime call:
         probs (K, H, W) and the image as read ((C, H, W) in [0, 1], not normalised: what a refinement such as a
-        CRF needs) -> labels (H, W) int64: the most probable class, or class 1 at or above infer.threshold."""
+        CRF needs) -> labels (H, W) int64: the most probable class, or class 1 at or above infer.threshold, after
+        the fully connected CRF where infer.crf sets one (pixelwise.crf)."""
+        if self.crf is not None:
+            if image is None:
+                raise ConfigError("infer.crf refines the probabilities with the image: give postprocess the image "
+                                  "as read (Predictor.read, or Predictor.denormalize of a dataset's image)")
+            backend, params = self.crf
+            probs = dense_crf(probs, image, backend=backend, **vars(params))
         return probs_to_labels(probs, self.threshold)
 
     def _probs(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -178,7 +178,8 @@ class Trainer:
         return metrics
 
     def _evaluate(self) -> dict:
-        metrics = self.task.evaluate(self.model, self.run.val_ds, self.device, progress=False, tta=False)
+        metrics = self.task.evaluate(self.model, self.run.val_ds, self.device, progress=False, tta=False,
+                                     refine=False)
         self.state.metrics = metrics
         write_json(self.out / "val_metrics.json", {"step": self.state.step, **metrics}, what="validation metrics")
         return metrics

@@ -81,10 +81,13 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
-                 tta: bool | None = None) -> dict:
+                 tta: bool | None = None, refine: bool = True) -> dict:
+        """Metrics of `model` on `dataset`; `tta` overrides infer.tta, refine=False leaves out post-processing
+        such as infer.crf (validation during training)."""
         raise NotImplementedError
 
-    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None):
+    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
+                  refine: bool = True):
         raise NotImplementedError
 
     def inference_precision(self) -> tuple[str, bool]:

@@ -38,6 +38,9 @@ class InstanceTask(Task):
         data, defaults = self.cfg.data, DataConfig()
         if data.weight_map:
             raise ConfigError(f"data.weight_map=true is for semantic models; {data.dataset!r} is an instance dataset")
+        if self.cfg.infer.crf is not None:
+            raise ConfigError("infer.crf refines semantic models' probabilities; Mask R-CNN's masks have none to "
+                              "refine: remove it")
         if data.mean != defaults.mean or data.std != defaults.std:
             raise ConfigError(f"data.mean / data.std are not used with the instance dataset {data.dataset!r}: Mask "
                               "R-CNN normalises its input inside the model, with ImageNet's mean and std; remove them")
@@ -71,7 +74,7 @@ class InstanceTask(Task):
         return model(images, targets, detect=False)["losses"]
 
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
-                 tta: bool | None = None) -> dict:
+                 tta: bool | None = None, refine: bool = True) -> dict:
         precision, nhwc = self.inference_precision()
         return evaluate_instances(model, dataset, device, batch_size=self.cfg.infer.batch_size, progress=progress,
                                   precision=precision, channels_last=nhwc)
@@ -103,7 +106,7 @@ class InstanceTask(Task):
         return examples
 
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None,
-                  class_names=None) -> "InstancePredictor":
+                  class_names=None, refine: bool = True) -> "InstancePredictor":
         precision, nhwc = self.inference_precision()
         return InstancePredictor(model, device, class_names=class_names, score_threshold=self.cfg.infer.score_threshold,
                                  precision=precision, channels_last=nhwc)

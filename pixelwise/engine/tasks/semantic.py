@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pixelwise.crf import crf_settings
 from pixelwise.data.transforms import build_transforms
 from pixelwise.data.stats import class_frequencies, label_census, median_frequency_weights
 from pixelwise.engine.data import collate
@@ -19,6 +20,7 @@ from pixelwise.engine.tasks import Task, register_task
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.losses import cross_entropy
 from pixelwise.metrics import ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, isbi_scores, mean_isbi_scores
+from pixelwise.metrics.boundary import TRIMAP_WIDTHS, trimap_counts, trimap_metrics
 from pixelwise.progress import progress as track
 from pixelwise.output.predictions import predict_to_folder
 from pixelwise.registry import model_arguments
@@ -42,6 +44,8 @@ class SemanticTask(Task):
         if len(cfg.data.mean) not in (1, channels):
             raise ConfigError(f"data.mean has {len(cfg.data.mean)} values but the images of {name!r} have {channels} "
                               f"channel{'s' if channels > 1 else ''}; expected 1 value or {channels}")
+        if cfg.infer.crf is not None:
+            crf_settings(cfg.infer.crf)  # its keys and values, before anything runs
         model_channels = cfg.model.args.get("in_channels", model_arguments(cfg.model.name).get("in_channels"))
         if isinstance(model_channels, int) and model_channels != channels:
             raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
@@ -121,8 +125,10 @@ class SemanticTask(Task):
             return {"ce": ce(logits["out"]), "aux": t.aux_loss_weight * ce(logits["aux"])}
         return {"ce": ce(logits)}
 
-    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None) -> Predictor:
-        """The predictor cfg.infer describes; `tta` overrides infer.tta (validation during training skips it)."""
+    def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
+                  refine: bool = True) -> Predictor:
+        """The predictor cfg.infer describes; `tta` overrides infer.tta and refine=False leaves out infer.crf
+        (validation during training skips both)."""
         from pixelwise.data import dataset_meta
 
         i, data = self.cfg.infer, self.cfg.data
@@ -130,7 +136,7 @@ class SemanticTask(Task):
         return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta if tta is None else tta,
                          batch_size=i.batch_size, precision=precision, channels_last=nhwc,
                          channels=dataset_meta(data)["in_channels"], mean=data.mean, std=data.std,
-                         threshold=i.threshold, class_names=class_names)
+                         threshold=i.threshold, crf=i.crf if refine else None, class_names=class_names)
 
     def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
         from pixelwise.data import dataset_meta
@@ -141,12 +147,12 @@ class SemanticTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
-                 tta: bool | None = None) -> dict:
+                 tta: bool | None = None, refine: bool = True) -> dict:
         """Metrics of `model` on every sample of `dataset` (whole images, as configured in cfg.infer)."""
-        predictor = self.predictor(model, device, tta=tta)
+        predictor = self.predictor(model, device, tta=tta, refine=refine)
         cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
         isbi = set(ISBI_METRICS) <= set(getattr(dataset, "metrics", ()))  # the dataset declares the ISBI scores
-        scores, per_image = [], []
+        scores, per_image, trimap = [], [], {k: [0, 0] for k in TRIMAP_WIDTHS}
         for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
             image, target = dataset[i]
             mask = target["mask"].as_subclass(torch.Tensor)
@@ -156,6 +162,9 @@ class SemanticTask(Task):
             one.update(pred, mask)
             cm.matrix += one.matrix
             per_image.append(one.compute()["miou"] if one.matrix.sum() else None)
+            for k, (correct, total) in trimap_counts(pred, mask, dataset.ignore_index).items():
+                trimap[k][0] += correct
+                trimap[k][1] += total
             if isbi:
                 scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
         if cm.matrix.sum() == 0:
@@ -165,6 +174,7 @@ class SemanticTask(Task):
         if isbi:
             metrics["membrane_iou"] = metrics["per_class_iou"][1]
             metrics.update(mean_isbi_scores(scores))
+        metrics.update(trimap_metrics(trimap))  # accuracy near the boundaries, where a CRF acts
         metrics["num_images"] = len(dataset)
         metrics["confusion_matrix"] = cm.matrix.tolist()  # rows: ground truth, columns: prediction
         metrics["per_image_miou"] = per_image  # for the report's best and worst images
