@@ -30,6 +30,7 @@ examples:
   pixelwise train --resume runs/unet_isbi2012_cpu/last.pt
   pixelwise eval --checkpoint runs/unet_isbi2012_cpu/best.pt
   pixelwise predict --checkpoint runs/unet_isbi2012_cpu/best.pt IMAGES... --out DIR
+  pixelwise crf-search --checkpoint runs/fcn8s_camvid_cpu/best.pt   the CRF's parameters for this model
   pixelwise models                                  the registered networks
   pixelwise report runs/a runs/b --out compare.html one offline HTML page comparing runs
   pixelwise reproduce --list                        the papers' ablations, re-run with one command
@@ -235,6 +236,28 @@ def cmd_export(args) -> int:
     print(f"checked with {report['runtime']} on {report['image']}: {report['summary']}")
     for f in report["files"]:
         print(f"wrote {f}")
+    return 0
+
+
+def cmd_crf_search(args) -> int:
+    import json
+
+    from pixelwise.crf_search import crf_search, write_search
+    from pixelwise.files import same_file
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "crf_search.json"
+    if same_file(out, Path(args.checkpoint)):
+        raise OutputError(f"--out {str(out)!r} is the checkpoint itself")
+    overrides = [*args.override, *([f"data.root={args.data_root}"] if args.data_root else [])]
+    result = crf_search(args.checkpoint, images=args.images, iterations=args.iterations, overrides=overrides)
+    write_search(result, out)
+    print(f"mean IoU on {result['images']} validation images: {result['miou_without_crf']:.4f} without CRF, "
+          f"{result['miou_best']:.4f} with the best of {len(result['tried'])} settings")
+    if result["best"] is None:
+        print("no setting beats the model alone: leave infer.crf off for this model")
+    else:
+        print(f'use: -o "infer.crf={json.dumps(result["best"])}"')
+    print(f"wrote {out}")
     return 0
 
 
@@ -481,6 +504,22 @@ def _reproduce_parser(sub) -> None:
     sp.set_defaults(fn=cmd_reproduce)
 
 
+def _crf_search_parser(sub) -> None:
+    sp = sub.add_parser("crf-search", help="choose infer.crf's parameters on held-out validation images",
+                        description=(
+        "Search the fully connected CRF's w1, theta_alpha and theta_beta (w2 = theta_gamma = 3), coarse to fine, "
+        "as DeepLab did: the model predicts the first --images validation images once and every setting refines "
+        "them (torch backend), scored by mean IoU. Writes every setting tried and the best infer.crf block as JSON, "
+        "or says that no setting beats the model alone."))
+    _common(sp)
+    _checkpoint(sp, help="a run's best.pt or last.pt of a semantic model")
+    sp.add_argument("--images", type=int, default=20, help="validation images to search on (default 20)")
+    sp.add_argument("--iterations", type=int, default=5, help="mean-field iterations (default 5)")
+    sp.add_argument("--out", metavar="FILE", help="result JSON (default crf_search.json beside the checkpoint)")
+    _trust(sp)
+    sp.set_defaults(fn=cmd_crf_search)
+
+
 def _models_parser(sub) -> None:
     sp = sub.add_parser("models", help="list registered models, or show one model's arguments",
                         description="List the registered models; with a NAME, show the builder's arguments and defaults.")
@@ -508,8 +547,8 @@ def _demo_parser(sub) -> None:
     sp.set_defaults(fn=cmd_demo)
 
 
-_COMMAND_PARSERS = (_train_parser, _eval_parser, _predict_parser, _export_parser, _report_parser, _reproduce_parser,
-            _models_parser, _recipes_parser, _demo_parser)
+_COMMAND_PARSERS = (_train_parser, _eval_parser, _predict_parser, _export_parser, _crf_search_parser, _report_parser,
+                    _reproduce_parser, _models_parser, _recipes_parser, _demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

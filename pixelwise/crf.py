@@ -84,11 +84,10 @@ def dense_crf(probs, image, *, backend: str = "torch", iterations: int = 5, w1: 
     _check(params, backend)
     probs_t = torch.as_tensor(probs)
     if probs_t.dim() == 4:
-        images = image if len(image) == len(probs_t) else None
-        if images is None:
+        if len(image) != len(probs_t):
             raise ValueError(f"dense_crf: {len(probs_t)} probability maps but {len(image)} images")
         return torch.stack([dense_crf(p, im, backend=backend, compat=compat, **vars(params))
-                            for p, im in zip(probs_t, images)])
+                            for p, im in zip(probs_t, image)])
     if probs_t.dim() != 3:
         raise ValueError(f"dense_crf: probs of shape {tuple(probs_t.shape)}, expected (K, H, W) or (B, K, H, W)")
     colours = _colours(image, probs_t.shape[-2:])
@@ -147,20 +146,27 @@ def features(colours: torch.Tensor, params: CRFParams) -> tuple[torch.Tensor, to
 
 
 def mean_field(probs: torch.Tensor, colours: torch.Tensor, params: CRFParams, compat: torch.Tensor,
-               weights: torch.Tensor | None = None) -> torch.Tensor:
+               weights: torch.Tensor | None = None, lattices: tuple | None = None) -> torch.Tensor:
     """Mean-field inference (section 3, Algorithm 1) with the PyTorch lattice: Q = softmax(-unary - sum_m w_m mu Q~_m),
     Q~_m the kernel-filtered Q (section 4), each kernel normalised symmetrically as pydensecrf does.
-    `weights` (2,) = (w1, w2) may be a tensor with gradients (CRF-as-RNN); differentiable in probs and compat."""
+    `weights` (2,) = (w1, w2) may be a tensor with gradients (CRF-as-RNN); differentiable in probs and compat.
+    `lattices` (appearance, smoothness), from `build_lattices(colours, params)`, are reused when only weights change."""
     k, h, w = probs.shape
     unary = -torch.log(probs.clamp(min=CLIP)).reshape(k, -1).t()  # (N, K)
     weights = torch.tensor([params.w1, params.w2], dtype=unary.dtype, device=unary.device) if weights is None \
         else weights
-    lattices = [Lattice(f.to(unary.device)) for f in features(colours.to(unary.device), params)]
+    lattices = lattices or build_lattices(colours.to(unary.device), params)
     q = torch.softmax(-unary, dim=1)
     for _ in range(params.iterations):
         message = sum(wm * lattice.filter(q) for wm, lattice in zip(weights, lattices))
         q = torch.softmax(-unary - message @ compat.t(), dim=1)  # mu applied per pixel: sum_l' mu(l, l') Q~(l')
     return q.t().reshape(k, h, w)
+
+
+def build_lattices(colours: torch.Tensor, params: CRFParams) -> tuple["Lattice", "Lattice"]:
+    """The appearance and smoothness kernels' lattices of an image: they depend on the thetas, not on the weights."""
+    appearance, smoothness = features(colours, params)
+    return Lattice(appearance), Lattice(smoothness)
 
 
 class Lattice:
@@ -341,4 +347,5 @@ def _pydensecrf(probs: torch.Tensor, colours: torch.Tensor, params: CRFParams, c
     return torch.from_numpy(q).to(probs.device)
 
 
-__all__ = ["BACKENDS", "CRFParams", "EXTRA", "Lattice", "crf_settings", "dense_crf", "features", "mean_field"]
+__all__ = ["BACKENDS", "CRFParams", "EXTRA", "Lattice", "build_lattices", "crf_settings", "dense_crf", "features",
+           "mean_field"]

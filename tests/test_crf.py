@@ -192,3 +192,26 @@ def test_trimap_accuracy_counts_only_the_band_around_label_boundaries():
     assert counts[10] == (840, 880)  # columns 9-30
     assert trimap_metrics({k: list(v) for k, v in counts.items()})["trimap_acc_3"] == pytest.approx(280 / 320)
     assert trimap_counts(mask, torch.zeros(5, 5, dtype=torch.long), None, widths=(2,)) == {2: (0, 0)}
+
+
+def test_crf_search_writes_the_settings_it_tried_and_the_best(run, tmp_path, capsys):
+    import json
+
+    from pixelwise.cli import main
+
+    out = tmp_path / "search.json"
+    assert main(["crf-search", "--checkpoint", str(run / "run" / "best.pt"), "--images", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    settings = [(t["w1"], t["theta_alpha"], t["theta_beta"]) for t in result["tried"]]
+    assert len(settings) > 27 and len(set(settings)) == len(settings)  # the coarse grid, then new fine points
+    assert result["miou_best"] == max(t["miou"] for t in result["tried"])
+    if result["best"] is None:
+        assert result["miou_best"] <= result["miou_without_crf"] and "leave infer.crf off" in capsys.readouterr().out
+    else:
+        assert result["miou_best"] > result["miou_without_crf"] and result["best"]["w2"] == 3.0
+        assert "infer.crf=" in capsys.readouterr().out
+    assert main(["crf-search", "--checkpoint", str(run / "run" / "best.pt"), "--images", "1", "--out", str(out)]) == 0
+    notes = tmp_path / "notes.json"
+    notes.write_text("{}")
+    assert main(["crf-search", "--checkpoint", str(run / "run" / "best.pt"), "--out", str(notes)]) == 2
+    assert notes.read_text() == "{}"
