@@ -34,7 +34,7 @@ CLIP = 1e-5  # unaries are -log(max(p, CLIP)), as pydensecrf.utils.unary_from_so
 
 @dataclass(frozen=True)
 class CRFParams:
-    """The paper's parameters (section 5 names them w(1), theta_alpha, theta_beta, w(2), theta_gamma). Defaults:
+    """The paper's parameters (eq. 3 names them w(1), theta_alpha, theta_beta, w(2), theta_gamma). Defaults:
     the values of Krähenbühl's examples (bilateral sxy=80, srgb=13, compat=10; Gaussian sxy=3, compat=3)."""
 
     iterations: int = 5

@@ -1,6 +1,6 @@
-"""`pixelwise crf-search`: the CRF's parameters chosen as DeepLab chose them (Chen et al., ICLR 2015, section 4.1:
-w2 = 3 and theta_gamma = 3 fixed, w1, theta_alpha and theta_beta searched by cross-validation on a held-out part
-of the validation set), coarse to fine.
+"""`pixelwise crf-search`: the CRF's parameters chosen as DeepLab chose them (Chen et al., ICLR 2015: w2 = 3 and
+theta_gamma = 3 fixed, w1, theta_alpha and theta_beta searched coarse to fine on a held-out part of the validation
+set).
 
 The model predicts the first --images validation images once; each candidate refines those probabilities with
 the torch backend and is scored by mean IoU over them (one confusion matrix). The coarse grid is DeepLab's ranges;
@@ -23,8 +23,8 @@ from pixelwise.metrics import ConfusionMatrix
 from pixelwise.progress import Progress
 from pixelwise.progress import progress as track
 
-# DeepLab's ranges (section 4.1: w1 in [3, 6], theta_alpha in [30, 100], theta_beta in [3, 6]), widened to the
-# defaults of Krähenbühl's examples (w1 = 10, theta_beta = 13).
+# Our coarse grid: small to large smoothing around DeepLab's kind of values and the defaults of Krähenbühl's
+# examples (w1 = 10, theta_alpha = 80, theta_beta = 13).
 COARSE = {"w1": (3.0, 5.0, 10.0), "theta_alpha": (30.0, 60.0, 100.0), "theta_beta": (3.0, 6.0, 13.0)}
 FIXED = {"w2": 3.0, "theta_gamma": 3.0}
 
