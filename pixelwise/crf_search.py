@@ -36,29 +36,24 @@ def crf_search(checkpoint, *, images: int = 20, iterations: int = 5, grid: dict 
     inference = build_inference(checkpoint, overrides=[*overrides, "infer.crf=null"])
     if not hasattr(inference.predictor, "predict_probs"):  # Mask R-CNN's predictor returns instances
         raise ConfigError(f"{checkpoint}: the CRF refines a semantic model's probabilities; this model has none")
-    samples = _predictions(inference, images, progress)
+    samples, ignore = _predictions(inference, images, progress)
     k = inference.cfg.model.num_classes
-    baseline = _miou([(p, m) for p, _, m in samples], k, samples.ignore_index)
+    baseline = _miou([(p, m) for p, _, m in samples], k, ignore)
     grid = grid or COARSE
-    tried = _score_grid(samples, k, iterations, grid, progress, "coarse")
+    tried = _score_grid(samples, k, ignore, iterations, grid, progress, "coarse")
     best = max(tried, key=lambda t: t["miou"])
     fine = {name: sorted({best[name] * f for f in (0.75, 1.0, 1.25)}) for name in grid}
-    tried += _score_grid(samples, k, iterations, fine, progress, "fine", skip=tried)
+    tried += _score_grid(samples, k, ignore, iterations, fine, progress, "fine", skip=tried)
     best = max(tried, key=lambda t: t["miou"])
     block = {"backend": "torch", "iterations": iterations, **{n: best[n] for n in grid}, **FIXED}
     return {"checkpoint": str(checkpoint), "images": len(samples), "miou_without_crf": baseline,
             "miou_best": best["miou"], "best": block if best["miou"] > baseline else None, "tried": tried}
 
 
-class _Samples(list):
-    ignore_index: int | None = None
-
-
-def _predictions(inference, images: int, progress: bool) -> _Samples:
-    """[(probs, image as read, mask)] of the first `images` validation images."""
+def _predictions(inference, images: int, progress: bool) -> tuple[list, int | None]:
+    """([(probs, image as read, mask)] of the first `images` validation images, the dataset's ignore_index)."""
     ds = build_datasets(inference.cfg, inference.model, splits=("val",))["val"]
-    predictor, samples = inference.predictor, _Samples()
-    samples.ignore_index = ds.ignore_index
+    predictor, samples = inference.predictor, []
     for i in track(range(min(images, len(ds))), desc="predict", unit="img", enabled=progress, leave=False):
         image, target = ds[i]
         image = image.as_subclass(torch.Tensor)
@@ -66,15 +61,16 @@ def _predictions(inference, images: int, progress: bool) -> _Samples:
                         target["mask"].as_subclass(torch.Tensor)))
     if not samples:
         raise ConfigError("crf-search needs validation images; the recipe's validation split is empty")
-    return samples
+    return samples, ds.ignore_index
 
 
-def _score_grid(samples, k: int, iterations: int, grid: dict, progress: bool, stage: str, skip=()) -> list[dict]:
+def _score_grid(samples, k: int, ignore, iterations: int, grid: dict, progress: bool, stage: str,
+                skip=()) -> list[dict]:
     """Mean IoU of every combination of `grid` (w1 x theta_alpha x theta_beta) not in `skip`."""
     names = list(grid)
     done = {tuple(t[n] for n in names) for t in skip}
     combos = [dict(zip(names, c)) for c in itertools.product(*grid.values()) if c not in done]
-    matrices = [ConfusionMatrix(k, ignore_index=samples.ignore_index) for _ in combos]
+    matrices = [ConfusionMatrix(k, ignore_index=ignore) for _ in combos]
     thetas = sorted({(c["theta_alpha"], c["theta_beta"]) for c in combos})
     bar = Progress(len(samples) * len(thetas), desc=f"crf-search {stage} ({len(combos)} settings)", unit="img",
                    enabled=progress)

@@ -68,15 +68,15 @@ def torch_load(path: str | Path, *, what: str, map_location: Any = "cpu",
     if not path.is_file():
         where = " (it is a folder)" if path.is_dir() else ""
         raise error(f"{what} {str(path)!r} does not exist{where}")
-    if is_trusted(path):  # only the file the user vouched for (--trust-checkpoint / trusting_pickles) is unpickled
-        try:
-            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-        except Exception as e:
-            raise error(f"{what} {str(path)!r} could not be read ({type(e).__name__}: {e})") from None
+    # Only the very file the user vouched for (--trust-checkpoint, or trusting_pickles(path)) is unpickled in full;
+    # every other file goes through the weights-only reader.
+    trusted = is_trusted(path)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with contextlib.nullcontext() if trusted else torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as e:
+        if trusted:
+            raise error(f"{what} {str(path)!r} could not be read ({type(e).__name__}: {e})") from None
         # Told apart by what the file is, not by torch's wording (which changes between releases): a PyTorch
         # archive (or a legacy pickle) that the weights-only unpickler refuses holds other objects.
         if not _is_pickle_archive(path):
