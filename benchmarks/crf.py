@@ -8,7 +8,10 @@ For each checkpoint: the first --images validation images are predicted once (th
 refined by the torch and the pydensecrf backend with the default parameters, alternating, in this process:
 the share of pixels with the same label, the largest probability difference, seconds per image of each, and
 mean IoU (confusion over those images) without CRF and with each backend. Then the speed test the issue
-sets: a 360x480 image with 11 classes, both backends alternating --rounds times, median seconds.
+sets: a 360x480 image with 11 classes, both backends alternating --rounds times, median seconds; and the
+memory of each on that image (peak resident memory of a fresh process during the call, over its resident
+memory before it), also for one CRF-as-RNN training step (forward and backward through the layer) on the CPU
+FCN-8s recipe's batch of 4 crops of 256x256. --memory-only measures the memory alone into an existing --out.
 """
 from __future__ import annotations
 
@@ -86,15 +89,60 @@ def speed(rounds: int) -> dict:
             "median_s": medians, "torch_over_pydensecrf": medians["torch"] / medians["pydensecrf"]}
 
 
+_MEMORY = """
+import sys, numpy as np, torch
+from pixelwise.crf import CRFParams, dense_crf
+from pixelwise.models.crfasrnn import CRFLayer
+
+def rss(field):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field))
+
+rng = np.random.default_rng(0)
+what = sys.argv[1]
+if what == "crf-as-rnn":
+    layer = CRFLayer(11, CRFParams())
+    logits = torch.randn(4, 11, 256, 256, requires_grad=True)
+    colours = torch.from_numpy(rng.integers(0, 256, (4, 3, 256, 256)).astype(np.float32))
+    run = lambda: layer(logits, colours).logsumexp(1).sum().backward()
+else:
+    image = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    probs = torch.softmax(torch.from_numpy(rng.normal(0, 2, (11, 360, 480)).astype(np.float32)), 0)
+    run = lambda: dense_crf(probs, image, backend=what)
+before = rss("VmRSS:")
+run()
+print(rss("VmHWM:") - before)
+"""
+
+
+def memory() -> dict:
+    """Extra peak resident memory (MB) of one call, each in a fresh process."""
+    import subprocess
+    import sys
+
+    out = {}
+    for what in ("torch", "pydensecrf", "crf-as-rnn"):
+        done = subprocess.run([sys.executable, "-c", _MEMORY, what], capture_output=True, text=True, check=True)
+        out[what] = int(done.stdout.strip()) / 2**20
+    return {"extra_peak_mb": out, "image": [360, 480], "classes": 11,
+            "crf_as_rnn_batch": "4 x 11 x 256 x 256, forward and backward"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", default=[])
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--memory-only", action="store_true")
     args = p.parse_args()
+    if args.memory_only:
+        result = json.loads(args.out.read_text())
+        result["memory"] = memory()
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["memory"]))
+        return
     result = {"machine": _machine(), "checkpoints": [on_checkpoint(c, args.images) for c in args.checkpoint],
-              "speed": speed(args.rounds)}
+              "speed": speed(args.rounds), "memory": memory()}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["speed"]["median_s"]), f"ratio {result['speed']['torch_over_pydensecrf']:.2f}")
 

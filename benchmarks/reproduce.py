@@ -1,12 +1,12 @@
 """The papers' ablations re-run with `pixelwise reproduce` (issue 13): each experiment's table, its wall time.
 
-Runs each named experiment (default: all five) at its default budget through pixelwise.reproduce, the
+Runs each named experiment (default: all) at its default budget (and --seeds) through pixelwise.reproduce, the
 same code as `pixelwise reproduce NAME`, into --out (a folder outside the repository; finished runs are
 kept, so a rerun after a crash resumes). Records the wall time of the whole experiment (training,
 validation, summary and report) and its summary in benchmarks/results/reproduce.json, and rewrites the
 "Reproduced ablations" section of BENCHMARKS.md from that record.
 
-    PIXELWISE_DATA=../shared/data python benchmarks/reproduce.py --out /tmp/reproduce [NAME ...]
+    PIXELWISE_DATA=../shared/data python benchmarks/reproduce.py --out /tmp/reproduce [--seeds N] [NAME ...]
 """
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ def section(record: dict) -> str:
     from pixelwise.reproduce import EXPERIMENTS, summary_markdown
 
     parts = ["Written by `benchmarks/reproduce.py` from `benchmarks/results/reproduce.json`; each experiment is "
-             "`pixelwise reproduce NAME` at its default budget, one seed, every run on the fast path and scored by "
-             "its final validation. Wall time is the whole command: training, validation, summary and report. "
-             "One seed: differences smaller than run-to-run noise (not measured here; `--seeds 3` measures it) "
-             "are not evidence either way. What the directions mean is in \"Reproduced ablations: what held\"."]
+             "`pixelwise reproduce NAME` at its default budget, with the seeds its command line names, every run "
+             "on the fast path and scored by its final validation. Wall time is the whole command: training, "
+             "validation, summary and report. With one seed, differences smaller than run-to-run noise (not "
+             "measured then; `--seeds 3` measures it) are not evidence either way. What the directions mean is in \"Reproduced ablations: what held\"."]
     if all(name in record for name in EXPERIMENTS):
         walls = {n: record[n]["wall_seconds"] for n in EXPERIMENTS}
         planned = sum(record[n]["planned_training_seconds"] for n in EXPERIMENTS)
         each = ", ".join(f"{n} {format_seconds(w)}" for n, w in walls.items())
-        parts.append(f"All five: {format_seconds(sum(walls.values()))} of wall time for {format_seconds(planned)} of "
+        parts.append(f"All: {format_seconds(sum(walls.values()))} of wall time for {format_seconds(planned)} of "
                      f"planned training ({each}).")
     for name in EXPERIMENTS:
         if name not in record:
@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("names", nargs="*", default=list(EXPERIMENTS), help="experiments (default: all)")
     p.add_argument("--out", required=True, help="folder for the runs, outside the repository")
     p.add_argument("--data-root", default=None, help="datasets folder (default: PIXELWISE_DATA)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per run (default 1)")
     p.add_argument("--table-only", action="store_true", help="rewrite the section from the saved record")
     args = p.parse_args()
     if Path(args.out).resolve().is_relative_to(ROOT):
@@ -67,9 +68,10 @@ def main() -> None:
     for name in [] if args.table_only else args.names:
         finished_before = len(list((Path(args.out) / name).glob("*/seed*/result.json")))
         t0 = time.monotonic()
-        summary = reproduce(name, out=args.out, data_root=args.data_root)
+        summary = reproduce(name, out=args.out, data_root=args.data_root, seeds=args.seeds)
         record[name] = {"wall_seconds": time.monotonic() - t0, "summary": summary,
-                        "planned_training_seconds": EXPERIMENTS[name].total(), "runs_finished_before": finished_before,
+                        "planned_training_seconds": EXPERIMENTS[name].total() * args.seeds,
+                        "runs_finished_before": finished_before,
                         "date": time.strftime("%Y-%m-%d %H:%M")}
         save_record("reproduce", record)  # after each experiment: a crash keeps the finished ones (--table-only)
     replace_section(ROOT / "BENCHMARKS.md", TITLE, section(record))

@@ -31,6 +31,9 @@ class ModelConfig:
     # Weights to start from: a checkpoint or state dict file. For FCN-16s/8s, the trained coarser
     # FCN of the previous stage (FCN section 4.2); its new skip layers keep their initialisation.
     init_from: Optional[str] = None
+    # Semantic models: CRF-as-RNN (pixelwise.models.crfasrnn), the fully connected CRF as a layer trained with the
+    # network: null = off, else a mapping of iterations, w1, theta_alpha, theta_beta, w2, theta_gamma ({} = defaults).
+    crf: Optional[dict] = None
 
 
 @dataclass

@@ -45,28 +45,30 @@ class CRFParams:
     theta_gamma: float = 3.0
 
 
-def crf_settings(block: dict) -> tuple[str, CRFParams]:
+def crf_settings(block: dict, key: str = "infer.crf") -> tuple[str, CRFParams]:
     """infer.crf ({backend, iterations, w1, theta_alpha, theta_beta, w2, theta_gamma}, each optional) as (backend,
-    params); unknown keys and values out of range are refused, naming the key."""
+    params); unknown keys and values out of range are refused, naming the key. key="model.crf" reads CRF-as-RNN's
+    block, which has no backend (it is the torch one)."""
     import difflib
 
     if not isinstance(block, dict):
-        raise ConfigError(f"infer.crf={block!r}, expected null (off) or a mapping of backend, iterations, w1, "
-                          "theta_alpha, theta_beta, w2, theta_gamma")
-    names = ["backend", *CRFParams.__dataclass_fields__]
+        raise ConfigError(f"{key}={block!r}, expected null (off) or a mapping of "
+                          f"{'backend, ' if key == 'infer.crf' else ''}iterations, w1, theta_alpha, theta_beta, w2, "
+                          "theta_gamma")
+    names = [*(["backend"] if key == "infer.crf" else []), *CRFParams.__dataclass_fields__]
     values = {}
-    for key, value in block.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            raise ConfigError(f"infer.crf.{key}: unknown key{f'; did you mean infer.crf.{close[0]}?' if close else ''} "
+    for name, value in block.items():
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            raise ConfigError(f"{key}.{name}: unknown key{f'; did you mean {key}.{close[0]}?' if close else ''} "
                               f"Valid keys: {', '.join(names)}")
-        if key != "backend" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                 or (key == "iterations" and not float(value).is_integer())):
-            raise ConfigError(f"infer.crf.{key}={value!r}, expected {'an integer' if key == 'iterations' else 'a number'}")
-        values[key] = int(value) if key == "iterations" else value
+        if name != "backend" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or (name == "iterations" and not float(value).is_integer())):
+            raise ConfigError(f"{key}.{name}={value!r}, expected {'an integer' if name == 'iterations' else 'a number'}")
+        values[name] = int(value) if name == "iterations" else value
     backend = values.pop("backend", "torch")
     params = CRFParams(**values)
-    _check(params, backend)
+    _check(params, backend, key)
     return backend, params
 
 
@@ -90,7 +92,7 @@ def dense_crf(probs, image, *, backend: str = "torch", iterations: int = 5, w1: 
                             for p, im in zip(probs_t, image)])
     if probs_t.dim() != 3:
         raise ValueError(f"dense_crf: probs of shape {tuple(probs_t.shape)}, expected (K, H, W) or (B, K, H, W)")
-    colours = _colours(image, probs_t.shape[-2:])
+    colours = colours_of(image, probs_t.shape[-2:])
     k = probs_t.shape[0]
     mu = _compatibility(compat, k, probs_t)
     if backend == "pydensecrf":
@@ -98,17 +100,17 @@ def dense_crf(probs, image, *, backend: str = "torch", iterations: int = 5, w1: 
     return mean_field(probs_t, colours, params, mu)
 
 
-def _check(params: CRFParams, backend: str) -> None:
+def _check(params: CRFParams, backend: str, key: str = "infer.crf") -> None:
     if backend not in BACKENDS:
-        raise ConfigError(f"infer.crf.backend={backend!r}, expected one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"{key}.backend={backend!r}, expected one of {', '.join(BACKENDS)}")
     if not isinstance(params.iterations, int) or params.iterations < 0:
-        raise ConfigError(f"infer.crf.iterations={params.iterations!r}, expected an integer >= 0")
+        raise ConfigError(f"{key}.iterations={params.iterations!r}, expected an integer >= 0")
     for name in ("theta_alpha", "theta_beta", "theta_gamma"):
         if not getattr(params, name) > 0:
-            raise ConfigError(f"infer.crf.{name}={getattr(params, name)!r}, expected a positive standard deviation")
+            raise ConfigError(f"{key}.{name}={getattr(params, name)!r}, expected a positive standard deviation")
 
 
-def _colours(image, size) -> torch.Tensor:
+def colours_of(image, size) -> torch.Tensor:
     """The image as (C, H, W) float32 colours in 0..255, checked against the probabilities' size."""
     if isinstance(image, torch.Tensor) and image.is_floating_point():
         if image.dim() != 3:
@@ -149,18 +151,26 @@ def mean_field(probs: torch.Tensor, colours: torch.Tensor, params: CRFParams, co
                weights: torch.Tensor | None = None, lattices: tuple | None = None) -> torch.Tensor:
     """Mean-field inference (section 3, Algorithm 1) with the PyTorch lattice: Q = softmax(-unary - sum_m w_m mu Q~_m),
     Q~_m the kernel-filtered Q (section 4), each kernel normalised symmetrically as pydensecrf does.
-    `weights` (2,) = (w1, w2) may be a tensor with gradients (CRF-as-RNN); differentiable in probs and compat.
+    `weights` (2,) = (w1, w2) may be a tensor with gradients; differentiable in probs, weights and compat.
     `lattices` (appearance, smoothness), from `build_lattices(colours, params)`, are reused when only weights change."""
     k, h, w = probs.shape
     unary = -torch.log(probs.clamp(min=CLIP)).reshape(k, -1).t()  # (N, K)
     weights = torch.tensor([params.w1, params.w2], dtype=unary.dtype, device=unary.device) if weights is None \
         else weights
     lattices = lattices or build_lattices(colours.to(unary.device), params)
-    q = torch.softmax(-unary, dim=1)
-    for _ in range(params.iterations):
-        message = sum(wm * lattice.filter(q) for wm, lattice in zip(weights, lattices))
-        q = torch.softmax(-unary - message @ compat.t(), dim=1)  # mu applied per pixel: sum_l' mu(l, l') Q~(l')
-    return q.t().reshape(k, h, w)
+    logits = iterate(unary, lattices, weights[:, None, None] * compat, params.iterations)
+    return torch.softmax(logits, dim=1).t().reshape(k, h, w)
+
+
+def iterate(unary: torch.Tensor, lattices, matrices: torch.Tensor, iterations: int) -> torch.Tensor:
+    """The mean-field iterations on (N, K) unaries: each pass filters Q = softmax(logits) with every kernel m and
+    maps the filtered Q~_m through its (K, K) matrix (w_m mu for the paper's CRF; CRF-as-RNN learns them), giving
+    logits = -unary - sum_m Q~_m matrices[m]^T. Returns the last logits, whose softmax is Q."""
+    logits = -unary
+    for _ in range(iterations):
+        q = torch.softmax(logits, dim=1)
+        logits = -unary - sum(lattice.filter(q) @ matrix.t() for lattice, matrix in zip(lattices, matrices))
+    return logits
 
 
 def build_lattices(colours: torch.Tensor, params: CRFParams) -> tuple["Lattice", "Lattice"]:
@@ -347,5 +357,5 @@ def _pydensecrf(probs: torch.Tensor, colours: torch.Tensor, params: CRFParams, c
     return torch.from_numpy(q).to(probs.device)
 
 
-__all__ = ["BACKENDS", "CRFParams", "EXTRA", "Lattice", "build_lattices", "crf_settings", "dense_crf", "features",
-           "mean_field"]
+__all__ = ["BACKENDS", "CLIP", "CRFParams", "EXTRA", "Lattice", "build_lattices", "colours_of", "crf_settings",
+           "dense_crf", "features", "iterate", "mean_field"]

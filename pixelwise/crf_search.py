@@ -36,6 +36,9 @@ def crf_search(checkpoint, *, images: int = 20, iterations: int = 5, grid: dict 
     inference = build_inference(checkpoint, overrides=[*overrides, "infer.crf=null"])
     if not hasattr(inference.predictor, "predict_probs"):  # Mask R-CNN's predictor returns instances
         raise ConfigError(f"{checkpoint}: the CRF refines a semantic model's probabilities; this model has none")
+    if inference.cfg.model.crf is not None:
+        raise ConfigError(f"{checkpoint}: a CRF-as-RNN model (model.crf) runs its own learned CRF, which infer.crf "
+                          "cannot be added to; search with the checkpoint of a model without model.crf")
     samples, ignore = _predictions(inference, images, progress)
     k = inference.cfg.model.num_classes
     baseline = _miou([(p, m) for p, _, m in samples], k, ignore)

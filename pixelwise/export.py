@@ -89,7 +89,7 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
     meta = {"format": fmt, "task": task.name, "config": to_dict(cfg),
             "class_names": list(inference.predictor.class_names or []),
             "main": next(iter(parts)), "parts": {n: {"structure": s} for n, (_, _, s, _) in parts.items()},
-            "input": task.export_input,
+            "input": task.export_input, "state": task.export_state(inference.model),
             "checkpoint": Path(checkpoint).name, "pixelwise": __import__("pixelwise").__version__}
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".pixelwise-export-", dir=out.parent))

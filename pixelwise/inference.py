@@ -99,15 +99,33 @@ def load_exported(path, runtime: str, *, cfg: Config | None = None, overrides: l
         return RuntimeModule(files[name], runtime, precision=precision, **kwargs)
 
     # Vouching for the main .pt2 file (--trust-checkpoint) vouches for the parts written beside it.
+    state = meta.get("state") or {}  # parameters that run outside the graphs (a CRF-as-RNN's CRF)
+    _load_state(run.model, state, source)
     with trusting_pickles(*files.values()) if is_trusted(path) else contextlib.nullcontext():
         model = run.task.exported_model(run.model.eval(), meta["parts"], graph)
-    left = [n for n, _ in model.named_parameters()]
+    left = [n for n, _ in model.named_parameters() if n not in state]
     if left:
         raise CheckpointError(f"{source!r}: the export holds no weights for {left[:3]}; export the checkpoint again "
                               "with this pixelwise version")
     names = meta.get("class_names") or run.meta["class_names"]
     predictor = run.task.predictor(model, device, tta=tta, class_names=names)
     return Inference(cfg, run.task, model, run.meta, device, {"config": meta["config"], "export": meta}, predictor)
+
+
+def _load_state(model: nn.Module, state: dict, source: str) -> None:
+    """An export's parameters outside its graphs, {name: nested lists}, checked against the model's."""
+    own = dict(model.named_parameters())
+    for name, value in state.items():
+        try:
+            tensor = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError):
+            tensor = None
+        if name not in own or tensor is None or tensor.shape != own[name].shape:
+            expected = f"a {tuple(own[name].shape)} array" if name in own else f"one of {sorted(own)[:3]}"
+            raise CheckpointError(f"{source!r}: its metadata's parameter {name!r} does not fit the model it describes "
+                                  f"(expected {expected}); export the checkpoint again")
+        with torch.no_grad():
+            own[name].copy_(tensor)
 
 
 def _config(cfg: Config | None, saved, source: str, overrides) -> Config:

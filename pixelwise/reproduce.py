@@ -33,6 +33,9 @@ class Planned:
     share: float = 1.0  # of the experiment's per-run budget
     init_from: str | None = None  # a run of the same experiment (same seed) whose last.pt this one starts from
     paper: str = ""  # the paper's figure for this setting
+    # Not trained: a run of the same experiment (same seed) whose last.pt is evaluated with this run's overrides
+    # (infer.*), such as a CRF after the network; its share of the budget is 0.
+    evaluate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,22 @@ TWO_CLASSES = ("data.dataset=isbi_instances_by_size", "model.num_classes=2")
 
 def _mrcnn(name: str, *overrides: str, paper: str) -> Planned:
     return Planned(name, "mask_rcnn_r18_fpn_isbi_cpu", overrides, paper=paper)
+
+
+# The CRF found by `pixelwise crf-search` for the CPU FCN-8s recipe on CamVid (BENCHMARKS.md), as post-processing
+# and as CRF-as-RNN's initialisation.
+_CRF = "{iterations: 5, w1: 3.75, theta_alpha: 75, theta_beta: 16.25, w2: 3, theta_gamma: 3}"
+
+
+def _crf_runs() -> tuple[Planned, ...]:
+    fcn = "fcn8s_camvid_cpu"
+    return (Planned("FCN-8s", fcn, paper="61.3"),
+            Planned("FCN-8s + CRF", fcn, (f"infer.crf={_CRF}",), share=0, evaluate="FCN-8s", paper="63.7"),
+            # Equal time: the network trained on for half the budget, alone or with the CRF layer in the loss.
+            Planned("FCN-8s, trained on", fcn, share=0.5, init_from="FCN-8s", paper="61.3"),
+            Planned("FCN-8s, trained on + CRF", fcn, (f"infer.crf={_CRF}",), share=0, evaluate="FCN-8s, trained on",
+                    paper="63.7"),
+            Planned("CRF-as-RNN", fcn, (f"model.crf={_CRF}",), share=0.5, init_from="FCN-8s", paper="69.6"))
 
 
 EXPERIMENTS = {e.name: e for e in (
@@ -147,6 +166,23 @@ EXPERIMENTS = {e.name: e for e in (
                 Claim("FC-DenseNet103", "FC-DenseNet56", "66.9 vs 58.9")),
         notes="From scratch at equal time: the paper trains for hundreds of epochs on a GPU; a few minutes on two cores "
               "favour the nets that take the most steps. Our FCN-8s is the CPU recipe's quarter-width net."),
+    Experiment(
+        "crf", "The fully connected CRF after FCN-8s on CamVid: post-processing, and trained end to end (CRF-as-RNN) "
+        "at equal time",
+        "DeepLab (Chen et al., ICLR 2015) Table 1(a): the CRF adds 3.9 points of VOC 2012 val mean IOU (59.80 -> "
+        "63.74); CRF-RNN (Zheng et al., ICCV 2015) Table 1, reduced VOC 2012 val mean IU: plain FCN-8s 61.3, FCN-8s "
+        "and CRF disconnected 63.7, CRF-RNN trained end to end 69.6", "miou", 300,
+        runs=_crf_runs(),
+        claims=(Claim("FCN-8s + CRF", "FCN-8s", "63.7 vs 61.3"),
+                Claim("FCN-8s, trained on + CRF", "FCN-8s, trained on", "63.7 vs 61.3"),
+                Claim("CRF-as-RNN", "FCN-8s, trained on + CRF", "69.6 vs 63.7")),
+        notes="configs/fcn8s_camvid_cpu.yaml for the budget, then two arms of half the budget each from its last.pt: "
+              "the network trained on alone (scored without and with the CRF after it) and CRF-as-RNN (model.crf, "
+              "the same CRF as its initialisation, trained with the network; scored with its learned CRF). The CRF "
+              f"is {_CRF}, the parameters pixelwise crf-search chose for a 600 s FCN-8s on CamVid's validation "
+              "images (BENCHMARKS.md). Runs marked + CRF are not trained: they evaluate the run before them with "
+              "infer.crf. The papers' figures are PASCAL VOC 2012 with a VGG16 pretrained on ImageNet.",
+        extra_metrics=("trimap_acc_2", "trimap_acc_5", "pixel_acc")),
 )}
 
 
@@ -193,8 +229,7 @@ def _result(folder: Path, state, cfg) -> dict:
     metrics = json.loads((folder / "val_metrics.json").read_text())
     params = sum(p.numel() for p in build_model(cfg, pretrained=False).parameters())
     return {"steps": state["step"], "train_seconds": state["train_seconds"], "params": params,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or k in ("per_class_iou",
-                                                                                                 "class_names")}}
+            "metrics": _scalars(metrics)}
 
 
 def reproduce(name: str, *, out="reproduce", budget: float | None = None, seeds: int = 1, overrides: Sequence[str] = (),
@@ -228,9 +263,10 @@ def reproduce(name: str, *, out="reproduce", budget: float | None = None, seeds:
     if report:
         from pixelwise.report.run import write_report
 
-        dirs = [root / slug(r.name) / "seed0" for r in exp.runs]
+        trained = [r for r in exp.runs if r.evaluate is None]  # the report shows training runs
+        dirs = [root / slug(r.name) / "seed0" for r in trained]
         summary["report"] = str(write_report(dirs, root / "report.html", data_root=data_root, title=exp.title,
-                                             summary_html=summary_html(summary), names=[r.name for r in exp.runs]))
+                                             summary_html=summary_html(summary), names=[r.name for r in trained]))
     _say(progress, f"{exp.name}: wrote {root / 'summary.md'}, {root / 'summary.json'}"
                    + (f" and {summary['report']}" if report else ""))
     return summary
@@ -263,6 +299,8 @@ def _say(enabled: bool, text: str) -> None:
 
 
 def _train_one(exp, run, folder: Path, seed: int, budget: float, overrides, root: Path, progress: bool, train) -> dict:
+    if run.evaluate is not None:
+        return _evaluate_one(run, folder, seed, overrides, root, progress)
     init = None
     if run.init_from is not None:
         init = root / slug(run.init_from) / f"seed{seed}" / "last.pt"
@@ -293,6 +331,39 @@ def _train_one(exp, run, folder: Path, seed: int, budget: float, overrides, root
         _say(progress, f"  interrupted: {run.name} finished ({done}); run the command again for the others")
         raise KeyboardInterrupt
     return result
+
+
+def _evaluate_one(run: Planned, folder: Path, seed: int, overrides, root: Path, progress: bool) -> dict:
+    """A run that is not trained: run.evaluate's last.pt scored on the validation split with run.overrides. Done
+    once for a given source step and overrides (result.json)."""
+    from pixelwise.engine.run import build_datasets
+    from pixelwise.inference import build_inference
+
+    source = root / slug(run.evaluate) / f"seed{seed}"
+    state = json.loads((source / "train_state.json").read_text())
+    done, settings = folder / "result.json", [*run.overrides, *overrides]
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result.get("source_step") == state["step"] and result.get("overrides") == settings:
+            _say(progress, f"  finished before: {done}")
+            return result
+    inference = build_inference(source / "last.pt", overrides=settings)
+    ds = build_datasets(inference.cfg, inference.model, splits=("val",))["val"]
+    start = time.perf_counter()
+    metrics = inference.task.evaluate(inference.model, ds, inference.device, progress=progress)
+    metrics["eval_seconds_per_image"] = (time.perf_counter() - start) / len(ds)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "val_metrics.json", metrics, what="validation metrics")
+    result = {"run": run.name, "seed": seed, "budget": 0.0, "folder": str(folder), "evaluates": str(source),
+              "source_step": state["step"], "overrides": settings, "steps": state["step"],
+              "train_seconds": state["train_seconds"], "params": sum(p.numel() for p in inference.model.parameters()),
+              "metrics": _scalars(metrics)}
+    write_json(done, result, what="run result")
+    return result
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or k in ("per_class_iou", "class_names")}
 
 
 # Where a run's files are and how fast it computes, not what it computes; train.time_limit is the run's budget,

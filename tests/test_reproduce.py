@@ -18,11 +18,22 @@ def test_every_run_of_every_experiment_loads(name, tmp_path):
     names = {r.name for r in exp.runs}
     assert all(c.better in names and c.worse in names for c in exp.claims)
     for run in exp.runs:
-        cfg = _config(exp, run, tmp_path / slug(run.name), 0, exp.budget, [], None)
-        assert cfg.train.precision == "bf16" and cfg.train.time_limit == pytest.approx(exp.budget * run.share)
+        from pixelwise.config import apply_override
+        from pixelwise.data import dataset_meta
         from pixelwise.engine.tasks import build_task
 
-        assert exp.metric in build_task(cfg).metric_names(cfg.data.dataset)
+        if run.evaluate is not None:  # not trained: its source's config with its own (infer.*) overrides
+            assert run.share == 0 and run.evaluate in [r.name for r in exp.runs[: exp.runs.index(run)]]
+            source = next(r for r in exp.runs if r.name == run.evaluate)
+            cfg = _config(exp, source, tmp_path / slug(run.name), 0, exp.budget, [], None)
+            for override in run.overrides:
+                apply_override(cfg, override)
+        else:
+            cfg = _config(exp, run, tmp_path / slug(run.name), 0, exp.budget, [], None)
+            assert cfg.train.precision == "bf16" and cfg.train.time_limit == pytest.approx(exp.budget * run.share)
+        task = build_task(cfg)
+        task.check_config(dataset_meta(cfg.data))
+        assert exp.metric in task.metric_names(cfg.data.dataset)
 
 
 def test_default_budgets_fit_an_hour():
@@ -116,3 +127,29 @@ def test_a_run_interrupted_before_its_first_checkpoint_starts_over_with_the_same
     summary = reproduce(exp.name, out=tmp_path, budget=1, overrides=TINY_UNET, data_root=str(root), report=False)
     assert all(r["steps"][0] > 0 for r in summary["runs"]) and (folder / "result.json").is_file()
     assert "finished before" not in capsys.readouterr().err
+
+
+def test_runs_that_evaluate_another_with_a_crf_and_crf_as_rnn_fine_tuning(tmp_path, monkeypatch, capsys):
+    """The shape of the `crf` experiment on a tiny U-Net: a run scored with infer.crf is not trained (it evaluates
+    its source's last.pt, once), and a CRF-as-RNN run starts from the plain run."""
+    from pixelwise.reproduce import Claim, Experiment, Planned
+
+    root = require_dataset("isbi2012").parent
+    crf = "{iterations: 2, w1: 3}"
+    plain = ("data.weight_map=false",)
+    exp = Experiment("tiny-crf", "tiny", "test", "miou", 2, claims=(Claim("U-Net + CRF", "U-Net", "+"),), runs=(
+        Planned("U-Net", "unet_isbi2012_cpu", plain),
+        Planned("U-Net + CRF", "unet_isbi2012_cpu", (f"infer.crf={crf}",), share=0, evaluate="U-Net"),
+        Planned("CRF-as-RNN", "unet_isbi2012_cpu", (*plain, f"model.crf={crf}"), share=0.5, init_from="U-Net")))
+    monkeypatch.setitem(EXPERIMENTS, exp.name, exp)
+    summary = reproduce(exp.name, out=tmp_path, budget=2, overrides=TINY_UNET, data_root=str(root), report=False)
+    runs = {r["run"]: r for r in summary["runs"]}
+    assert runs["U-Net + CRF"]["steps"] == runs["U-Net"]["steps"] and runs["U-Net + CRF"]["budget"] == 0
+    assert runs["U-Net + CRF"]["mean"] != runs["U-Net"]["mean"]  # the CRF changed the labels
+    folder = tmp_path / exp.name
+    evaluated = json.loads((folder / "u-net-crf" / "seed0" / "result.json").read_text())
+    assert evaluated["evaluates"] == str(folder / "u-net" / "seed0") and "trimap_acc_2" in evaluated["metrics"]
+    assert (folder / "crf-as-rnn" / "seed0" / "last.pt").is_file() and runs["CRF-as-RNN"]["mean"] is not None
+    capsys.readouterr()
+    reproduce(exp.name, out=tmp_path, budget=2, overrides=TINY_UNET, data_root=str(root), report=False)
+    assert capsys.readouterr().err.count("finished before") == 3

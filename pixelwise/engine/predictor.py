@@ -110,7 +110,8 @@ class Predictor:
     (a path, a PIL image, a uint8 array (H, W) or (H, W, C)), the predictor reads it with `channels`,
     normalises it with `mean` / `std` (the training transform's own Normalize), and returns the label
     map (H, W); `threshold` applies to class 1 of a two-class model; `crf` (infer.crf) refines the
-    probabilities with the fully connected CRF first. `pixelwise.inference.load_predictor`
+    probabilities with the fully connected CRF first; `refinement` (a CRF-as-RNN's learned CRF layer, with
+    `refine(probs, image)`) does so in its place. `pixelwise.inference.load_predictor`
     sets all of these from what a checkpoint holds.
     """
 
@@ -130,6 +131,7 @@ class Predictor:
         std=None,
         threshold: float | None = None,
         crf: dict | None = None,
+        refinement: nn.Module | None = None,
         class_names=None,
     ) -> None:
         if tile is not None and tile <= 0:
@@ -145,6 +147,9 @@ class Predictor:
             model.to(memory_format=torch.channels_last)
         self.channels, self.threshold, self.class_names = channels, threshold, class_names
         self.crf = crf_settings(crf) if crf is not None else None  # (backend, CRFParams)
+        if self.crf is not None and refinement is not None:
+            raise ConfigError("infer.crf would run a second CRF after the model's own (model.crf): set infer.crf=null")
+        self.refinement = refinement
         self._bytes_per_pixel: float | None = None  # of the largest activation, per input pixel (check_fits)
         self.normalize = None
         if mean is not None:
@@ -188,11 +193,13 @@ class Predictor:
         """The one output step of a semantic model, which eval, predict, the report and every runtime call:
         probs (K, H, W) and the image as read ((C, H, W) in [0, 1], not normalised: what a refinement such as a
         CRF needs) -> labels (H, W) int64: the most probable class, or class 1 at or above infer.threshold, after
-        the fully connected CRF where infer.crf sets one (pixelwise.crf)."""
-        if self.crf is not None:
-            if image is None:
-                raise ConfigError("infer.crf refines the probabilities with the image: give postprocess the image "
-                                  "as read (Predictor.read, or Predictor.denormalize of a dataset's image)")
+        the fully connected CRF where infer.crf sets one (pixelwise.crf) or the model's learned one (model.crf)."""
+        if (self.crf is not None or self.refinement is not None) and image is None:
+            raise ConfigError("the CRF refines the probabilities with the image: give postprocess the image as read "
+                              "(Predictor.read, or Predictor.denormalize of a dataset's image)")
+        if self.refinement is not None:
+            probs = self.refinement.refine(probs, image)
+        elif self.crf is not None:
             backend, params = self.crf
             probs = dense_crf(probs, image, backend=backend, **vars(params))
         return probs_to_labels(probs, self.threshold)

@@ -81,7 +81,14 @@ def build_model(cfg: Config, meta: dict | None = None, *, pretrained: bool = Tru
             f"({', '.join(meta['class_names'])}); set model.num_classes={meta['num_classes']}"
         )
     args = {k: v for k, v in cfg.model.args.items() if pretrained or k not in PRETRAINED_ARGS}
-    return create_model(cfg.model.name, num_classes=num_classes, **args)
+    model = create_model(cfg.model.name, num_classes=num_classes, **args)
+    if cfg.model.crf is not None:  # CRF-as-RNN: the network and the CRF layer trained with it
+        from pixelwise.crf import crf_settings
+        from pixelwise.models.crfasrnn import CRFasRNN
+
+        model = CRFasRNN(model, num_classes, crf_settings(cfg.model.crf, key="model.crf")[1], cfg.data.mean,
+                         cfg.data.std)
+    return model
 
 
 def build_datasets(cfg: Config, model: nn.Module | None = None, splits: tuple[str, ...] = ("train", "val"), *,

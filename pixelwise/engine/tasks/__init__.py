@@ -119,6 +119,11 @@ class Task:
         `parts` is the file's {name: {"structure": ...}}."""
         raise NotImplementedError
 
+    def export_state(self, model: nn.Module) -> dict:
+        """{parameter name: nested lists} of the parameters that run outside the exported graphs, stored in the
+        file's metadata (a CRF-as-RNN's learned CRF); {} for most models."""
+        return {}
+
     def export_sample(self, predictor, image) -> torch.Tensor:
         """An image file or array as the exported model is checked on it."""
         raise NotImplementedError

@@ -38,9 +38,10 @@ class InstanceTask(Task):
         data, defaults = self.cfg.data, DataConfig()
         if data.weight_map:
             raise ConfigError(f"data.weight_map=true is for semantic models; {data.dataset!r} is an instance dataset")
-        if self.cfg.infer.crf is not None:
-            raise ConfigError("infer.crf refines semantic models' probabilities; Mask R-CNN's masks have none to "
-                              "refine: remove it")
+        for key in ("infer", "model"):
+            if getattr(self.cfg, key).crf is not None:
+                raise ConfigError(f"{key}.crf refines semantic models' probabilities; Mask R-CNN's masks have none "
+                                  "to refine: remove it")
         if data.mean != defaults.mean or data.std != defaults.std:
             raise ConfigError(f"data.mean / data.std are not used with the instance dataset {data.dataset!r}: Mask "
                               "R-CNN normalises its input inside the model, with ImageNet's mean and std; remove them")

@@ -21,6 +21,7 @@ from pixelwise.errors import ConfigError, DataError
 from pixelwise.losses import cross_entropy
 from pixelwise.metrics import ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, isbi_scores, mean_isbi_scores
 from pixelwise.metrics.boundary import TRIMAP_WIDTHS, trimap_counts, trimap_metrics
+from pixelwise.models.crfasrnn import CRFasRNN
 from pixelwise.progress import progress as track
 from pixelwise.output.predictions import predict_to_folder
 from pixelwise.registry import model_arguments
@@ -46,6 +47,11 @@ class SemanticTask(Task):
                               f"channel{'s' if channels > 1 else ''}; expected 1 value or {channels}")
         if cfg.infer.crf is not None:
             crf_settings(cfg.infer.crf)  # its keys and values, before anything runs
+        if cfg.model.crf is not None:
+            crf_settings(cfg.model.crf, key="model.crf")
+            if cfg.infer.crf is not None:
+                raise ConfigError("model.crf trains a CRF with the network (CRF-as-RNN) and runs it after the network "
+                                  "at inference; infer.crf would run a second CRF after it: set infer.crf=null")
         model_channels = cfg.model.args.get("in_channels", model_arguments(cfg.model.name).get("in_channels"))
         if isinstance(model_channels, int) and model_channels != channels:
             raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
@@ -128,22 +134,25 @@ class SemanticTask(Task):
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
                   refine: bool = True) -> Predictor:
         """The predictor cfg.infer describes; `tta` overrides infer.tta and refine=False leaves out infer.crf
-        (validation during training skips both)."""
+        (validation during training skips both). A CRF-as-RNN model's network runs in the predictor's passes and
+        its learned CRF in the output step, refine or not: it is part of the model."""
         from pixelwise.data import dataset_meta
 
         i, data = self.cfg.infer, self.cfg.data
         precision, nhwc = self.inference_precision()
+        model, refinement = (model.net, model.crf) if isinstance(model, CRFasRNN) else (model, None)
         return Predictor(model, device=device, tile=i.tile, overlap=i.overlap, tta=i.tta if tta is None else tta,
                          batch_size=i.batch_size, precision=precision, channels_last=nhwc,
                          channels=dataset_meta(data)["in_channels"], mean=data.mean, std=data.std,
-                         threshold=i.threshold, crf=i.crf if refine else None, class_names=class_names)
+                         threshold=i.threshold, crf=i.crf if refine else None, refinement=refinement,
+                         class_names=class_names)
 
     def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
         from pixelwise.data import dataset_meta
 
         side = geometry(model, 64)[0]
         device = next(model.parameters()).device
-        return "", (torch.rand(1, dataset_meta(self.cfg.data)["in_channels"], side, side, device=device),)
+        return "net" if isinstance(model, CRFasRNN) else "", (torch.rand(1, dataset_meta(self.cfg.data)["in_channels"], side, side, device=device),)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
@@ -209,12 +218,14 @@ class SemanticTask(Task):
             examples.append((f"{kind}: {label}, mean IoU {score:.3f} (image | ground truth | prediction)", picture))
         return examples
 
-    # Export (pixelwise.export): the whole network in one graph, the recipe's normalisation inside.
+    # Export (pixelwise.export): the whole network in one graph, the recipe's normalisation inside; a CRF-as-RNN's
+    # learned CRF is not in the graph: it runs after it, its parameters in the file's metadata (export_state).
     export_input = "float32 (N, C, H, W) in [0, 1], normalised inside the graph"
 
     def export_parts(self, model: nn.Module, sample: torch.Tensor) -> dict:
         """{"model": (module, example inputs, output structure, dynamic dimensions)}; `sample` is a normalised
         (C, H, W) image. Batch, height and width stay dynamic; a model's size rule is kept (geometry)."""
+        model = model.net if isinstance(model, CRFasRNN) else model
         data = self.cfg.data
         graph = Normalized(model, data.mean, data.std) if data.mean is not None else model
         C, H, W = sample.shape
@@ -223,11 +234,20 @@ class SemanticTask(Task):
         return {"model": (graph.eval(), (example,), "tensor", (0, 2, 3))}
 
     def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
-        """The exported graph in place of the whole model; it normalises itself, so the Predictor's normalised
-        windows are denormalised before it."""
+        """The exported graph in place of the whole model (of a CRF-as-RNN's network: its CRF runs after the graph);
+        the graph normalises itself, so the Predictor's normalised windows are denormalised before it."""
         data = self.cfg.data
         normalize = (data.mean, data.std) if data.mean is not None else None
+        if isinstance(model, CRFasRNN):
+            model.net = graph(next(iter(parts)), denormalize=normalize, geometry=model.net)
+            return model
         return graph(next(iter(parts)), denormalize=normalize, geometry=model)
+
+    def export_state(self, model: nn.Module) -> dict:
+        """A CRF-as-RNN's learned CRF parameters, {name: nested lists}."""
+        if not isinstance(model, CRFasRNN):
+            return {}
+        return {name: p.detach().cpu().tolist() for name, p in model.named_parameters() if name.startswith("crf.")}
 
     def export_sample(self, predictor: Predictor, image) -> torch.Tensor:
         return predictor.preprocess(image, str(image))
