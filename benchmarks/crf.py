@@ -6,7 +6,8 @@ CamVid-sized image.
 
 For each checkpoint: the first --images validation images are predicted once (the plain probabilities), then
 refined by the torch and the pydensecrf backend with the default parameters, alternating, in this process:
-the share of pixels with the same label, the largest probability difference, seconds per image of each, and
+the share of pixels with the same label, the largest probability difference, seconds per image of each (and of
+the network's own pass), and
 mean IoU (confusion over those images) without CRF and with each backend. Then the speed test the issue
 sets: a 360x480 image with 11 classes, both backends alternating --rounds times, median seconds; and the
 memory of each on that image (peak resident memory of a fresh process during the call, over its resident
@@ -48,20 +49,26 @@ def on_checkpoint(path: str, images: int) -> dict:
     inference = build_inference(path)
     predictor, ds = inference.predictor, build_datasets(inference.cfg, inference.model, splits=("val",))["val"]
     k = inference.cfg.model.num_classes
-    confusion = {name: ConfusionMatrix(k, ignore_index=ds.ignore_index) for name in ("none", "torch", "pydensecrf")}
+    learned = predictor.refinement  # a CRF-as-RNN checkpoint's own CRF, timed and scored beside the others
+    names = ("none", "torch", "pydensecrf", *(["learned"] if learned is not None else []))
+    confusion = {name: ConfusionMatrix(k, ignore_index=ds.ignore_index) for name in names}
     rows = []
     for i in range(min(images, len(ds))):
         image, target = ds[i]
         image = image.as_subclass(torch.Tensor)
         mask = target["mask"].as_subclass(torch.Tensor)
-        probs = predictor.predict_probs(image)
+        probs, t_net = _timed(lambda: predictor.predict_probs(image))
         read = predictor.denormalize(image)
         ours, t_ours = _timed(lambda: dense_crf(probs, read, backend="torch"))
         ref, t_ref = _timed(lambda: dense_crf(probs, read, backend="pydensecrf"))
-        for name, p in (("none", probs), ("torch", ours), ("pydensecrf", ref)):
+        outputs = {"none": probs, "torch": ours, "pydensecrf": ref}
+        if learned is not None:
+            outputs["learned"], t_learned = _timed(lambda: learned.refine(probs, read))
+        for name, p in outputs.items():
             confusion[name].update(p.argmax(0), mask)
         rows.append({"agreement": (ours.argmax(0) == ref.argmax(0)).float().mean().item(),
-                     "max_prob_diff": (ours - ref).abs().max().item(), "torch_s": t_ours, "pydensecrf_s": t_ref})
+                     "max_prob_diff": (ours - ref).abs().max().item(), "torch_s": t_ours, "pydensecrf_s": t_ref,
+                     "network_s": t_net, **({"learned_s": t_learned} if learned is not None else {})})
         print(f"{Path(path).parent.name} image {i}: agreement {rows[-1]['agreement']:.5f}, "
               f"max diff {rows[-1]['max_prob_diff']:.2e}, torch {t_ours:.2f} s, pydensecrf {t_ref:.2f} s", flush=True)
     h, w = image.shape[-2:]
@@ -71,6 +78,8 @@ def on_checkpoint(path: str, images: int) -> dict:
             "max_prob_diff": max(r["max_prob_diff"] for r in rows),
             "torch_s_median": statistics.median(r["torch_s"] for r in rows),
             "pydensecrf_s_median": statistics.median(r["pydensecrf_s"] for r in rows),
+            "network_s_median": statistics.median(r["network_s"] for r in rows),
+            **({"learned_s_median": statistics.median(r["learned_s"] for r in rows)} if learned is not None else {}),
             "miou": {name: c.compute()["miou"] for name, c in confusion.items()}}
 
 

@@ -191,8 +191,15 @@ class Lattice:
         rem0, rank = _nearest_remainder_zero(elevated, d)
         self.barycentric = _barycentric(elevated, rem0, rank, d)  # (N, d+1)
         codes, weights = _encode(_simplex_keys(rem0, rank, d).reshape(-1, d))  # the simplices' vertices, as int64
-        self.codes, inverse = torch.unique(codes, return_inverse=True)
-        self.offsets = inverse.reshape(n, d + 1)  # vertex of each point's enclosing simplex
+        # One sort gives the lattice points (the distinct codes), each entry's point, and the entries by point
+        # (the splat matrix's rows), where torch.unique and an argsort would sort twice.
+        ordered, self.order = torch.sort(codes, stable=True)
+        first = torch.ones_like(ordered, dtype=torch.bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        self.codes = ordered[first]
+        self.row_starts = torch.cat([first.nonzero().flatten(), first.new_tensor([len(first)], dtype=torch.int64)])
+        point = torch.cumsum(first, 0) - 1
+        self.offsets = torch.empty_like(point).scatter_(0, self.order, point).reshape(n, d + 1)  # simplex vertices
         self.n, self.m, self.d = n, len(self.codes), d
         # Neighbours along axis j: the key -1 in every coordinate and +d in coordinate j (j = d: -1 everywhere).
         self.neighbours = []
@@ -218,10 +225,8 @@ class Lattice:
             weights = self.barycentric.reshape(-1).to(dtype)
             slice_ = _csr(torch.arange(0, self.n * k + 1, k, device=device), self.offsets.reshape(-1), weights,
                           (self.n, self.m))  # row i: point i's d+1 vertices
-            order = torch.argsort(self.offsets.reshape(-1), stable=True)  # the same entries by vertex
-            counts = torch.bincount(self.offsets.reshape(-1), minlength=self.m)
-            splat = _csr(_row_starts(counts), torch.div(order, k, rounding_mode="floor"), weights[order],
-                         (self.m, self.n))
+            splat = _csr(self.row_starts, torch.div(self.order, k, rounding_mode="floor"), weights[self.order],
+                         (self.m, self.n))  # the same entries by vertex
             blurs = [_blur_matrix(n1, n2, dtype) for n1, n2 in self.neighbours]
             self._matrices[dtype] = splat, slice_, blurs
         return self._matrices[dtype]

@@ -117,6 +117,8 @@ def test_the_learned_crf_runs_in_the_output_step_and_after_an_exported_graph(run
     x = predictor.preprocess(images / "00.png")[None]
     with torch.no_grad():
         assert torch.equal(model.eval()(x)[0].argmax(0), expected)
+    folded = build_inference(last, overrides=["infer.fold_bn=true"]).predictor  # the net's BatchNorms folded
+    assert folded.refinement is not None and torch.equal(folded(images / "00.png"), expected)
     assert main(["predict", "--checkpoint", str(last), str(images / "00.png"), "--out", str(tmp_path / "p")]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "p" / "00.png")), expected.numpy())
     assert main(["eval", "--checkpoint", str(last), "--out", str(tmp_path / "m.json")]) == 0

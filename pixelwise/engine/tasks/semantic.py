@@ -152,7 +152,8 @@ class SemanticTask(Task):
 
         side = geometry(model, 64)[0]
         device = next(model.parameters()).device
-        return "net" if isinstance(model, CRFasRNN) else "", (torch.rand(1, dataset_meta(self.cfg.data)["in_channels"], side, side, device=device),)
+        example = torch.rand(1, dataset_meta(self.cfg.data)["in_channels"], side, side, device=device)
+        return "net" if isinstance(model, CRFasRNN) else "", (example,)  # a CRF-as-RNN's BatchNorms are its net's
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
