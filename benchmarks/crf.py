@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,10 +27,10 @@ import torch
 
 
 def _machine() -> dict:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
-                 platform.processor())
-    return {"cpu": model, "amx": "amx_bf16" in flags, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    from pixelwise.engine.trainer import environment
+
+    env = environment(torch.device("cpu"))
+    return {k: env[k] for k in ("cpu", "amx", "threads", "torch")}
 
 
 def _timed(fn):

@@ -3,8 +3,9 @@ theta_gamma = 3 fixed, w1, theta_alpha and theta_beta searched coarse to fine on
 set).
 
 The model predicts the first --images validation images once; each candidate refines those probabilities with
-the torch backend and is scored by mean IoU over them (one confusion matrix). The coarse grid is DeepLab's ranges;
-the fine stage tries the neighbours of the best coarse point at half the step. Lattices depend only on the
+the torch backend and is scored by mean IoU over them (one confusion matrix). The coarse grid (COARSE) is ours,
+spanning DeepLab's first-round ranges (w1 5-10, theta_alpha 50-100, theta_beta 3-10) and a little beyond; the
+fine stage tries 0.75x, 1x and 1.25x the best coarse point in each parameter. Lattices depend only on the
 thetas, so candidates that differ in w1 reuse them.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pixelwise.crf import CRFParams, build_lattices, mean_field
+from pixelwise.crf import CRFParams, build_lattices, colours_of, mean_field
 from pixelwise.engine.run import build_datasets
 from pixelwise.errors import ConfigError, OutputError
 from pixelwise.files import write_json
@@ -77,16 +78,17 @@ def _score_grid(samples, k: int, ignore, iterations: int, grid: dict, progress: 
     thetas = sorted({(c["theta_alpha"], c["theta_beta"]) for c in combos})
     bar = Progress(len(samples) * len(thetas), desc=f"crf-search {stage} ({len(combos)} settings)", unit="img",
                    enabled=progress)
+    potts = 1 - torch.eye(k)
     for probs, image, mask in samples:
-        colours = (image.float() * 255).round()
+        colours = colours_of(image, probs.shape[-2:])
         for alpha, beta in thetas:
             params = CRFParams(iterations, theta_alpha=alpha, theta_beta=beta, **FIXED)
             lattices = build_lattices(colours, params)
             for c, cm in zip(combos, matrices):
                 if (c["theta_alpha"], c["theta_beta"]) == (alpha, beta):
                     weights = torch.tensor([c["w1"], FIXED["w2"]])
-                    cm.update(mean_field(probs, colours, params, 1 - torch.eye(k), weights=weights,
-                                         lattices=lattices).argmax(0), mask)
+                    cm.update(mean_field(probs, colours, params, potts, weights=weights, lattices=lattices).argmax(0),
+                              mask)
             bar.update()
     bar.close()
     return [{**c, "miou": float(cm.compute()["miou"])} for c, cm in zip(combos, matrices)]

@@ -421,8 +421,13 @@ def summarise(exp: Experiment, budget: float, seeds: int, results: dict) -> dict
     env = json.loads((Path(results[(exp.runs[0].name, 0)]["folder"]) / "environment.json").read_text())
     return {"experiment": exp.name, "title": exp.title, "source": exp.source, "notes": exp.notes, "metric": exp.metric,
             "lower_is_better": lower, "budget_per_run": budget, "seeds": seeds, "fast_path": list(FAST),
-            "machine": f"{env['cpu']}, {env['cpu_count']} cores, {env['threads']} threads, torch {env['torch']}",
+            "machine": f"{env['cpu']}{_amx(env.get('amx'))}, {env['cpu_count']} cores, {env['threads']} threads, "
+                       f"torch {env['torch']}",
             "date": time.strftime("%Y-%m-%d"), "runs": runs, "claims": claims}
+
+
+def _amx(amx: bool | None) -> str:
+    return "" if amx is None else " with AMX" if amx else " without AMX"
 
 
 def _v(x, scale: float = 1.0) -> str:

@@ -325,15 +325,16 @@ def environment(device: torch.device) -> dict:
 
     import pixelwise
 
-    cpu = platform.processor() or platform.machine()
+    cpu, amx = platform.processor() or platform.machine(), None
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        info = Path("/proc/cpuinfo").read_text()
+        amx = "amx_bf16" in info  # speed figures depend on it (bf16 matrix units)
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"started": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device), "gpu": gpu,
+            "amx": amx, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device), "gpu": gpu,
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "pixelwise": pixelwise.__version__, "platform": platform.platform()}
 

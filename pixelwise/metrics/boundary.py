@@ -17,15 +17,10 @@ def trimap_counts(pred: torch.Tensor, mask: torch.Tensor, ignore_index: int | No
     truth = mask.cpu().numpy()
     labelled = truth != ignore_index if ignore_index is not None else np.ones(truth.shape, bool)
     edge = np.zeros(truth.shape, bool)
-    for axis in (0, 1):
-        a, b = np.take(truth, range(truth.shape[axis] - 1), axis), np.take(truth, range(1, truth.shape[axis]), axis)
-        ok = np.take(labelled, range(truth.shape[axis] - 1), axis) & np.take(labelled, range(1, truth.shape[axis]), axis)
-        differs = (a != b) & ok
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        edge[tuple(lo)] |= differs
-        edge[tuple(hi)] |= differs
+    for a, b in ((np.s_[:-1, :], np.s_[1:, :]), (np.s_[:, :-1], np.s_[:, 1:])):  # vertical, horizontal neighbours
+        differs = (truth[a] != truth[b]) & labelled[a] & labelled[b]
+        edge[a] |= differs
+        edge[b] |= differs
     if not edge.any():
         return {k: (0, 0) for k in widths}
     distance = ndimage.distance_transform_edt(~edge)
