@@ -24,6 +24,21 @@ RECORD = ROOT / "benchmarks" / "results" / "reproduce.json"
 TITLE = "Reproduced ablations: pixelwise reproduce"
 
 
+def claims_table(record: dict) -> str:
+    """Every claim of every recorded experiment in one table, as `pixelwise reproduce --all`'s page has it."""
+    from pixelwise.reproduce import EXPERIMENTS, claim_text
+
+    rows = ["| experiment | claim | metric | paper | ours: difference [95% interval] | seeds | verdict |",
+            "|---|---|---|---|---|---|---|"]
+    for name in EXPERIMENTS:
+        for c in record.get(name, {}).get("summary", {}).get("claims", []):
+            if "verdict" not in c:  # recorded before claims had intervals
+                continue
+            rows.append(f"| {name} | {c['better']} better than {c['worse']} | {c['metric']} | {c['paper']} | "
+                        f"{claim_text(c)} | {c['seeds']} | **{c['verdict']}** |")
+    return "\n".join(rows)
+
+
 def section(record: dict) -> str:
     from pixelwise.progress import format_seconds
     from pixelwise.reproduce import EXPERIMENTS, summary_markdown
@@ -31,8 +46,10 @@ def section(record: dict) -> str:
     parts = ["Written by `benchmarks/reproduce.py` from `benchmarks/results/reproduce.json`; each experiment is "
              "`pixelwise reproduce NAME` at its default budget, with the seeds its command line names, every run "
              "on the fast path and scored by its final validation. Wall time is the whole command: training, "
-             "validation, summary and report. With one seed, differences smaller than run-to-run noise (not "
-             "measured then; `--seeds 3` measures it) are not evidence either way. What the directions mean is in \"Reproduced ablations: what held\"."]
+             "validation, summary and report. A claim's verdict comes from a 95% Student's t interval over the "
+             "paired per-seed differences: held (on the paper's side of 0), reversed (on the other side), "
+             "inconclusive (contains 0). What the verdicts mean is in \"Reproduced ablations: what held\".",
+             "### Every claim\n\n" + claims_table(record)]
     if all(name in record for name in EXPERIMENTS):
         walls = {n: record[n]["wall_seconds"] for n in EXPERIMENTS}
         planned = sum(record[n]["planned_training_seconds"] for n in EXPERIMENTS)
@@ -44,7 +61,8 @@ def section(record: dict) -> str:
             parts.append(f"### {name}\n\nNot run yet.")
             continue
         r = record[name]
-        md = summary_markdown(r["summary"]).split("\n", 1)[1].strip()  # without its own "# " title
+        md = summary_markdown(r["summary"]).split("\n", 1)[1].strip() if "level" in r["summary"] else (
+            "Recorded before claims had intervals; rerun it.")
         resumed = (f" (resumed: {r['runs_finished_before']} runs had finished before, so this is not the whole "
                    "experiment's time)" if r["runs_finished_before"] else "")
         parts.append(f"### {name}: {r['summary']['title']}\n\nWall time {format_seconds(r['wall_seconds'])} for "
@@ -53,13 +71,13 @@ def section(record: dict) -> str:
 
 
 def main() -> None:
-    from pixelwise.reproduce import EXPERIMENTS, reproduce
+    from pixelwise.reproduce import EXPERIMENTS, SEEDS, reproduce
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", default=list(EXPERIMENTS), help="experiments (default: all)")
     p.add_argument("--out", required=True, help="folder for the runs, outside the repository")
     p.add_argument("--data-root", default=None, help="datasets folder (default: PIXELWISE_DATA)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per run (default 1)")
+    p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per run (default {SEEDS})")
     p.add_argument("--table-only", action="store_true", help="rewrite the section from the saved record")
     args = p.parse_args()
     if Path(args.out).resolve().is_relative_to(ROOT):

@@ -141,8 +141,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from pixelwise.reproduce import listing, reproduce, summary_markdown
+    from pixelwise.reproduce import listing, reproduce, reproduce_all, summary_markdown
 
+    if args.all:
+        if args.name or args.list:
+            raise ConfigError("pixelwise reproduce --all runs every experiment: give no NAME and no --list with it")
+        page = reproduce_all(out=args.out, budget=args.budget, seeds=args.seeds, overrides=args.override,
+                             data_root=args.data_root)
+        print(f"wrote {page}")
+        return 0
     if args.list or not args.name:
         if not args.list:
             raise ConfigError("pixelwise reproduce needs an experiment NAME, or --list to see them")
@@ -493,12 +500,15 @@ def _reproduce_parser(sub) -> None:
         "same time budget on the fast path (bf16 + channels_last), scored by its final validation, and summarised in "
         "OUT/NAME/summary.md, summary.json and report.html: our figures beside the paper's, the spread over seeds, "
         "and whether the paper's direction held. Finished runs are skipped and an interrupted one resumes from its "
-        "last.pt: run the same command again to continue. --list shows the experiments and their default budgets."))
+        "last.pt: run the same command again to continue. --list shows the experiments and their default budgets; "
+        "--all runs every one and writes OUT/index.html, one page with every claim and its verdict."))
     sp.add_argument("name", nargs="?", metavar="NAME", help="experiment (see --list)")
     sp.add_argument("--list", action="store_true", help="list the experiments with their runs and default budgets")
+    sp.add_argument("--all", action="store_true", help="every experiment, then OUT/index.html: all claims on one page")
     sp.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per run (default: the "
                                                                     "experiment's; staged stages get their share)")
-    sp.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per run (default 1)")
+    sp.add_argument("--seeds", type=int, default=3, metavar="N",
+                    help="seeds per run, paired across the runs of a claim (default 3)")
     sp.add_argument("--out", default="reproduce", metavar="DIR", help="folder of the experiments (default reproduce)")
     _common(sp)  # -o applies to every run
     sp.set_defaults(fn=cmd_reproduce)

@@ -166,12 +166,17 @@ def config_of_checkpoint(ckpt: dict, source: str, overrides: list[str] = ()) -> 
 # What a checkpoint's weights were trained with and inference must repeat (the pretrained-weight sources
 # are replaced by the checkpoint, so they may differ).
 _MUST_MATCH = ("model.name", "model.num_classes", "model.args", "data.mean", "data.std")
+# Model args that change how the trained weights are applied, not which weights there are, so inference may set
+# them: FCN-32s's output_stride (16 or 8: filter rarefaction, FCN section 3.2, which computes shift-and-stitch's
+# denser scores from the same weights in one pass).
+INFERENCE_ARGS = ("output_stride",)
 
 
 def _inference_settings(values: dict) -> dict:
     model, data = values.get("model") or {}, values.get("data") or {}
     return {"model.name": model.get("name"), "model.num_classes": model.get("num_classes"),
-            "model.args": {k: v for k, v in (model.get("args") or {}).items() if k not in PRETRAINED_ARGS},
+            "model.args": {k: v for k, v in (model.get("args") or {}).items()
+                           if k not in PRETRAINED_ARGS and k not in INFERENCE_ARGS},
             "data.mean": data.get("mean"), "data.std": data.get("std")}
 
 

@@ -18,9 +18,13 @@ from scipy import ndimage
 from skimage.metrics import adapted_rand_error, variation_of_information
 from skimage.morphology import skeletonize
 
-__all__ = ["isbi_scores", "mean_isbi_scores", "cells_from_membrane", "thin_membrane"]
+__all__ = ["SWEEP", "challenge_scores", "isbi_scores", "mean_isbi_scores", "cells_from_membrane", "thin_membrane",
+           "vinfo"]
 
 _IGNORE = (0,)
+# The challenge's thresholds: its evaluation script (Fiji, trainableSegmentation's getMaximalVRandAfterThinning and
+# getMaximalVInfoAfterThinning, called with 0.0 to 1.0 in steps of 0.1) binarises the proposal at each.
+SWEEP = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 def cells_from_membrane(membrane: np.ndarray) -> np.ndarray:
@@ -84,6 +88,60 @@ def isbi_scores(pred_membrane: np.ndarray, true_membrane: np.ndarray, *, thin: b
         "vi": float(vi_split + vi_merge),
         "pixel_error": float(np.mean(pred_membrane != true_membrane)),
     }
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def vinfo(true_cells: np.ndarray, pred_cells: np.ndarray) -> float:
+    """Foreground-restricted information theoretic score V_Info (Arganda-Carreras et al. 2015, section 2.4, alpha =
+    0.5): I(S; T) / ((H(S) + H(T)) / 2) over the pixels inside true cells (true label != 0), S the predicted and T the
+    true segmentation; 1 for identical segmentations, higher is better."""
+    fg = true_cells != 0
+    t, s = true_cells[fg].astype(np.int64), pred_cells[fg].astype(np.int64)
+    if t.size == 0:
+        raise ValueError("vinfo: the true segmentation has no cell pixels; the score is undefined")
+    joint = np.unique(t * (int(s.max()) + 1) + s, return_counts=True)[1]
+    h_s, h_t = _entropy(np.unique(s, return_counts=True)[1]), _entropy(np.unique(t, return_counts=True)[1])
+    if h_s + h_t == 0:  # one segment each: identical
+        return 1.0
+    return float(2 * (h_s + h_t - _entropy(joint)) / (h_s + h_t))
+
+
+def challenge_scores(membrane_probs: Sequence[np.ndarray], true_membranes: Sequence[np.ndarray],
+                     thresholds: Sequence[float] = SWEEP) -> dict:
+    """The ISBI 2012 challenge's scores of membrane probability maps (one (H, W) float array per slice).
+
+    As the challenge's script does, the proposal (the probability of *not* being membrane, 1 - p) is binarised at
+    every threshold t of `thresholds`: membrane where 1 - p <= t. At each t, V_Rand(thinned) (= 1 -
+    adapted_rand_error of `isbi_scores`) and V_Info(thinned) (`vinfo` after the same thinning) are averaged over the
+    slices; the challenge reports the maximum over thresholds of each (the leaderboard ranks by V_Rand). Returns
+    vrand_sweep, vrand_sweep_threshold, vinfo_sweep, vinfo_sweep_threshold (higher is better) and
+    vrand_by_threshold, vinfo_by_threshold (lists, in the order of `thresholds`).
+    """
+    if len(membrane_probs) != len(true_membranes) or not len(membrane_probs):
+        raise ValueError(f"challenge_scores: {len(membrane_probs)} probability maps and {len(true_membranes)} true "
+                         "membrane maps; expected the same number, at least one")
+    vrand = np.zeros((len(thresholds), len(membrane_probs)))
+    vinf = np.zeros_like(vrand)
+    for j, (prob, truth) in enumerate(zip(membrane_probs, true_membranes)):
+        prob, truth = np.asarray(prob, dtype=np.float64), _check("true_membrane", truth)
+        if prob.shape != truth.shape or not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
+            raise ValueError(f"challenge_scores: slice {j}: probability map of shape {prob.shape} (range "
+                             f"{prob.min():.3g}..{prob.max():.3g}); expected values in [0, 1] of shape {truth.shape}")
+        true_cells = cells_from_membrane(thin_membrane(truth))
+        for i, t in enumerate(thresholds):
+            pred_cells = cells_from_membrane(thin_membrane(1 - prob <= t))
+            vrand[i, j] = 1 - adapted_rand_error(true_cells, pred_cells, ignore_labels=_IGNORE)[0]
+            vinf[i, j] = vinfo(true_cells, pred_cells)
+    out = {}
+    for name, table in (("vrand", vrand.mean(axis=1)), ("vinfo", vinf.mean(axis=1))):
+        best = int(np.argmax(table))
+        out[f"{name}_sweep"], out[f"{name}_sweep_threshold"] = float(table[best]), float(thresholds[best])
+        out[f"{name}_by_threshold"] = [float(v) for v in table]
+    return out
 
 
 def mean_isbi_scores(scores: Sequence[dict]) -> dict:

@@ -105,8 +105,8 @@ def curves_png(runs: Sequence[tuple[str, list[dict]]], x: str = "step") -> bytes
     for ax, key in zip(axes.flat, keys):
         for name, rows in runs:
             xs, ys = _series(rows, key, x)
-            if xs:
-                ax.plot(xs, ys, lw=1, marker="o" if key.startswith("val_") else None, ms=3, label=name)
+            if xs:  # a marker on validations, and on a curve of one point (a line of one point draws nothing)
+                ax.plot(xs, ys, lw=1, marker="o" if key.startswith("val_") or len(xs) == 1 else None, ms=3, label=name)
         ax.set_title(key.removeprefix("val_") + (" (val)" if key.startswith("val_") else ""), fontsize=9)
         ax.set_xlabel("training seconds" if x == "time" else x, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -121,6 +121,30 @@ def curves_png(runs: Sequence[tuple[str, list[dict]]], x: str = "step") -> bytes
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / nrows))
     else:
         fig.tight_layout()
+    return _figure_png(fig)
+
+
+def seeds_png(runs: Sequence[tuple[str, Sequence[float], tuple[float, float] | None]],
+              claims: Sequence[tuple[str, Sequence[float], tuple[float, float] | None]], metric: str) -> bytes:
+    """Left: each run's score per seed (points) with its mean and interval; right: each claim's paired per-seed
+    differences (better - worse) with their mean and interval, beside a line at 0."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.8 + 0.42 * max(len(runs), len(claims), 2)), squeeze=False)
+    for ax, items, title in ((axes[0, 0], runs, f"{metric} per seed"),
+                             (axes[0, 1], claims, "difference per seed (better - worse)")):
+        for y, (label, values, interval) in enumerate(items):
+            ax.plot(values, [y] * len(values), "o", ms=5, alpha=0.6, color="C0")
+            if values:
+                mean = sum(values) / len(values)
+                err = None if interval is None else [[mean - interval[0]], [interval[1] - mean]]
+                ax.errorbar([mean], [y], xerr=err, fmt="D", ms=6, color="C3", capsize=4)
+        ax.set_yticks(range(len(items)), [label for label, _, _ in items], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 1].axvline(0, color="k", lw=0.8)
+    fig.tight_layout()
     return _figure_png(fig)
 
 
@@ -186,6 +210,15 @@ def _comparison(runs: Sequence[dict]) -> str:
     return _table(["run", "model", "params (M)", "steps", "training s", *keys], rows, left=2)
 
 
+def _best(state: dict, config: dict) -> str | None:
+    """The best validation as "miou 0.2330 at step 2": the metric named, the value rounded."""
+    value = state.get("best_metric")
+    if not isinstance(value, (int, float)):
+        return None
+    name = ((config.get("train") or {}).get("best_metric") or "best metric") if isinstance(config, dict) else "best metric"
+    return f"{name} {_fmt(float(value))} at step {state.get('best_step')}"
+
+
 def _run_section(run: dict, index: int) -> str:
     m, name = run["metrics"], run["name"]
     parts = [f'<h2 id="run{index}">{html.escape(name)}</h2>', f'<p class="note">{html.escape(run["path"])}</p>']
@@ -193,7 +226,7 @@ def _run_section(run: dict, index: int) -> str:
     facts = []
     if state:
         facts += [("steps", state.get("step")), ("training seconds", state.get("train_seconds")),
-                  ("stopped by", state.get("stopped")), ("best", f"{state.get('best_metric')} at step {state.get('best_step')}")]
+                  ("stopped by", state.get("stopped")), ("best", _best(state, run["config"]))]
     facts += [("parameters (M)", run.get("params_millions")), ("validation images", m.get("num_images"))]
     parts.append(_table(["", "value"], [f for f in facts if f[1] is not None], left=2))
     if env:

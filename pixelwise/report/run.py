@@ -115,9 +115,17 @@ def write_report(run_dirs: Sequence, out=None, *, data_root: str | None = None, 
     check_report_path(out)
     runs = [collect_run(d, data_root=data_root, examples=examples, device=device,
                         name=names[i] if names else None) for i, d in enumerate(run_dirs)]
-    title = title or (f"pixelwise run {runs[0]['name']}" if len(runs) == 1 else f"pixelwise: {len(runs)} runs compared")
+    title = title or (f"pixelwise report: {_describe(runs[0])}" if len(runs) == 1
+                      else f"pixelwise report: {len(runs)} runs compared")
     write_text(out, render(runs, title, summary_html=summary_html), what="report")
     return out
+
+
+def _describe(run: dict) -> str:
+    """"unet on isbi2012, folder runs/x" (the folder named once, whatever it is called)."""
+    model = (run["config"].get("model") or {}).get("name") or "a model"
+    data = (run["config"].get("data") or {}).get("dataset")
+    return f"{model}{f' on {data}' if data else ''}, folder {run['name']}"
 
 
 def check_report_path(out: Path) -> None:

@@ -110,3 +110,42 @@ def test_thinning_makes_scores_independent_of_membrane_width():
     raw = isbi_scores(thick, truth, thin=False)
     assert thinned["adapted_rand_error"] < 0.02 < raw["adapted_rand_error"]
     assert thinned["pixel_error"] == raw["pixel_error"] > 0.1
+
+
+def test_challenge_sweep_finds_the_threshold_the_argmax_misses():
+    from pixelwise.metrics.isbi import SWEEP, challenge_scores
+
+    truth = grid()
+    perfect = challenge_scores([truth.astype(float)], [truth])
+    assert perfect["vrand_sweep"] == pytest.approx(1.0) and perfect["vinfo_sweep"] == pytest.approx(1.0)
+    # An under-confident net: p(membrane) = 0.35 on the membranes, 0 elsewhere. Its argmax draws no membrane at all
+    # (one cell), but thresholds from 0.7 up (membrane where 1 - p <= t) recover every cell.
+    timid = np.where(truth, 0.35, 0.0)
+    argmax = isbi_scores(timid >= 0.5, truth)
+    assert 1 - argmax["adapted_rand_error"] < 0.2
+    swept = challenge_scores([timid], [truth])
+    assert swept["vrand_sweep"] == pytest.approx(1.0) and swept["vrand_sweep_threshold"] == 0.7
+    assert len(swept["vrand_by_threshold"]) == len(SWEEP) == 11 and swept["vrand_by_threshold"][6] < 0.2
+    # Two slices: the score at each threshold is their mean.
+    both = challenge_scores([truth.astype(float), timid], [truth, truth])
+    assert both["vrand_by_threshold"][0] == pytest.approx((1 + swept["vrand_by_threshold"][0]) / 2)
+
+
+def test_vinfo_is_one_for_identical_and_zero_for_one_merged_segment():
+    from pixelwise.metrics.isbi import cells_from_membrane, thin_membrane, vinfo
+
+    cells = cells_from_membrane(thin_membrane(grid()))
+    assert vinfo(cells, cells) == pytest.approx(1.0)
+    assert vinfo(cells, np.ones_like(cells)) == pytest.approx(0.0)  # every true cell merged: no information
+    relabelled = np.where(cells > 0, cells.max() + 1 - cells, 0)  # names do not matter
+    assert vinfo(cells, relabelled) == pytest.approx(1.0)
+
+
+def test_challenge_scores_refuse_maps_that_are_not_probabilities():
+    from pixelwise.metrics.isbi import challenge_scores
+
+    truth = grid()
+    with pytest.raises(ValueError, match=r"slice 0: probability map .* expected values in \[0, 1\]"):
+        challenge_scores([truth * 255.0], [truth])
+    with pytest.raises(ValueError, match="2 probability maps and 1 true"):
+        challenge_scores([truth * 1.0, truth * 1.0], [truth])

@@ -67,3 +67,29 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert shot.is_file() and shot.stat().st_size > 50_000, result.stderr[-2000:]
     if os.environ.get("PIXELWISE_SCREENSHOT"):
         shutil.copy(shot, os.environ["PIXELWISE_SCREENSHOT"])
+
+
+def test_reproduce_overview_renders_in_headless_chromium(tmp_path):
+    """`pixelwise reproduce --all`'s page: every claim's row links to its experiment's section, every image decodes."""
+    import json
+
+    from pixelwise.reproduce import Claim, Experiment, Planned, summarise, write_overview
+
+    (tmp_path / "environment.json").write_text(json.dumps({"cpu": "cpu", "cpu_count": 2, "threads": 2, "torch": "2"}))
+    summaries = []
+    for name in ("first", "second"):
+        exp = Experiment(name, f"{name} experiment", "paper", "miou", 10, runs=(Planned("A", "r"), Planned("B", "r")),
+                         claims=(Claim("A", "B", "A > B"),))
+        values = {"A": [0.5, 0.6, 0.55], "B": [0.4, 0.45, 0.5]}
+        results = {(run, s): {"metrics": {"miou": v}, "steps": 5, "params": 1, "folder": str(tmp_path)}
+                   for run, vals in values.items() for s, v in enumerate(vals)}
+        summaries.append(summarise(exp, 10, 3, results))
+    page = write_overview(tmp_path / "index.html", summaries).read_text()
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("<head>", "<head>" + CHECKER, 1))
+    dom = run_chromium("--dump-dom", checked.as_uri())
+    found = re.search(r'<pre id="pixelwise-check">images (\d+)/(\d+) errors (.*?)</pre>', dom.stdout, re.S)
+    assert found, f"the check did not run; chromium said:\n{dom.stderr[-2000:]}"
+    assert int(found[1]) == int(found[2]) == 2 and found[3] == "[]"  # one seeds figure per experiment
+    links = re.findall(r'<a href="#(exp-[a-z-]+)">', dom.stdout)
+    assert links == ["exp-first", "exp-second"] and all(f'id="{a}"' in dom.stdout for a in links)

@@ -102,3 +102,25 @@ def test_train_writes_an_instance_report(tmp_path):
     page = (run / "report.html").read_text()
     assert "COCO AP" in page and "segm" in page and "objects in the ground truth" in page
     assert len(images_of(page)) >= 1 + 2  # curves and two ground truth | detections panels
+
+
+def test_title_names_the_folder_once_and_best_row_names_its_metric_rounded(tmp_path):
+    run = tiny_fcn_run(tmp_path / "run")
+    page = write_report([run]).read_text()
+    title = re.search(r"<title>(.*?)</title>", page)[1]
+    assert title == "pixelwise report: fcn8s on camvid, folder run" and "run run" not in page
+    best = json.loads((run / "train_state.json").read_text())["best_metric"]
+    assert f'<td class="l">miou {best:.4f} at step 2</td>' in page and repr(best) not in page
+
+
+def test_a_curve_of_one_point_is_drawn():
+    """matplotlib draws a line of one point as nothing: the single point gets a marker."""
+    from pixelwise.report.html import curves_png
+
+    def coloured(png: bytes) -> int:  # pixels of matplotlib's first colour (C0, #1f77b4)
+        a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        return int((np.abs(a - [0x1F, 0x77, 0xB4]).sum(axis=2) < 60).sum())
+
+    one = curves_png([("run", [{"step": "1", "loss": "0.5"}])])
+    two = curves_png([("run", [{"step": "1", "loss": "0.5"}, {"step": "2", "loss": "0.4"}])])
+    assert coloured(one) > 10 and coloured(two) > 10

@@ -19,7 +19,8 @@ from pixelwise.engine.predictor import Predictor, forward_aligned, geometry
 from pixelwise.engine.tasks import Task, register_task
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.losses import cross_entropy
-from pixelwise.metrics import ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, isbi_scores, mean_isbi_scores
+from pixelwise.metrics import (ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, challenge_scores, isbi_scores,
+                               mean_isbi_scores)
 from pixelwise.metrics.boundary import TRIMAP_WIDTHS, trimap_counts, trimap_metrics
 from pixelwise.models.crfasrnn import CRFasRNN
 from pixelwise.progress import progress as track
@@ -163,11 +164,13 @@ class SemanticTask(Task):
         cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
         isbi = set(ISBI_METRICS) <= set(getattr(dataset, "metrics", ()))  # the dataset declares the ISBI scores
         scores, per_image, trimap = [], [], {k: [0, 0] for k in TRIMAP_WIDTHS}
+        membrane_probs, true_membranes = [], []
         for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
             image, target = dataset[i]
             mask = target["mask"].as_subclass(torch.Tensor)
             image = image.as_subclass(torch.Tensor)
-            pred = predictor.postprocess(predictor.predict_probs(image), predictor.denormalize(image))
+            probs = predictor.predict_probs(image)
+            pred = predictor.postprocess(probs, predictor.denormalize(image))
             one = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
             one.update(pred, mask)
             cm.matrix += one.matrix
@@ -177,13 +180,17 @@ class SemanticTask(Task):
                 trimap[k][1] += total
             if isbi:
                 scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
+                membrane_probs.append(probs[1].float().cpu().numpy())
+                true_membranes.append(mask.numpy() == 1)
         if cm.matrix.sum() == 0:
             raise DataError(f"every target pixel of the {len(dataset)} evaluation images is ignore_index="
                             f"{dataset.ignore_index}; expected some labelled pixels to score")
         metrics = cm.compute()
         if isbi:
             metrics["membrane_iou"] = metrics["per_class_iou"][1]
-            metrics.update(mean_isbi_scores(scores))
+            metrics.update(mean_isbi_scores(scores))  # of the predicted labels (argmax, or threshold / CRF)
+            # The challenge's own scores: the best over its sweep of thresholds of the network's membrane probability
+            metrics.update(challenge_scores(membrane_probs, true_membranes))
         metrics.update(trimap_metrics(trimap))  # accuracy near the boundaries, where a CRF acts
         metrics["num_images"] = len(dataset)
         metrics["confusion_matrix"] = cm.matrix.tolist()  # rows: ground truth, columns: prediction
@@ -211,7 +218,8 @@ class SemanticTask(Task):
         for kind, i, score in picks:
             image, target = dataset[i]
             image = image.as_subclass(torch.Tensor)
-            pred = predictor.postprocess(predictor.predict_probs(image), predictor.denormalize(image)).numpy()
+            probs = predictor.predict_probs(image)
+            pred = predictor.postprocess(probs, predictor.denormalize(image)).numpy()
             truth = target["mask"].as_subclass(torch.Tensor).numpy()
             panel = [to_rgb(image), overlay(image, truth, palette), overlay(image, pred, palette)]
             picture = Image.fromarray(np.concatenate(panel, axis=1))
