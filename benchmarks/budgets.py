@@ -27,7 +27,7 @@ TITLE = "Reproduce budgets: how far each baseline gets"
 # name: (recipe, overrides, metric, the experiments whose default budget it sets)
 BASELINES = {
     "fcn8s-camvid": ("fcn8s_camvid_cpu", (), "miou",
-                     "fcn-skips, fcn-loss-sampling, fcn-class-balance, fcn-shift-and-stitch"),
+                     "fcn-skips, fcn-loss-sampling, fcn-class-balance, fcn-shift-and-stitch, crf"),
     "unet-isbi": ("unet_isbi2012_cpu", ("data.weight_map=false",), "vrand_sweep", "unet-weightmap, unet-elastic"),
     "maskrcnn-isbi": ("mask_rcnn_r18_fpn_isbi_cpu", ("model.args.mask_roi=roi_align", *MRCNN_CHEAPER), "segm_AP",
                       "maskrcnn-table2"),

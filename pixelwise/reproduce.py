@@ -63,6 +63,7 @@ class Experiment:
     overrides: tuple[str, ...] = ()  # every run's
     notes: str = ""
     extra_metrics: tuple[str, ...] = field(default=())
+    budget_why: str = ""  # how the default budget was chosen (benchmarks/budgets.py)
 
     def total(self, budget: float | None = None) -> float:
         return sum(r.share for r in self.runs) * (budget or self.budget)
@@ -81,6 +82,10 @@ def _mrcnn(name: str, *overrides: str, paper: str) -> Planned:
     return Planned(name, "mask_rcnn_r18_fpn_isbi_cpu", overrides, paper=paper)
 
 
+# benchmarks/budgets.py (BENCHMARKS.md, "Reproduce budgets"), seed 0 each: the baseline at B and at 4 B.
+_FCN_BUDGET = ("120 s per run: there the recipe's FCN-8s reaches 74% of the mean IoU it reaches in 480 s (0.419 vs "
+               "0.563).")
+_UNET_BUDGET = ("120 s per run: there the U-Net's vrand_sweep (0.934) is already what it is after 480 s (0.914).")
 _ISBI_SCORE = ("Scored as the ISBI 2012 challenge scores: vrand_sweep, V_Rand (thinned) at the best of its thresholds "
                "0.0..1.0 of the membrane probability (higher is better); adapted_rand_error is 1 - V_Rand of the argmax.")
 
@@ -118,7 +123,7 @@ EXPERIMENTS = {e.name: e for e in (
                 Claim("FCN-8s staged", "FCN-16s staged", "62.7 vs 62.4")),
         notes="The recipe (a quarter of VGG16's widths, from scratch, Adam) is configs/fcn8s_camvid_cpu.yaml. At once: "
               "each net for the whole budget from the same initialisation. Staged: a third of the budget per stage, so "
-              "FCN-8s staged has spent the same time as each at-once run."),
+              "FCN-8s staged has spent the same time as each at-once run.", budget_why=_FCN_BUDGET),
     Experiment(
         "fcn-loss-sampling", "Whole-image training vs loss sampling, against wall-clock time",
         "FCN section 4.3 and Fig. 5: sampling the loss (p = 0.5, 0.25) does not converge faster in time than whole "
@@ -129,7 +134,8 @@ EXPERIMENTS = {e.name: e for e in (
         claims=(Claim("whole image", "p = 0.5", "equal or better at equal time"),
                 Claim("whole image", "p = 0.25", "equal or better at equal time")),
         overrides=("train.val_every=100",),
-        notes="Validated every 100 steps, so the report's curves show loss and mean IoU against training seconds."),
+        notes="Validated every 100 steps, so the report's curves show loss and mean IoU against training seconds.",
+        budget_why=_FCN_BUDGET),
     Experiment(
         "maskrcnn-table2", "Mask R-CNN Table 2 on ISBI 2012 cells: RoI feature, mask head, mask loss, class-specific",
         "Mask R-CNN (He et al. 2017) Table 2: RoIAlign +3.4 mask AP over RoIPool (C4; RoIWarp between); FCN head "
@@ -148,10 +154,13 @@ EXPERIMENTS = {e.name: e for e in (
         overrides=MRCNN_CHEAPER,
         notes="ResNet-18-FPN from scratch (configs/mask_rcnn_r18_fpn_isbi_cpu.yaml), slices 0-24 / 25-29, made cheaper "
               "per step to take more steps in the budget: the 512x512 slices resized to 384x384 and 64 sampled RoIs "
-              "per image instead of 128 (the cells stay 20-40 pixels across; every setting gets the same). The paper's "
+              "per image instead of 128, the same for every setting. The paper's "
               "RoIAlign comparison is on C4 (ResNet-50, stride 16); here the FPN recipe. The two-class variant splits the "
               "cells into small and large at the median training cell area (data.dataset=isbi_instances_by_size), so "
-              "that masks of different classes compete in softmax.", extra_metrics=("segm_AP50", "bbox_AP")),
+              "that masks of different classes compete in softmax.", extra_metrics=("segm_AP50", "bbox_AP"),
+        budget_why="120 s per run: there RoIAlign (at 384x384, 64 RoIs) reaches 57% of the mask AP it reaches in 480 s "
+                   "(0.211 vs 0.372; the 512x512 recipe with 128 RoIs took 3.5 s a step, this one 1.1 s). Four times "
+                   "longer would make this experiment 2.8 hours at 3 seeds."),
     Experiment(
         "unet-weightmap", "U-Net weight map on and off, and overlap-tile (valid) vs padded convolutions",
         "U-Net (Ronneberger et al. 2015) section 3: the weight map (w0 = 10, sigma = 5) makes the network learn the "
@@ -165,7 +174,7 @@ EXPERIMENTS = {e.name: e for e in (
                 Claim("valid, weight map", "valid, no weight map", "(the argmax's score)", metric="adapted_rand_error"),
                 Claim("valid, no weight map", "padded, no weight map", "overlap-tile: no border artefacts")),
         notes=f"configs/unet_isbi2012_cpu.yaml (base width 16, BatchNorm, elastic deformations); {_ISBI_SCORE}",
-        extra_metrics=("adapted_rand_error", "pixel_error", "membrane_iou")),
+        extra_metrics=("adapted_rand_error", "pixel_error", "membrane_iou"), budget_why=_UNET_BUDGET),
     Experiment(
         "tiramisu-vs-fcn", "FC-DenseNet56 / 103 vs FCN-8s on CamVid at equal time and at equal epochs, with parameter "
         "counts",
@@ -185,7 +194,9 @@ EXPERIMENTS = {e.name: e for e in (
         notes="From scratch: the paper trains for hundreds of epochs on a GPU. At equal time a few minutes on two cores "
               "favour the nets that take the most steps, so each FC-DenseNet is also compared with an FCN-8s trained on "
               "as many images as it saw (same seed, no time limit): equal epochs. FC-DenseNet67 is left out (in no "
-              "claim). Our FCN-8s is the CPU recipe's quarter-width net."),
+              "claim). Our FCN-8s is the CPU recipe's quarter-width net.",
+        budget_why="220 s per run: there FC-DenseNet56 reaches 84% of the mean IoU it reaches in 880 s (0.183 vs "
+                   "0.219; 122 and 495 steps): from scratch it learns slowly at any of these budgets."),
     Experiment(
         "unet-elastic", "U-Net with and without elastic deformations, on 25 and on 5 training slices",
         "U-Net (Ronneberger et al. 2015) sections 1 and 3.1: with very few training images, elastic deformations "
@@ -201,7 +212,7 @@ EXPERIMENTS = {e.name: e for e in (
                 Claim("5 slices, elastic", "5 slices, no elastic", "the key with very few images")),
         notes="configs/unet_isbi2012_cpu.yaml (flips and 90-degree rotations stay on in every run); ISBI slices 0-24 "
               f"or 0-4 for training, 25-29 for validation. {_ISBI_SCORE}",
-        extra_metrics=("adapted_rand_error", "pixel_error")),
+        extra_metrics=("adapted_rand_error", "pixel_error"), budget_why=_UNET_BUDGET),
     Experiment(
         "fcn-shift-and-stitch", "FCN-32s made dense by shift-and-stitch (filter rarefaction) vs FCN-8s's skips: quality "
         "and inference cost",
@@ -227,7 +238,7 @@ EXPERIMENTS = {e.name: e for e in (
               "weights, the layers after pool4 / pool3 rarefied, and the fixed bilinear upsampling of the denser "
               "scores), which gives shift-and-stitch's output in one pass; shift-and-stitch itself would cost 4 or "
               "16 passes of the whole net, so the cost column favours it.",
-        extra_metrics=("eval_seconds_per_image", "trimap_acc_2", "pixel_acc")),
+        extra_metrics=("eval_seconds_per_image", "trimap_acc_2", "pixel_acc"), budget_why=_FCN_BUDGET),
     Experiment(
         "fcn-class-balance", "FCN-8s on CamVid with median-frequency class weights and without",
         "FCN section 4.3, \"Class balancing\": although the labels are mildly unbalanced (about 3/4 background on "
@@ -240,7 +251,7 @@ EXPERIMENTS = {e.name: e for e in (
               "and without them. The paper's claim is that balancing is not needed, so an inconclusive verdict (no "
               "difference either way) agrees with it; CamVid is far more unbalanced than PASCAL (poles, signs and "
               "cyclists cover under 1% of the pixels), so balancing may help here. Mean class accuracy is the score "
-              "balancing is expected to raise.", extra_metrics=("mean_acc", "pixel_acc")),
+              "balancing is expected to raise.", extra_metrics=("mean_acc", "pixel_acc"), budget_why=_FCN_BUDGET),
     Experiment(
         "crf", "The fully connected CRF after FCN-8s on CamVid: post-processing, and trained end to end (CRF-as-RNN) "
         "at equal time",
@@ -257,7 +268,9 @@ EXPERIMENTS = {e.name: e for e in (
               f"is {_CRF}, the parameters pixelwise crf-search chose for a 600 s FCN-8s on CamVid's validation "
               "images (BENCHMARKS.md). Runs marked + CRF are not trained: they evaluate the run before them with "
               "infer.crf. The papers' figures are PASCAL VOC 2012 with a VGG16 pretrained on ImageNet.",
-        extra_metrics=("trimap_acc_2", "trimap_acc_5", "pixel_acc")),
+        extra_metrics=("trimap_acc_2", "trimap_acc_5", "pixel_acc"),
+        budget_why="150 s for the first FCN-8s (at 120 s the recipe's FCN-8s reaches 74% of the mean IoU it reaches in "
+                   "480 s), then two arms of 75 s."),
 )}
 
 
@@ -549,7 +562,8 @@ def summarise(exp: Experiment, budget: float, seeds: int, results: dict) -> dict
                        **verdict([a - b for a, b in pairs], lower_is_better(metric))})
     env = json.loads((Path(results[(exp.runs[0].name, 0)]["folder"]) / "environment.json").read_text())
     return {"experiment": exp.name, "title": exp.title, "source": exp.source, "notes": exp.notes, "metric": exp.metric,
-            "lower_is_better": lower, "budget_per_run": budget, "seeds": seeds, "level": LEVEL,
+            "lower_is_better": lower, "budget_per_run": budget, "budget_why": exp.budget_why if budget == exp.budget
+            else "", "seeds": seeds, "level": LEVEL,
             "interval": "Student's t over the paired per-seed differences", "fast_path": list(FAST),
             "machine": f"{env['cpu']}{_amx(env.get('amx'))}, {env['cpu_count']} cores, {env['threads']} threads, "
                        f"torch {env['torch']}",
@@ -593,6 +607,10 @@ def _rows(summary: dict) -> tuple[list[str], list[list[str]], list[str], list[li
     return head, rows, chead, crows
 
 
+def _budget_why(summary: dict) -> str:
+    return f" Budget: {summary['budget_why']}" if summary.get("budget_why") else ""
+
+
 def _how(summary: dict) -> str:
     lower = " (lower is better)" if summary["lower_is_better"] else ""
     return (f"Score: final validation {summary['metric']}{lower}. A claim's difference is better - worse, paired by "
@@ -611,7 +629,7 @@ def summary_markdown(summary: dict) -> str:
             f"Paper: {summary['source']}.\n\n"
             f"`pixelwise reproduce {summary['experiment']} --budget {summary['budget_per_run']:g} --seeds "
             f"{summary['seeds']}` ({summary['date']}, {summary['machine']}; fast path: {', '.join(summary['fast_path'])}). "
-            f"{summary['notes']}\n\n{_how(summary)}\n\n"
+            f"{summary['notes']}{_budget_why(summary)}\n\n{_how(summary)}\n\n"
             f"{table(head, rows)}\n\n{table(chead, crows)}\n")
 
 
@@ -651,6 +669,7 @@ def summary_html(summary: dict, curves: bytes | None = None) -> str:
         figures += _img(curves, "training curves of every seed", "every run and seed's log.csv, against training time")
     return (f"<p>Paper: {html.escape(summary['source'])}.</p><p class=\"note\">{html.escape(summary['notes'])} "
             f"Budget {summary['budget_per_run']:g} s per run, {summary['seeds']} seed(s), {html.escape(summary['machine'])}."
+            f"{html.escape(_budget_why(summary))}"
             f"</p><p class=\"note\">{html.escape(_how(summary))}</p><h2>Summary</h2>{table(head, rows)}"
             f"<h3>The paper's claims</h3>{table(chead, crows)}{figures}")
 
