@@ -141,8 +141,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from pixelwise.reproduce import listing, reproduce, reproduce_all, summary_markdown
+    from pixelwise.reproduce import SEEDS, listing, reproduce, reproduce_all, summary_markdown
 
+    args.seeds = SEEDS if args.seeds is None else args.seeds
     if args.all:
         if args.name or args.list:
             raise ConfigError("pixelwise reproduce --all runs every experiment: give no NAME and no --list with it")
@@ -507,8 +508,8 @@ def _reproduce_parser(sub) -> None:
     sp.add_argument("--all", action="store_true", help="every experiment, then OUT/index.html: all claims on one page")
     sp.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per run (default: the "
                                                                     "experiment's; staged stages get their share)")
-    sp.add_argument("--seeds", type=int, default=3, metavar="N",
-                    help="seeds per run, paired across the runs of a claim (default 3)")
+    sp.add_argument("--seeds", type=int, metavar="N",
+                    help="seeds per run, paired across the runs of a claim (default 3: the least for an interval)")
     sp.add_argument("--out", default="reproduce", metavar="DIR", help="folder of the experiments (default reproduce)")
     _common(sp)  # -o applies to every run
     sp.set_defaults(fn=cmd_reproduce)

@@ -215,7 +215,8 @@ def _best(state: dict, config: dict) -> str | None:
     value = state.get("best_metric")
     if not isinstance(value, (int, float)):
         return None
-    name = ((config.get("train") or {}).get("best_metric") or "best metric") if isinstance(config, dict) else "best metric"
+    train = (config.get("train") if isinstance(config, dict) else None) or {}
+    name = train.get("best_metric") or "best metric"
     return f"{name} {_fmt(float(value))} at step {state.get('best_step')}"
 
 

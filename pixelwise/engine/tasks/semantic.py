@@ -218,8 +218,7 @@ class SemanticTask(Task):
         for kind, i, score in picks:
             image, target = dataset[i]
             image = image.as_subclass(torch.Tensor)
-            probs = predictor.predict_probs(image)
-            pred = predictor.postprocess(probs, predictor.denormalize(image)).numpy()
+            pred = predictor.postprocess(predictor.predict_probs(image), predictor.denormalize(image)).numpy()
             truth = target["mask"].as_subclass(torch.Tensor).numpy()
             panel = [to_rgb(image), overlay(image, truth, palette), overlay(image, pred, palette)]
             picture = Image.fromarray(np.concatenate(panel, axis=1))
