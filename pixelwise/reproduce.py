@@ -243,9 +243,9 @@ EXPERIMENTS = {e.name: e for e in (
         "fcn-class-balance", "FCN-8s on CamVid with median-frequency class weights and without",
         "FCN section 4.3, \"Class balancing\": although the labels are mildly unbalanced (about 3/4 background on "
         "PASCAL), class balancing was found unnecessary", "miou", 120,
-        runs=(Planned("no class weights", "fcn8s_camvid_cpu", ("train.class_weights=null",), paper="used on VOC"),
+        runs=(Planned("no class weights", "fcn8s_camvid_cpu", ("train.class_weights=null",), paper="the paper's (VOC)"),
               Planned("median frequency", "fcn8s_camvid_cpu", ("train.class_weights=median_frequency",),
-                      paper="unnecessary")),
+                      paper="found unnecessary")),
         claims=(Claim("no class weights", "median frequency", "unnecessary: no loss without it"),),
         notes="configs/fcn8s_camvid_cpu.yaml, whose default is median-frequency weights (Eigen & Fergus), run with "
               "and without them. The paper's claim is that balancing is not needed, so an inconclusive verdict (no "
