@@ -39,6 +39,21 @@ def claims_table(record: dict) -> str:
     return "\n".join(rows)
 
 
+def old_tables(summary: dict) -> str:
+    """A record from before claims had intervals (one seed, or seeds without a verdict): its scores as they were."""
+    m = summary["metric"]
+    rows = [f"Recorded {summary['date']} with {summary['seeds']} seed(s) and {summary['budget_per_run']:g} s per run, "
+            "before claims had intervals and verdicts; to be rerun at the new defaults.", "",
+            f"| run | budget (s) | steps | {m} | paper |", "|---|---|---|---|---|"]
+    rows += [f"| {r['run']} | {r['budget']:.0f} | {'/'.join(map(str, r['steps']))} | "
+             f"{'n/a' if r['mean'] is None else format(r['mean'], '.4f')} | {r['paper']} |" for r in summary["runs"]]
+    rows += ["", "| paper's claim | paper | difference | direction held? |", "|---|---|---|---|"]
+    rows += [f"| {c['better']} better than {c['worse']} | {c['paper']} | "
+             f"{'n/a' if c.get('difference') is None else format(c['difference'], '+.4f')} | "
+             f"{'n/a' if c.get('held') is None else 'yes' if c['held'] else 'no'} |" for c in summary["claims"]]
+    return "\n".join(rows)
+
+
 def section(record: dict) -> str:
     from pixelwise.progress import format_seconds
     from pixelwise.reproduce import EXPERIMENTS, summary_markdown
@@ -61,8 +76,8 @@ def section(record: dict) -> str:
             parts.append(f"### {name}\n\nNot run yet.")
             continue
         r = record[name]
-        md = summary_markdown(r["summary"]).split("\n", 1)[1].strip() if "level" in r["summary"] else (
-            "Recorded before claims had intervals; rerun it.")
+        md = summary_markdown(r["summary"]).split("\n", 1)[1].strip() if "level" in r["summary"] else old_tables(
+            r["summary"])
         resumed = (f" (resumed: {r['runs_finished_before']} runs had finished before, so this is not the whole "
                    "experiment's time)" if r["runs_finished_before"] else "")
         parts.append(f"### {name}: {r['summary']['title']}\n\nWall time {format_seconds(r['wall_seconds'])} for "
@@ -75,12 +90,12 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", default=list(EXPERIMENTS), help="experiments (default: all)")
-    p.add_argument("--out", required=True, help="folder for the runs, outside the repository")
+    p.add_argument("--out", help="folder for the runs, outside the repository (needed unless --table-only)")
     p.add_argument("--data-root", default=None, help="datasets folder (default: PIXELWISE_DATA)")
     p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per run (default {SEEDS})")
     p.add_argument("--table-only", action="store_true", help="rewrite the section from the saved record")
     args = p.parse_args()
-    if Path(args.out).resolve().is_relative_to(ROOT):
+    if not args.table_only and (not args.out or Path(args.out).resolve().is_relative_to(ROOT)):
         p.error(f"--out {args.out}: keep the runs outside the repository")
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     for name in [] if args.table_only else args.names:
