@@ -249,8 +249,8 @@ EXPERIMENTS = {e.name: e for e in (
         claims=(Claim("no class weights", "median frequency", "unnecessary: no loss without it"),),
         notes="configs/fcn8s_camvid_cpu.yaml, whose default is median-frequency weights (Eigen & Fergus), run with "
               "and without them. The paper's claim is that balancing is not needed, so an inconclusive verdict (no "
-              "difference either way) agrees with it; CamVid is far more unbalanced than PASCAL (poles, signs and "
-              "cyclists cover under 1% of the pixels), so balancing may help here. Mean class accuracy is the score "
+              "difference either way) agrees with it; CamVid's rare classes (poles, signs, cyclists) may make balancing "
+              "help here. Mean class accuracy is the score "
               "balancing is expected to raise.", extra_metrics=("mean_acc", "pixel_acc"), budget_why=_FCN_BUDGET),
     Experiment(
         "crf", "The fully connected CRF after FCN-8s on CamVid: post-processing, and trained end to end (CRF-as-RNN) "
@@ -509,6 +509,17 @@ def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER or metric.endswith("seconds_per_image")
 
 
+def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
+    """Two-sided Student's t interval at `level` of the mean of `values`; None for fewer than 2."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean - half, mean + half
+
+
 def verdict(differences: Sequence[float], lower: bool, level: float = LEVEL) -> dict:
     """The verdict on a claim "better beats worse" from its paired per-seed differences (better - worse).
 
@@ -516,16 +527,13 @@ def verdict(differences: Sequence[float], lower: bool, level: float = LEVEL) -> 
     lies entirely on the paper's side of 0 (below it for a lower-is-better metric), `reversed` when entirely on the
     other side, else `inconclusive`; one seed gives no interval and is always inconclusive.
     """
-    from scipy import stats
-
     d = [float(x) for x in differences]
     if not d:
         return {"difference_mean": None, "interval": None, "seeds": 0, "verdict": "inconclusive"}
-    mean = statistics.fmean(d)
-    if len(d) < 2:
+    mean, interval = statistics.fmean(d), t_interval(d, level)
+    if interval is None:
         return {"difference_mean": mean, "interval": None, "seeds": 1, "verdict": "inconclusive"}
-    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
-    low, high = mean - half, mean + half
+    low, high = interval
     side = (high < 0, low > 0) if lower else (low > 0, high < 0)
     return {"difference_mean": mean, "interval": [low, high], "seeds": len(d),
             "verdict": "held" if side[0] else "reversed" if side[1] else "inconclusive"}
@@ -635,18 +643,10 @@ def summary_markdown(summary: dict) -> str:
 
 def seeds_figure(summary: dict) -> bytes:
     """Every run's score per seed with a t-interval of its mean, and every claim's paired differences."""
-    from scipy import stats
-
     from pixelwise.report.html import seeds_png
 
-    def interval(values):
-        if len(values) < 2:
-            return None
-        mean = statistics.fmean(values)
-        half = stats.t.ppf(0.5 + summary.get("level", LEVEL) / 2, len(values) - 1) * statistics.stdev(values)
-        return mean - half / len(values) ** 0.5, mean + half / len(values) ** 0.5
-
-    runs = [(r["run"], r["values"], interval(r["values"])) for r in summary["runs"]]
+    level = summary.get("level", LEVEL)
+    runs = [(r["run"], r["values"], t_interval(r["values"], level)) for r in summary["runs"]]
     claims = [(f"{c['better']} - {c['worse']}" + (f" ({c['metric']})" if c["metric"] != summary["metric"] else ""),
                c["differences"], c["interval"]) for c in summary["claims"]]
     return seeds_png(runs, claims, summary["metric"])
