@@ -4,7 +4,8 @@ The three methods are the rows of Mask R-CNN Table 2c:
 
 - ``roi_align`` (Mask R-CNN section 3, "RoIAlign"): no quantisation; each output bin averages
   bilinear samples (sampling_ratio x sampling_ratio per bin, or ceil(roi_size / output_size)
-  when sampling_ratio <= 0). torchvision.ops.roi_align.
+  when sampling_ratio <= 0). pixelwise.ops.roi_align: torchvision.ops.roi_align's values, as one
+  multi-threaded gather that also runs in bf16.
 - ``roi_pool`` (Fast R-CNN section 2.1): box edges rounded to the feature grid, bins quantised,
   max inside each bin. torchvision.ops.roi_pool.
 - ``roi_warp`` (Dai et al., MNC section 3.2): box edges rounded to the feature grid as RoIPool
@@ -20,7 +21,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
+
+from pixelwise.ops.roi_align import roi_align
 
 __all__ = ["METHODS", "map_levels", "roi_features"]
 
@@ -59,16 +62,15 @@ def _pool(
     aligned: bool,
 ) -> torch.Tensor:
     """(K, C, *output_size) from feature (B, C, H, W) and rois (K, 5) = (batch index, x1, y1, x2, y2)."""
-    dtype = feature.dtype
-    # bf16 / fp16 features (the fast path) are pooled in the boxes' float32 and returned in their own dtype, as
-    # torchvision's autocast rule for roi_align does; its roi_pool has neither that rule nor a bf16 CPU kernel.
-    feature = feature.to(rois.dtype)
     if method == "roi_pool":
-        return roi_pool(feature, rois, output_size, spatial_scale).to(dtype)
+        # torchvision's roi_pool has no bf16 CPU kernel: bf16 / fp16 maps (the fast path) are pooled in the boxes'
+        # float32 and returned in their own dtype.
+        return roi_pool(feature.to(rois.dtype), rois, output_size, spatial_scale).to(feature.dtype)
     if method == "roi_warp":
         rois = torch.cat([rois[:, :1], _round_half_away(rois[:, 1:] * spatial_scale) / spatial_scale], dim=1)
         aligned = False
-    return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned).to(dtype)
+    # RoIAlign gathers in the map's own dtype (bf16 on the fast path), with float32 coordinates and weights.
+    return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 def roi_features(
