@@ -9,17 +9,32 @@ from pathlib import Path
 import torch
 
 
-def machine_summary() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_features() -> dict:
+    """The CPU's model name and the instructions bf16 / int8 speed depends on (Linux /proc/cpuinfo; False elsewhere).
+
+    amx: AMX tiles with bf16 (Sapphire Rapids and later Xeons); avx512_bf16: bf16 dot products without AMX
+    (AMD Zen 4, Cooper Lake); vnni: int8 dot products (avx512_vnni or avx_vnni).
+    """
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    return {"cpu": cpu, "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
+
+
+def machine_summary() -> str:
+    f = cpu_features()
+    isa = ", ".join(f"{'' if f[k] else 'no '}{name}" for k, name in
+                    (("amx", "AMX"), ("avx512_bf16", "avx512_bf16"), ("vnni", "VNNI")))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU only, {torch.get_num_threads()} threads"
-    return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
+    return f"{f['cpu']} ({isa}), {os.cpu_count()} cores, {device}, torch {torch.__version__}"
 
 
 def replace_section(path: Path, title: str, body: str) -> None:

@@ -1,6 +1,6 @@
 """Inference speed of every fast path beside the peer, alternating in one process (issue 12).
 
-    python benchmarks/speed.py [--rounds 3] [--models fcn_resnet50,mask_rcnn_r50_fpn,...]
+    python benchmarks/speed.py [--rounds 3] [--models fcn_resnet50,mask_rcnn_r50_fpn,...] [--json FILE]
 
 For each model, with the same random weights and the same input: the peer fp32 eager (torchvision
 with our weights converted to it, or segmentation_models_pytorch where torchvision has no such
@@ -8,12 +8,16 @@ model), ours fp32 eager, ours bf16 autocast + channels_last, the exported model 
 (fp32) and OpenVINO (fp32 and bf16). The variants run one after the other, --rounds times (after
 one warm-up call each); the table gives the median time per call, the ratio of the peer's time to
 each (higher is faster) and the agreement with ours fp32 (largest probability difference and share
-of pixels with the same label; for Mask R-CNN, detections and mask pixels). Random weights: the
-agreement numbers of a trained model are in the "fast path on trained models" table.
+of pixels with the same label; for Mask R-CNN, detections matched by label and box IoU >= 0.5 in score
+order, pixelwise.metrics.agreement, with the box and mask IoU of each pair and the unmatched ones).
+Random weights: the agreement numbers of a trained model are in the "fast path on trained models"
+table. Every record names the CPU and whether it has AMX, avx512_bf16 and VNNI (benchmarks.common):
+bf16 gains depend on them, so figures from two kinds of CPU are not to be mixed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine_summary, replace_section, save_record  # noqa: E402
+from benchmarks.common import cpu_features, machine_summary, replace_section, save_record  # noqa: E402
 
 import pixelwise  # noqa: E402
 from pixelwise.export import _export_part  # noqa: E402
@@ -33,6 +37,7 @@ from pixelwise.deploy.graph import RuntimeModule  # noqa: E402
 from pixelwise.engine.tasks.instance import InstanceTask  # noqa: E402
 from pixelwise.engine.tasks.semantic import Normalized  # noqa: E402
 from pixelwise.engine.precision import autocast, channels_last  # noqa: E402
+from pixelwise.metrics.agreement import match_detections  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -185,7 +190,8 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
                 return model(imgs)
         return call
 
-    variants = {"peer: torchvision maskrcnn_resnet50_fpn fp32": lambda imgs: peer(imgs),
+    variants = {"peer: torchvision maskrcnn_resnet50_fpn fp32": lambda imgs: [{**d, "masks": d["masks"] > 0.5}
+                                                                             for d in peer(imgs)],
                 "ours fp32": lambda imgs: ours(imgs)["detections"],
                 "ours bf16 + channels_last": lambda imgs: run(fast, "bf16")(imgs)["detections"],
                 "ONNX Runtime fp32": lambda imgs, m=runtime_model("onnxruntime"): m(imgs)["detections"],
@@ -209,20 +215,10 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
     return {"model": "mask_rcnn_r50_fpn", "input": what, "peer": "torchvision", "rows": rows}
 
 
-def _binary_masks(d: dict) -> torch.Tensor:
-    m = d["masks"]  # ours: (D, H, W) bool; torchvision: (D, 1, H, W) probabilities
-    return m if m.dtype == torch.bool else (m > 0.5).reshape(len(m), *m.shape[-2:])
-
-
 def _detection_agreement(dets: list[dict], ref: list[dict]) -> dict:
-    dets = [{"boxes": d["boxes"], "masks": _binary_masks(d)} for d in dets]
-    same = all(len(a["boxes"]) == len(b["boxes"]) for a, b in zip(dets, ref))
-    mask_agree = None
-    if same:
-        union = sum((a["masks"] | b["masks"]).sum().item() for a, b in zip(dets, ref))
-        xor = sum((a["masks"] ^ b["masks"]).sum().item() for a, b in zip(dets, ref))
-        mask_agree = 1 - xor / union if union else 1.0
-    return {"detections": [len(d["boxes"]) for d in dets], "mask_agreement": mask_agree}
+    """Detections per image, and the matched agreement with ours fp32 (the same label numbers as torchvision's)."""
+    dets = [{**d, "masks": d["masks"].reshape(len(d["masks"]), *d["masks"].shape[-2:])} for d in dets]
+    return {"detections": [len(d["boxes"]) for d in dets], **match_detections(dets, ref)}
 
 
 def table(results: list[dict]) -> str:
@@ -234,8 +230,11 @@ def table(results: list[dict]) -> str:
                 agree = ("-" if row["max_prob_diff"] is None else
                          f"max prob diff {row['max_prob_diff']:.1e}, labels {100 * row['label_agreement']:.2f}%")
             else:
-                agree = f"detections {row['detections']}" + (
-                    f", mask pixels {100 * row['mask_agreement']:.2f}%" if row["mask_agreement"] is not None else "")
+                agree = (f"detections {row['detections']}, {row['matched']} matched "
+                         f"({row['unmatched_ref']} of ours fp32 and {row['unmatched_det']} of these unmatched)")
+                if row["matched"]:
+                    agree += (f", box IoU mean {row['box_iou_mean']:.4f} / min {row['box_iou_min']:.3f}, "
+                              f"mask IoU mean {row['mask_iou_mean']:.4f} / min {row['mask_iou_min']:.3f}")
             lines.append(f"| {res['model']} ({res['input']}) | {row['variant']} | {row['median_s']:.3f} | "
                          f"{row['speedup_vs_first']:.2f}x | {agree} |")
     return "\n".join(lines)
@@ -249,6 +248,8 @@ def main() -> None:
     p.add_argument("--models", default="unet,fcn8s,fcn_resnet50,fc_densenet56,fc_densenet103,mask_rcnn_r50_fpn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--json", type=Path, help="also write every row (model, variant, median seconds, ratio to the "
+                                             "first row, agreement) and the CPU's features to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data_root = Path(os.environ["PIXELWISE_DATA"]) if os.environ.get("PIXELWISE_DATA") else None
@@ -269,15 +270,17 @@ def main() -> None:
             "U-Net is another network), else ours fp32. ONNX Runtime and OpenVINO run the graph `pixelwise export` "
             "writes (input normalisation inside). Zero-initialised weights (FCN's score layers) are drawn at random so "
             "that the agreement column means something.\n\n" + table(results))
+    if args.json:
+        rows = [{"model": r["model"], "input": r["input"], **{k: v for k, v in row.items() if k != "times"}}
+                for r in results for row in r["rows"]]
+        args.json.write_text(json.dumps({"machine": machine_summary(), "cpu": cpu_features(), "rows": rows}, indent=2))
     record = ROOT / "benchmarks" / "results" / "speed.json"
     if record.exists():  # a run of some models replaces their rows and keeps the others'
-        import json
-
         order = p.get_default("models").split(",")
         kept = {r["model"]: r for r in json.loads(record.read_text())["results"]}
         kept.update({r["model"]: r for r in results})
         results = [kept[m] for m in order if m in kept]
-    save_record("speed", {"machine": machine_summary(), "results": results})
+    save_record("speed", {"machine": machine_summary(), "cpu": cpu_features(), "results": results})
     if not args.no_write:
         replace_section(ROOT / "BENCHMARKS.md", "Fast path and exported models: inference speed", body)
 

@@ -118,10 +118,12 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    tile: Optional[int] = None  # output tile size for overlap-tile inference; None = whole image
-    overlap: int = 0  # overlap between neighbouring output tiles, in pixels
+    # Semantic models: output tile size for overlap-tile inference. Mask R-CNN: input window size for sliced
+    # inference (detections merged across windows). None = whole image.
+    tile: Optional[int] = None
+    overlap: int = 0  # overlap between neighbouring tiles, in pixels (Mask R-CNN: more than the largest object)
     tta: bool = False  # average over flips and 90-degree rotations
-    batch_size: int = 4  # tiles per forward pass
+    batch_size: int = 4  # tiles (Mask R-CNN: images of one size, or windows) per forward pass
     save_probs: bool = False  # predict: also write probability maps (.npy, float16)
     threshold: Optional[float] = None  # binary models: foreground if p(class 1) >= threshold
     score_threshold: float = 0.5  # Mask R-CNN predict: instances drawn and in <name>_instances.png (JSON keeps all)

@@ -92,7 +92,8 @@ def _invert(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return x.flip(-1) if flip else x
 
 
-def _positions(size: int, tile: int, step: int) -> list[int]:
+def tile_positions(size: int, tile: int, step: int) -> list[int]:
+    """Starts of windows of `tile` pixels `step` apart covering `size`, the last flush with the end."""
     if size <= tile:
         return [0]
     pos = list(range(0, size - tile, step))
@@ -265,7 +266,7 @@ class Predictor:
             return H, W, [(0, 0)]
         th, tw = min(self.tile, H), min(self.tile, W)
         step = self.tile - self.overlap
-        return th, tw, [(y, x) for y in _positions(H, th, step) for x in _positions(W, tw, step)]
+        return th, tw, [(y, x) for y in tile_positions(H, th, step) for x in tile_positions(W, tw, step)]
 
     def _predict(self, image: torch.Tensor) -> torch.Tensor:
         H, W = image.shape[-2:]

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from pixelwise.data.io import DataError, as_image, image_size, read_image
 from pixelwise.errors import OutputError
 from pixelwise.files import atomic_write, ensure_dir, write_json, write_text
-from pixelwise.progress import progress as track
+from pixelwise.progress import Progress, progress as track
 from pixelwise.output.visualize import DEFAULT_PALETTE, overlay, palette_for, save_index_png
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -200,9 +200,7 @@ def predict_instances_to_folder(
     """Mask R-CNN on each image; writes <name>.json (every detection: label, class name, score, box x1 y1 x2 y2
     in pixels, COCO RLE mask), <name>_instances.png (16-bit instance ids of the detections scoring at least
     score_threshold, 1 = best) and <name>_overlay.png (those instances coloured, with boxes, class names and
-    scores). `predictor` is an InstancePredictor (its class names and score threshold apply)."""
-    from pixelwise.metrics.coco import masks_to_rle
-
+    scores). `predictor` is an InstancePredictor (its class names, score threshold, batch size and tiles apply)."""
     out = ensure_dir(out_dir, what="output folder --out")
     names = output_names(paths)
     check_outputs(out, names, INSTANCE_OUTPUTS, [*paths, *protected])
@@ -211,20 +209,33 @@ def predict_instances_to_folder(
         "written_by": CLASSES_MARK, "pixel_values": "<name>_instances.png: 0 = background, i = the i-th detection of <name>.json (by score)",
         "classes": [{"label": k, "name": n} for k, n in enumerate(labels or [])]}, indent=2), what="class list")
     written = []
-    for path, name in track(list(zip(paths, names)), desc="predict", unit="img", enabled=progress, leave=True):
-        image = as_image(path, channels=3, name=str(path))
-        d = predictor(image)
-        class_of = d["class_names"]
-        instances = [{"label": int(k), "class_name": n, "score": float(s), "box": [float(v) for v in b],
-                      "segmentation": rle}
-                     for k, n, s, b, rle in zip(d["labels"], class_of, d["scores"], d["boxes"].tolist(),
-                                                masks_to_rle(d["masks"]))]
-        record = {"file": str(path), "height": image.shape[-2], "width": image.shape[-1], "instances": instances}
-        write_text(out / f"{name}.json", json.dumps(record), what="detections")
-        ids = instance_map(d["masks"], d["scores"], score_threshold)
-        _save("instance map", out / f"{name}_instances.png", lambda f: Image.fromarray(ids).save(f, format="PNG"))
-        captions = [f"{n} {float(s):.2f}" for n, s in zip(class_of, d["scores"])]
-        picture = draw_instances(image, ids, d["boxes"], captions)
-        _save("overlay", out / f"{name}_overlay.png", lambda f: picture.save(f, format="PNG"))
-        written.append(out / f"{name}.json")
+    batch = max(1, getattr(predictor, "batch_size", 1))
+    bar = Progress(len(paths), desc="predict", unit="img", enabled=progress, leave=True)
+    try:
+        for start in range(0, len(paths), batch):  # a batch of images at a time (InstancePredictor.many groups sizes)
+            window = list(zip(paths[start:start + batch], names[start:start + batch]))
+            images = [as_image(path, channels=3, name=str(path)) for path, _ in window]
+            for (path, name), image, d in zip(window, images, predictor.many(images, [str(p) for p, _ in window])):
+                _write_instances(out, path, name, image, d, score_threshold)
+                written.append(out / f"{name}.json")
+                bar.update()
+    finally:
+        bar.close()
     return written
+
+
+def _write_instances(out: Path, path: Path, name: str, image: torch.Tensor, d: dict, score_threshold: float) -> None:
+    from pixelwise.metrics.coco import masks_to_rle
+
+    class_of = d["class_names"]
+    instances = [{"label": int(k), "class_name": n, "score": float(s), "box": [float(v) for v in b],
+                  "segmentation": rle}
+                 for k, n, s, b, rle in zip(d["labels"], class_of, d["scores"], d["boxes"].tolist(),
+                                            masks_to_rle(d["masks"]))]
+    record = {"file": str(path), "height": image.shape[-2], "width": image.shape[-1], "instances": instances}
+    write_text(out / f"{name}.json", json.dumps(record), what="detections")
+    ids = instance_map(d["masks"], d["scores"], score_threshold)
+    _save("instance map", out / f"{name}_instances.png", lambda f: Image.fromarray(ids).save(f, format="PNG"))
+    captions = [f"{n} {float(s):.2f}" for n, s in zip(class_of, d["scores"])]
+    picture = draw_instances(image, ids, d["boxes"], captions)
+    _save("overlay", out / f"{name}_overlay.png", lambda f: picture.save(f, format="PNG"))

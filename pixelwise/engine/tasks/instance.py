@@ -77,8 +77,9 @@ class InstanceTask(Task):
     def evaluate(self, model: nn.Module, dataset, device: torch.device, *, progress: bool = True,
                  tta: bool | None = None, refine: bool = True) -> dict:
         precision, nhwc = self.inference_precision()
-        return evaluate_instances(model, dataset, device, batch_size=self.cfg.infer.batch_size, progress=progress,
-                                  precision=precision, channels_last=nhwc)
+        i = self.cfg.infer
+        return evaluate_instances(model, dataset, device, batch_size=i.batch_size, progress=progress,
+                                  precision=precision, channels_last=nhwc, tile=i.tile, overlap=i.overlap)
 
     def report_examples(self, model: nn.Module, dataset, device: torch.device, metrics: dict, count: int = 2) -> list:
         """The first 2 * `count` validation images: ground truth | detections scoring >= infer.score_threshold."""
@@ -109,8 +110,10 @@ class InstanceTask(Task):
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None,
                   class_names=None, refine: bool = True) -> "InstancePredictor":
         precision, nhwc = self.inference_precision()
-        return InstancePredictor(model, device, class_names=class_names, score_threshold=self.cfg.infer.score_threshold,
-                                 precision=precision, channels_last=nhwc)
+        i = self.cfg.infer
+        return InstancePredictor(model, device, class_names=class_names, score_threshold=i.score_threshold,
+                                 precision=precision, channels_last=nhwc, batch_size=i.batch_size, tile=i.tile,
+                                 overlap=i.overlap)
 
     def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
         """The trunk's (frozen) BatchNorms; the example is a normalised batch as the backbone sees it."""
@@ -229,25 +232,47 @@ class InstancePredictor:
 
     Calling it returns {"boxes" (N, 4) x1 y1 x2 y2, "labels" (N,), "scores" (N,), "masks" (N, H, W) bool,
     "class_names": [N names]} on the CPU, every detection the model keeps (score_threshold is what
-    `pixelwise predict` uses for its instance maps and overlays). precision and channels_last are the
-    fast path for the network (pixelwise.engine.precision); boxes, scores and masks leave it in float32.
+    `pixelwise predict` uses for its instance maps and overlays); `many` does the same for a list of
+    images, `batch_size` of one size at a time. precision and channels_last are the fast path for the
+    network (pixelwise.engine.precision); boxes, scores and masks leave it in float32. tile / overlap:
+    sliced inference (`detect`).
     """
 
     def __init__(self, model: nn.Module, device: torch.device, *, class_names=None, score_threshold: float = 0.5,
-                 precision: str = "fp32", channels_last: bool = False):
+                 precision: str = "fp32", channels_last: bool = False, batch_size: int = 1, tile: int | None = None,
+                 overlap: int = 0):
         self.model, self.device, self.class_names, self.score_threshold = model, device, class_names, score_threshold
-        self.precision = precision
+        self.precision, self.batch_size, self.tile, self.overlap = precision, batch_size, tile, overlap
         autocast(device, precision, "infer.precision")  # checked now
+        if tile is not None and not 0 <= overlap < tile:
+            raise ConfigError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
         if channels_last and isinstance(model, nn.Module):
             model.to(memory_format=torch.channels_last)
 
     def __call__(self, image, name: str = "the image") -> dict:
+        return self.many([image], [name])[0]
+
+    def many(self, images: list, names: list[str] | None = None) -> list[dict]:
+        """Detections of each image; consecutive images of one size go through the model together, up to
+        batch_size (images of other sizes would be padded to a common size, which changes the features near
+        their borders: a batch gives the same detections as one image at a time)."""
         from pixelwise.data.io import as_image
 
-        d = detect(self.model, [as_image(image, channels=3, name=name)], self.device, self.precision)[0]
-        names = self.class_names or []
-        d["class_names"] = [names[k] if k < len(names) else f"class{k}" for k in d["labels"].tolist()]
-        return d
+        names = names or [f"image {i}" for i in range(len(images))]
+        tensors = [as_image(im, channels=3, name=n) for im, n in zip(images, names)]
+        out, start = [], 0
+        while start < len(tensors):
+            end = start + 1
+            while (end < len(tensors) and end - start < self.batch_size
+                   and tensors[end].shape == tensors[start].shape):
+                end += 1
+            out += detect(self.model, tensors[start:end], self.device, self.precision, tile=self.tile,
+                          overlap=self.overlap, batch_size=self.batch_size)
+            start = end
+        labels = self.class_names or []
+        for d in out:
+            d["class_names"] = [labels[k] if k < len(labels) else f"class{k}" for k in d["labels"].tolist()]
+        return out
 
 
 def collate_instances(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -273,9 +298,18 @@ def max_detections(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device,
-           precision: str = "fp32") -> list[dict[str, torch.Tensor]]:
-    """The model's detections for a list of images, on the CPU, the model left in the mode it was in."""
+def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str = "fp32", *,
+           tile: int | None = None, overlap: int = 0, batch_size: int = 1) -> list[dict[str, torch.Tensor]]:
+    """The model's detections for a list of images, on the CPU, the model left in the mode it was in.
+
+    tile: sliced inference (SAHI, Akyon et al. 2022) for large images with small objects: each image is cut
+    into tile x tile windows `overlap` pixels apart (the last ones flush with the far edges), each window goes
+    through the model (batch_size at a time) at the model's own input size, and the windows' detections are
+    merged by greedy non-maximum merging on masks (pixelwise.ops.merge). An object is kept whole if the overlap
+    exceeds its size.
+    """
+    if tile is not None:
+        return [_detect_sliced(model, image, device, precision, tile, overlap, batch_size) for image in images]
     was_training = model.training
     model.eval()
     try:
@@ -286,9 +320,28 @@ def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device,
     return [{k: v.cpu() for k, v in d.items()} for d in out]
 
 
+def _detect_sliced(model: nn.Module, image: torch.Tensor, device: torch.device, precision: str, tile: int,
+                   overlap: int, batch_size: int) -> dict[str, torch.Tensor]:
+    from pixelwise.engine.predictor import tile_positions
+    from pixelwise.ops.merge import merge_detections, shift_detections
+
+    height, width = image.shape[-2:]
+    th, tw = min(tile, height), min(tile, width)
+    origins = [(y, x) for y in tile_positions(height, th, tile - overlap) for x in tile_positions(width, tw, tile - overlap)]
+    found = []
+    for start in range(0, len(origins), batch_size):
+        batch = origins[start:start + batch_size]
+        windows = [image[..., y:y + th, x:x + tw] for y, x in batch]
+        for (y, x), d in zip(batch, detect(model, windows, device, precision)):
+            found.append(shift_detections(d, y, x, height, width))
+    merged = {k: torch.cat([d[k] for d in found]) for k in found[0]}
+    return merge_detections(merged, threshold=0.5)
+
+
 @torch.no_grad()
 def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch_size: int = 1,
-                       progress: bool = True, precision: str = "fp32", channels_last: bool = False) -> dict:
+                       progress: bool = True, precision: str = "fp32", channels_last: bool = False,
+                       tile: int | None = None, overlap: int = 0) -> dict:
     """COCO box and mask AP (bbox_AP, segm_AP, ...; see metrics.coco_evaluate) of `model` on `dataset`.
 
     The ground truth is the dataset as read (with its transforms), converted by data.to_coco, so
@@ -302,7 +355,7 @@ def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch
     for start in track(indices, desc="evaluate", unit="batch", enabled=progress, leave=False):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         for (_, target), d in zip(samples, detect(model, [s[0].as_subclass(torch.Tensor) for s in samples], device,
-                                                  precision)):
+                                                  precision, tile=tile, overlap=overlap, batch_size=batch_size)):
             detections.append({"image_id": int(target["image_id"]), "boxes": d["boxes"], "scores": d["scores"],
                                "labels": d["labels"], "masks": masks_to_rle(d["masks"])})
     metrics = coco_evaluate(gt, detections, dataset.category_ids, max_dets=max_detections(model))
