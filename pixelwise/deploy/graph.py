@@ -22,10 +22,14 @@ class RuntimeModule(nn.Module):
     structure: how the flat list of graph outputs is regrouped ("tensor", "tuple", "list", or
     "lists:N" for N lists of equal length). denormalize: (mean, std) to undo before the graph, for a
     semantic model whose graph normalises its input itself while the Predictor hands normalised windows.
+    buckets: the first dimension of every input (Mask R-CNN's RoIs) is padded with zeros to the next of
+    BUCKETS, and the outputs cut back, so the runtime sees a few shapes, each compiled once (OpenVINO
+    compiles a static graph per shape), instead of a new one for every number of RoIs.
     """
 
     def __init__(self, path: str | Path, runtime: str, *, precision: str = "fp32", structure: str = "tensor",
-                 denormalize=None, geometry: nn.Module | None = None, threads: int | None = None) -> None:
+                 denormalize=None, geometry: nn.Module | None = None, threads: int | None = None,
+                 buckets: bool = False) -> None:
         super().__init__()
         # The size rule of the exported model (the valid-convolution U-Net's), which the Predictor asks for.
         for fn in ("input_size_for", "output_size"):
@@ -36,13 +40,22 @@ class RuntimeModule(nn.Module):
             mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in denormalize)
             self.register_buffer("mean", mean, persistent=False)
             self.register_buffer("std", std, persistent=False)
-        self.denormalize = denormalize is not None
+        self.denormalize, self.buckets = denormalize is not None, buckets
         check_runtime(path, runtime)
-        self._runner = RUNTIMES[runtime](path, precision, threads or torch.get_num_threads())  # not a module: no weights here
+        # not a module: no weights here
+        self._runner = RUNTIMES[runtime](path, precision, threads or torch.get_num_threads(), static=buckets)
 
     def forward(self, *inputs):
         if self.denormalize:
             inputs = (inputs[0].float() * self.std + self.mean, *inputs[1:])
+        if self.buckets:
+            n = flatten(inputs)[0].shape[0]
+            size = bucket(n)
+            inputs = tuple(torch.cat([t, t.new_zeros((size - n, *t.shape[1:]))]) for t in inputs)
+            return _cut(self._forward(inputs), n)
+        return self._forward(inputs)
+
+    def _forward(self, inputs):
         feeds = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in flatten(inputs)]
         try:
             raw = self._runner.run(feeds, inputs)
@@ -52,6 +65,21 @@ class RuntimeModule(nn.Module):
                                  f"{' '.join(str(e).split())[-300:]}") from e
         outs = [torch.as_tensor(np.asarray(o)) if not isinstance(o, torch.Tensor) else o for o in raw]
         return regroup(outs, self.structure)
+
+
+# 1, 2, 4, 8, then steps of at most 1.5x: at most a third of a padded batch is padding, and a few dozen shapes at most.
+BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def bucket(n: int) -> int:
+    """The size n RoIs are padded to: the next of BUCKETS, beyond them the next multiple of 512."""
+    return next((b for b in BUCKETS if b >= n), -(-n // 512) * 512)
+
+
+def _cut(x, n: int):
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cut(v, n) for v in x)
+    return x[:n]
 
 
 def _size_rule(model: nn.Module, fn: str):
@@ -77,4 +105,4 @@ def regroup(outs: list[torch.Tensor], structure: str):
     raise ValueError(f"unknown output structure {structure!r}")
 
 
-__all__ = ["RuntimeModule", "regroup"]
+__all__ = ["BUCKETS", "RuntimeModule", "bucket", "regroup"]

@@ -85,14 +85,14 @@ class Runtime:
     precisions: tuple[str, ...] = ("fp32",)  # on the CPU
     packages: tuple[str, ...] = ()  # what it needs beyond pixelwise's own dependencies (the `deploy` extra)
 
-    def __init__(self, path: str | Path, precision: str = "fp32", threads: int = 1) -> None:
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int = 1, static: bool = False) -> None:
         if precision not in self.precisions:
             others = [r.name for r in RUNTIMES.values() if precision in r.precisions and set(r.formats) & set(self.formats)]
             hint = f", or --runtime {' / '.join(others)} for {precision}" if others else ""
             raise ConfigError(f"infer.precision={precision}: {self.title} runs an exported graph in "
                               f"{' or '.join(self.precisions)} on the CPU; use infer.precision="
                               f"{self.precisions[0]}{hint}")
-        self.path = str(path)
+        self.path, self.static = str(path), static  # static: the caller feeds a few shapes, each may be compiled
         self._load(precision, threads)
 
     def _load(self, precision: str, threads: int) -> None:
@@ -156,14 +156,25 @@ class OpenVinoRuntime(Runtime):
         core = ov.Core()
         # OpenVINO's CPU default on bf16-capable CPUs is bf16: fp32 has to be asked for.
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "INFERENCE_NUM_THREADS": threads}
-        graph = read_openvino(self.path) if exported_format(self.path) == "openvino" else core.read_model(self.path)
+        self._graph = read_openvino(self.path) if exported_format(self.path) == "openvino" else core.read_model(self.path)
+        self._core, self._config, self._by_shape = core, config, {}
+        if not self.static:
+            self._by_shape[None] = self._compile(self._graph)
+
+    def _compile(self, graph):
         with _signal_stack_kept():
-            self._compiled = core.compile_model(graph, "CPU", config)
-        self._request = self._compiled.create_infer_request()
+            compiled = self._core.compile_model(graph, "CPU", self._config)
+        return compiled, compiled.create_infer_request()
 
     def run(self, feeds: list, inputs: tuple) -> list:
-        result = self._request.infer(dict(enumerate(feeds)))
-        return [result[o] for o in self._compiled.outputs]
+        key = tuple(f.shape for f in feeds) if self.static else None
+        if key not in self._by_shape:  # a static graph for this shape: planned once, not at every call
+            graph = self._graph.clone()
+            graph.reshape({i: list(shape) for i, shape in enumerate(key)})
+            self._by_shape[key] = self._compile(graph)
+        compiled, request = self._by_shape[key]
+        result = request.infer(dict(enumerate(feeds)))
+        return [result[o] for o in compiled.outputs]
 
 
 def contiguous(x):

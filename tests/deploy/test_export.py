@@ -232,3 +232,31 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_was(runs):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert got == [True]
+
+
+def test_exported_mask_rcnn_feeds_its_roi_graphs_a_few_static_shapes_with_one_many_and_no_detections(mask_rcnn):
+    """The RoI parts get their RoIs padded to a bucket size (pixelwise.deploy.graph.bucket); OpenVINO compiles one
+    static graph per size. One, many and no detections come out as PyTorch's."""
+    from pixelwise.deploy.graph import BUCKETS, RuntimeModule
+
+    tmp, image = mask_rcnn
+    out = tmp / "static.onnx"
+    assert main(["export", "--checkpoint", str(tmp / "run" / "last.pt"), "--format", "onnx", "--out", str(out),
+                 "--image", str(image)]) == 0
+    reference = load_predictor(tmp / "run" / "last.pt")
+    for runtime in ("onnxruntime", "openvino"):
+        exported = load_predictor(out, runtime=runtime)
+        heads = exported.model.roi_heads
+        assert isinstance(heads.box_head, RuntimeModule) and heads.box_head.buckets and heads.mask_head.buckets
+        assert not exported.model.backbone.buckets  # images keep their own sizes
+        for many, thresh in ((20, 0.0), (1, 0.0), (20, 1.1)):  # many, one, none (no score above 1.1)
+            for model in (reference.model, exported.model):
+                model.roi_heads.detections_per_img, model.roi_heads.score_thresh = many, thresh
+            want, got = reference(image), exported(image)
+            assert len(got["boxes"]) == len(want["boxes"]) == (0 if thresh > 1 else many)
+            assert torch.allclose(got["boxes"], want["boxes"], atol=0.05) and torch.equal(got["labels"], want["labels"])
+            assert got["masks"].shape == want["masks"].shape
+            assert not len(want["masks"]) or (got["masks"] == want["masks"]).float().mean() > 0.999
+        if runtime == "openvino":  # a static graph per bucket it was fed, and nothing else
+            shapes = {key[0][0] for key in heads.mask_head._runner._by_shape}
+            assert shapes == {20 if 20 in BUCKETS else 24, 1}, shapes

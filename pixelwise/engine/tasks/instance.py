@@ -148,10 +148,12 @@ class InstanceTask(Task):
         return parts
 
     def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
-        """The model with each exported part replaced by its graph."""
+        """The model with each exported part replaced by its graph. The RoI parts (res5, box_head, mask_head) get
+        their RoIs in padded batches of a few sizes (RuntimeModule buckets): OpenVINO compiles each size once."""
         for name, info in parts.items():
             parent, _, leaf = EXPORT_PARTS[name][0].rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, graph(name, structure=info["structure"]))
+            setattr(model.get_submodule(parent) if parent else model, leaf,
+                    graph(name, structure=info["structure"], buckets=EXPORT_PARTS[name][2] == (0,)))
         return model
 
     def export_sample(self, predictor: "InstancePredictor", image) -> torch.Tensor:
