@@ -240,7 +240,8 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from pixelwise.export import export
 
-    report = export(args.checkpoint, args.format, args.out, image=args.image, overrides=args.override)
+    report = export(args.checkpoint, args.format, args.out, image=args.image, overrides=args.override,
+                    int8=args.int8, calibration=args.calibration)
     print(f"checked with {report['runtime']} on {report['image']}: {report['summary']}")
     for f in report["files"]:
         print(f"wrote {f}")
@@ -469,6 +470,11 @@ def _export_parser(sub) -> None:
                     help=f"file to write ({_join(_suffixes())}); never overwritten")
     sp.add_argument("--image", metavar="FILE", help="image to check the export on (default: the recipe's first "
                                                     "validation image)")
+    sp.add_argument("--int8", action="store_true",
+                    help="quantize to int8 after training (static, calibrated; onnx: ONNX Runtime, openvino: nncf); "
+                         "checked against PyTorch fp32 with a looser tolerance")
+    sp.add_argument("--calibration", type=int, default=16, metavar="N",
+                    help="training images to calibrate --int8 on (default 16)")
     _overrides(sp, help="override a field of the checkpoint's config, e.g. -o data.root=DIR")
     _trust(sp)
     sp.set_defaults(fn=cmd_export)

@@ -53,21 +53,36 @@ from pixelwise.files import trusting_pickles
 from pixelwise.inference import build_inference, load_exported
 
 TOLERANCE = {"prob": 1e-3, "agreement": 0.999, "box_px": 0.5}
+# An int8 model is an approximation: semantic, at least 98% of the pixels with fp32's label (its probabilities are
+# reported, not checked); Mask R-CNN, at least 90% of fp32's detections matched (same label, box IoU >= 0.5), no more
+# than 10% extra, and a mean mask IoU of the pairs of at least 0.9.
+TOLERANCE_INT8 = {"prob": None, "agreement": 0.98, "matched": 0.9, "mask_iou": 0.9}
+INT8_FORMATS = ("onnx", "openvino")
 
 
-def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), progress: bool = True) -> dict:
+def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), progress: bool = True,
+           int8: bool = False, calibration: int = 16) -> dict:
     """Export `checkpoint` as `fmt` ("onnx", "openvino", "torch-export") to `out`; returns what was checked.
 
     `image`: the image to compare the exported model with PyTorch on (default: the first image of the
-    recipe's validation split).
+    recipe's validation split). int8: post-training static quantization, calibrated on `calibration`
+    training images (OpenVINO: nncf; ONNX: ONNX Runtime's quantize_static), checked against PyTorch fp32
+    with TOLERANCE_INT8.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}, expected one of {', '.join(FORMATS)}")
+    if int8 and fmt not in INT8_FORMATS:
+        raise ConfigError(f"--int8 quantizes an ONNX or OpenVINO model, not --format {fmt}; use --format "
+                          f"{' or '.join(INT8_FORMATS)}")
+    if int8 and calibration < 1:
+        raise ConfigError(f"--calibration {calibration}: give the number of training images to calibrate on, >= 1")
     out, suffix, runtime = Path(out), FORMATS[fmt].suffix, FORMATS[fmt].runtime
     if out.suffix.lower() != suffix:
         raise OutputError(f"--out {str(out)!r}: a {fmt} file is named *{suffix}; use --out {out.with_suffix(suffix)}")
     for package in FORMATS[fmt].packages:
         require(package, f"--format {fmt}")
+    if int8:
+        require("nncf" if fmt == "openvino" else "onnxruntime", f"--int8 --format {fmt}")
     _say = print if progress else (lambda *a, **k: None)
     inference = build_inference(checkpoint, device="cpu", overrides=[*overrides, "infer.precision=fp32",
                                                                      "infer.channels_last=false", "infer.fold_bn=false"])
@@ -91,6 +106,12 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
             "main": next(iter(parts)), "parts": {n: {"structure": s} for n, (_, _, s, _) in parts.items()},
             "input": task.export_input, "state": task.export_state(inference.model),
             "checkpoint": Path(checkpoint).name, "pixelwise": __import__("pixelwise").__version__}
+    calib = {}
+    if int8:
+        _say(f"calibrating int8 on {calibration} training images ...", flush=True)
+        calib = task.calibration_inputs(inference.predictor, parts, _calibration_images(inference, calibration))
+        meta["int8"] = {"calibration_images": calibration,
+                        "method": "nncf.quantize" if fmt == "openvino" else "onnxruntime quantize_static (QDQ)"}
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".pixelwise-export-", dir=out.parent))
     except OSError as e:
@@ -99,13 +120,15 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
         staged = {n: tmp / p.name for n, p in targets.items()}
         for i, (name, (module, args, structure, dims)) in enumerate(parts.items()):
             _say(f"export {name} ({i + 1}/{len(parts)}) as {fmt} ...", flush=True)
-            _export_part(module, args, dims, fmt, staged[name], meta if i == 0 else None, target=targets[name])
+            _export_part(module, args, dims, fmt, staged[name], meta if i == 0 else None, target=targets[name],
+                         calibration=calib.get(name))
         main = staged[next(iter(parts))]
         _say(f"comparing the exported model with PyTorch on {sample['name']} ({runtime}) ...", flush=True)
         with trusting_pickles(*staged.values()):  # the .pt2 files pixelwise just wrote
             exported = load_exported(main, runtime, overrides=[*overrides, "infer.precision=fp32",
                                                                "infer.channels_last=false"])
-            report = task.compare_export(inference.predictor, exported.predictor, sample["tensor"], TOLERANCE)
+            report = task.compare_export(inference.predictor, exported.predictor, sample["tensor"],
+                                         TOLERANCE_INT8 if int8 else TOLERANCE)
         report.update(format=fmt, runtime=runtime, image=sample["name"],
                       parts=list(parts), files=[str(p) for p in targets.values()])
         if not report["agrees"]:
@@ -144,6 +167,23 @@ def _sample_image(inference, image) -> dict:
             "tensor": first}
 
 
+def _calibration_images(inference, n: int) -> list[torch.Tensor]:
+    """`n` training images spread over the split, without augmentation, as the predictor takes them."""
+    from pixelwise.data import build_dataset
+
+    cfg = inference.cfg
+    try:
+        ds = build_dataset(cfg.data, "train")
+        ds.transforms = inference.task.transforms(train=False, ignore_index=getattr(ds, "ignore_index", None),
+                                                  crop_size=None, context=0)
+    except (PixelwiseError, OSError) as e:
+        raise DataError(f"--int8 calibrates on training images and the training split of {cfg.data.dataset!r} cannot "
+                        f"be read ({' '.join(str(e).split())[:200]}); set -o data.root=DIR") from None
+    if len(ds) < n:
+        raise DataError(f"--calibration {n}: the training split of {cfg.data.dataset!r} has {len(ds)} images")
+    return [ds[i * len(ds) // n][0].as_subclass(torch.Tensor) for i in range(n)]
+
+
 def _dynamic_shapes(args, dims):
     D = torch.export.Dim.DYNAMIC
 
@@ -156,9 +196,10 @@ def _dynamic_shapes(args, dims):
 
 
 def _export_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, meta: dict | None, *,
-                 target: Path | None = None) -> None:
+                 target: Path | None = None, calibration: list | None = None) -> None:
     """Write one part to `path` (in the staging folder); errors name `target` (default `path`), the file asked for.
-    What the exporters print (graph dumps, progress) goes to a log file, named by the error if they fail."""
+    What the exporters print (graph dumps, progress) goes to a log file, named by the error if they fail.
+    calibration: the part's inputs on the calibration images (lists of float32 arrays): quantize it to int8."""
     target = Path(target or path)
     try:
         fd, log = tempfile.mkstemp(prefix=f"pixelwise-export-{target.stem}-", suffix=".log")
@@ -168,7 +209,7 @@ def _export_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, met
     keep = False
     try:
         with _output_to(log):
-            _write_part(module, args, dims, fmt, path, target, meta)
+            _write_part(module, args, dims, fmt, path, target, meta, calibration)
     except PixelwiseError:
         raise
     except Exception as e:
@@ -182,10 +223,14 @@ def _export_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, met
             Path(log).unlink(missing_ok=True)
 
 
-def _write_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, target: Path, meta: dict | None) -> None:
+def _write_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, target: Path, meta: dict | None,
+                calibration: list | None = None) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        WRITERS[fmt](module, args, _dynamic_shapes(args, dims), path, target, meta)
+        if calibration is None:
+            WRITERS[fmt](module, args, _dynamic_shapes(args, dims), path, target, meta)
+        else:
+            WRITERS[fmt](module, args, _dynamic_shapes(args, dims), path, target, meta, calibration=calibration)
 
 
 def _write_torch_export(module, args, shapes, path: Path, target: Path, meta: dict | None) -> None:
@@ -195,11 +240,14 @@ def _write_torch_export(module, args, shapes, path: Path, target: Path, meta: di
         torch.export.save(program, str(path), extra_files=extra)
 
 
-def _write_onnx(module, args, shapes, path: Path, target: Path, meta: dict | None) -> None:
-    """The graph through torch.onnx's dynamo exporter; the metadata in the model's metadata_props."""
+def _write_onnx(module, args, shapes, path: Path, target: Path, meta: dict | None, calibration=None) -> None:
+    """The graph through torch.onnx's dynamo exporter; the metadata in the model's metadata_props. With
+    calibration: quantized to int8 by ONNX Runtime (static, QDQ, per-channel int8 weights, uint8 activations)."""
     program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, verbose=False, optimize=True)
     with _writing(target):
         program.save(str(path), external_data=False)
+    if calibration is not None:
+        _quantize_onnx(path, calibration, target)
     if meta is not None:
         import onnx
 
@@ -210,13 +258,51 @@ def _write_onnx(module, args, shapes, path: Path, target: Path, meta: dict | Non
             onnx.save(proto, str(path))
 
 
-def _write_openvino(module, args, shapes, path: Path, target: Path, meta: dict | None) -> None:
-    """Through ONNX, converted by OpenVINO; the metadata and the .bin's size and SHA-256 in the .xml's rt_info."""
+def _quantize_onnx(path: Path, calibration: list, target: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calibration)
+
+        def get_next(self):
+            feeds = next(self.feeds, None)
+            return None if feeds is None else dict(zip(names, feeds))
+
+    float_path = path.with_name(path.stem + ".fp32.onnx")
+    os.replace(path, float_path)
+    with _writing(target):
+        # The layers with weights only: quantizing the ops between them (Concat, Resize, Slice, ...) adds Q/DQ pairs
+        # for no int8 kernel, and fails on an initializer feeding one (the FPN's top-down path).
+        quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=["Conv", "ConvTranspose", "Gemm", "MatMul"])
+    float_props = onnx.load(str(float_path), load_external_data=False).metadata_props
+    if float_props:  # the pixelwise metadata, which quantize_static does not carry over
+        proto = onnx.load(str(path))
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(float_props)
+        with _writing(target):
+            onnx.save(proto, str(path))
+    float_path.unlink()
+
+
+def _write_openvino(module, args, shapes, path: Path, target: Path, meta: dict | None, calibration=None) -> None:
+    """Through ONNX, converted by OpenVINO; the metadata and the .bin's size and SHA-256 in the .xml's rt_info.
+    With calibration: quantized to int8 by nncf.quantize (post-training, static)."""
     import openvino as ov
 
     onnx_path = path.with_suffix(".onnx")
     _write_onnx(module, args, shapes, onnx_path, target, meta)
     model = ov.convert_model(str(onnx_path))
+    if calibration is not None:
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset(calibration, lambda feeds: dict(enumerate(feeds))),
+                              subset_size=len(calibration))
     if meta is not None:
         model.set_rt_info(json.dumps(meta), [META_KEY, "metadata"])
     with _writing(target):

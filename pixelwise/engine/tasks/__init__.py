@@ -128,6 +128,11 @@ class Task:
         """An image file or array as the exported model is checked on it."""
         raise NotImplementedError
 
+    def calibration_inputs(self, predictor, parts: dict, images: list[torch.Tensor]) -> dict[str, list]:
+        """{part name: [its inputs on one call, as float32 numpy arrays]} while `predictor` runs on `images` (as
+        `export_sample` returns them): what int8 quantization calibrates each exported part on."""
+        raise NotImplementedError
+
     def compare_export(self, reference, exported, sample: torch.Tensor, tolerance: dict) -> dict:
         """How the exported model's predictor differs from PyTorch's on `sample`: {"agrees": bool, "summary": str,
         the figures}."""

@@ -161,12 +161,42 @@ class InstanceTask(Task):
 
         return as_image(image, channels=3, name=str(image))
 
+    def calibration_inputs(self, predictor: "InstancePredictor", parts: dict, images: list[torch.Tensor]) -> dict:
+        """Each part's inputs (captured by hooks, as export_parts does) while the model detects on each image."""
+        seen: dict[str, list] = {name: [] for name in parts}
+        modules = _export_modules(predictor.model)
+        handles = [modules[name].register_forward_pre_hook(
+            lambda m, args, name=name: seen[name].append([a.detach().float().cpu().numpy() for a in _flat(args)]))
+            for name in parts]
+        try:
+            for image in images:
+                detect(predictor.model, [image], torch.device("cpu"))
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
     def compare_export(self, reference: "InstancePredictor", exported: "InstancePredictor", sample: torch.Tensor,
                        tolerance: dict) -> dict:
-        """The same detections: their number and labels, boxes within tolerance["box_px"], masks agreeing."""
+        """The same detections: their number and labels, boxes within tolerance["box_px"], masks agreeing. With
+        tolerance["matched"] (int8): detections matched by label and box IoU (pixelwise.metrics.agreement), enough
+        of them and with masks overlapping enough."""
         cpu = torch.device("cpu")
         a, b = detect(reference.model, [sample], cpu)[0], detect(exported.model, [sample], cpu)[0]
         report = {"detections": len(a["boxes"]), "exported_detections": len(b["boxes"])}
+        if "matched" in tolerance:
+            from pixelwise.metrics.agreement import match_detections
+
+            m = match_detections([b], [a])
+            share = m["matched"] / len(a["boxes"]) if len(a["boxes"]) else 1.0
+            extra = m["unmatched_det"] / len(a["boxes"]) if len(a["boxes"]) else float(m["unmatched_det"] > 0)
+            mask_iou = 1.0 if m["mask_iou_mean"] is None else m["mask_iou_mean"]
+            ok = (share >= tolerance["matched"] and extra <= 1 - tolerance["matched"] + 1e-9
+                  and mask_iou >= tolerance["mask_iou"])
+            report.update(m, agrees=ok, summary=f"{len(a['boxes'])} detections in PyTorch fp32, {len(b['boxes'])} "
+                          f"exported, {m['matched']} matched (label and box IoU >= 0.5), mean mask IoU of the pairs "
+                          f"{mask_iou:.3f}")
+            return report
         if len(a["boxes"]) != len(b["boxes"]):
             report.update(agrees=False, summary=f"{len(a['boxes'])} detections in PyTorch, {len(b['boxes'])} exported")
             return report
@@ -210,6 +240,13 @@ def _export_modules(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
             found[name] = module
     return found
+
+
+def _flat(args) -> list[torch.Tensor]:
+    out = []
+    for a in args:
+        out += _flat(a) if isinstance(a, (list, tuple)) else [a]
+    return out
 
 
 def _clone(a):
