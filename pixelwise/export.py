@@ -92,15 +92,7 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
     targets = {name: part_path(out, name, next(iter(parts))) for name in parts}
     if fmt == "openvino":
         targets.update({f"{n}.bin": p.with_suffix(".bin") for n, p in list(targets.items())})
-    for p in targets.values():
-        if p.exists():
-            raise OutputError(f"{str(p)!r} exists; pixelwise export never overwrites a file: choose another --out "
-                              "or remove it")
-        if p.resolve() == Path(checkpoint).resolve():
-            raise OutputError(f"--out {str(out)!r} is the checkpoint itself")
-    if not out.parent.is_dir():
-        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
-        raise OutputError(f"folder of --out {str(out.parent)!r} {what}")
+    _check_targets(targets.values(), out, checkpoint)
     meta = {"format": fmt, "task": task.name, "config": to_dict(cfg),
             "class_names": list(inference.predictor.class_names or []),
             "main": next(iter(parts)), "parts": {n: {"structure": s} for n, (_, _, s, _) in parts.items()},
@@ -146,6 +138,19 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _check_targets(targets, out: Path, checkpoint) -> None:
+    """Refuse to write over anything: an existing file, the checkpoint itself, a missing folder."""
+    for p in targets:
+        if p.exists():
+            raise OutputError(f"{str(p)!r} exists; pixelwise export never overwrites a file: choose another --out "
+                              "or remove it")
+        if p.resolve() == Path(checkpoint).resolve():
+            raise OutputError(f"--out {str(out)!r} is the checkpoint itself")
+    if not out.parent.is_dir():
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise OutputError(f"folder of --out {str(out.parent)!r} {what}")
 
 
 class ExportMismatch(PixelwiseError):

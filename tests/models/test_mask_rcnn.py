@@ -382,3 +382,27 @@ def test_box_detections_with_no_proposals_is_empty_not_an_error():
 
     out = box_detections(torch.zeros(0, 3), torch.zeros(0, 12), [torch.zeros(0, 4)], [(64, 64)])
     assert [tuple(t.shape) for t in out[0]] == [(0, 4), (0,), (0,)]
+
+
+def test_frozen_batchnorm_keeps_bf16_and_equals_torchvisions_in_float32():
+    # torchvision's FrozenBatchNorm2d returns float32 under bf16 autocast (float32 scale x bf16 input): every
+    # activation of a frozen trunk went back and forth between the dtypes (BENCHMARKS.md, "Mask R-CNN backbone").
+    from pixelwise.models.backbones.fpn import FrozenBatchNorm2d as Ours
+
+    torch.manual_seed(0)
+    trunk = resnet_trunk(18, frozen_bn=True)
+    frozen = [m for m in trunk.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(type(m) is Ours for m in frozen)
+    theirs = FrozenBatchNorm2d(16)
+    ours = Ours(16)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        value = torch.rand(16) + 0.5
+        getattr(theirs, key).copy_(value)
+        getattr(ours, key).copy_(value)
+    x = torch.randn(2, 16, 9, 9)
+    assert torch.equal(ours(x), theirs(x))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    backbone = ResNetFPN(trunk, 64).eval().to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = backbone(torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    assert all(o.dtype == torch.bfloat16 for o in outs)
