@@ -248,6 +248,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from pixelwise.serve import serve
+
+    serve(args.checkpoint, runtime=args.runtime, overrides=args.override, host=args.host, port=args.port,
+          workers=args.workers, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+          api_key=args.api_key or os.environ.get("PIXELWISE_API_KEY"), max_bytes=args.max_bytes,
+          max_pixels=args.max_pixels, trust=args.trust_checkpoint)
+    return 0
+
+
 def cmd_crf_search(args) -> int:
     import json
 
@@ -564,8 +576,31 @@ def _demo_parser(sub) -> None:
     sp.set_defaults(fn=cmd_demo)
 
 
-_COMMAND_PARSERS = (_train_parser, _eval_parser, _predict_parser, _export_parser, _crf_search_parser, _report_parser,
-                    _reproduce_parser, _models_parser, _recipes_parser, _demo_parser)
+def _serve_parser(sub) -> None:
+    from pixelwise.serve import MAX_BYTES, MAX_PIXELS
+
+    sp = sub.add_parser("serve", help="serve a checkpoint or exported model over HTTP (LitServe)", description=(
+        "An HTTP server for a checkpoint or exported model: POST /predict with the image file's bytes as the body "
+        "(or a multipart field 'image'), GET /health, GET /info. Predictions are those of pixelwise predict "
+        "(preprocessing, tiling, TTA, thresholds, CRF). Needs the serving extra: pip install 'pixelwise[serve]'."))
+    _checkpoint(sp)
+    _runtime(sp)
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--workers", type=int, default=1, help="inference workers (processes), each with the model")
+    sp.add_argument("--max-batch-size", type=int, default=1, help="requests predicted together (default 1)")
+    sp.add_argument("--batch-timeout", type=float, default=0.0, metavar="SECONDS",
+                    help="how long a batch waits to fill (default 0)")
+    sp.add_argument("--api-key", help="require this X-API-Key header (default: $PIXELWISE_API_KEY, else none)")
+    sp.add_argument("--max-bytes", type=int, default=MAX_BYTES, help=f"largest request body (default {MAX_BYTES})")
+    sp.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"largest image (default {MAX_PIXELS} pixels)")
+    _overrides(sp, help="an infer.* setting, e.g. -o infer.tile=256 -o infer.precision=bf16")
+    _trust(sp)
+    sp.set_defaults(fn=cmd_serve)
+
+
+_COMMAND_PARSERS = (_train_parser, _eval_parser, _predict_parser, _export_parser, _serve_parser, _crf_search_parser,
+                    _report_parser, _reproduce_parser, _models_parser, _recipes_parser, _demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -280,8 +280,8 @@ def _quantize_onnx(path: Path, calibration: list, target: Path) -> None:
     float_path = path.with_name(path.stem + ".fp32.onnx")
     os.replace(path, float_path)
     with _writing(target):
-        # The layers with weights only: quantizing the ops between them (Concat, Resize, Slice, ...) adds Q/DQ pairs
-        # for no int8 kernel, and fails on an initializer feeding one (the FPN's top-down path).
+        # The layers with weights only: quantizing every op also put Q/DQ pairs around the ops between them, and
+        # failed on Mask R-CNN's graphs ("Quantization parameter shared mode is not supported for weight yet").
         quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=["Conv", "ConvTranspose", "Gemm", "MatMul"])

@@ -539,6 +539,17 @@ def verdict(differences: Sequence[float], lower: bool, level: float = LEVEL) -> 
             "verdict": "held" if side[0] else "reversed" if side[1] else "inconclusive"}
 
 
+SLOW = 0.75  # a time-budgeted seed with fewer steps than this share of its run's most is flagged
+
+
+def slow_seeds(steps: list[int], share: float = SLOW) -> list[int]:
+    """The seeds of one time-budgeted run that took fewer than `share` of the steps of its fastest seed: seeds of
+    one recipe take about as many steps in the same wall time unless another job shared the CPU, which makes
+    the run weaker for a reason that is not the claim's (delete such a seed's folder and run again)."""
+    most = max(steps, default=0)
+    return [s for s, n in enumerate(steps) if n < share * most]
+
+
 def summarise(exp: Experiment, budget: float, seeds: int, results: dict) -> dict:
     lower = lower_is_better(exp.metric)
 
@@ -559,6 +570,8 @@ def summarise(exp: Experiment, budget: float, seeds: int, results: dict) -> dict
                      "budget": budget * r.share, "paper": r.paper, "mean": mean, "std": std, "values": vals,
                      "steps": [results[(r.name, s)]["steps"] for s in range(seeds)], "params": first["params"],
                      "extra": {m: stats(r.name, m)[0] for m in exp.extra_metrics}})
+        timed = r.evaluate is None and r.images_of is None and budget * r.share > 0
+        runs[-1]["slow_seeds"] = slow_seeds(runs[-1]["steps"]) if timed else []
     claims = []
     for c in exp.claims:
         metric = c.metric or exp.metric
@@ -638,7 +651,16 @@ def summary_markdown(summary: dict) -> str:
             f"`pixelwise reproduce {summary['experiment']} --budget {summary['budget_per_run']:g} --seeds "
             f"{summary['seeds']}` ({summary['date']}, {summary['machine']}; fast path: {', '.join(summary['fast_path'])}). "
             f"{summary['notes']}{_budget_why(summary)}\n\n{_how(summary)}\n\n"
-            f"{table(head, rows)}\n\n{table(chead, crows)}\n")
+            f"{table(head, rows)}\n\n{table(chead, crows)}\n{_slow_note(summary)}")
+
+
+def _slow_note(summary: dict) -> str:
+    slow = [f"{r['run']} seed {s} ({r['steps'][s]} steps against {max(r['steps'])})"
+            for r in summary["runs"] for s in r.get("slow_seeds", [])]
+    if not slow:
+        return ""
+    return (f"\n**Warning:** {'; '.join(slow)} took fewer than {SLOW:.0%} of the steps of the run's fastest seed in "
+            "the same time: another job probably shared the CPU. Delete those seeds' folders and run again.\n")
 
 
 def seeds_figure(summary: dict) -> bytes:
@@ -671,7 +693,9 @@ def summary_html(summary: dict, curves: bytes | None = None) -> str:
             f"Budget {summary['budget_per_run']:g} s per run, {summary['seeds']} seed(s), {html.escape(summary['machine'])}."
             f"{html.escape(_budget_why(summary))}"
             f"</p><p class=\"note\">{html.escape(_how(summary))}</p><h2>Summary</h2>{table(head, rows)}"
-            f"<h3>The paper's claims</h3>{table(chead, crows)}{figures}")
+            f"<h3>The paper's claims</h3>{table(chead, crows)}"
+            + (f"<p><strong>{html.escape(_slow_note(summary).strip().replace('**', ''))}</strong></p>"
+               if _slow_note(summary) else "") + figures)
 
 
 def reproduce_all(*, out="reproduce", names: Sequence[str] | None = None, progress: bool = True, **kwargs) -> Path:

@@ -54,6 +54,23 @@ def test_summary_pairs_seeds_and_writes_what_the_issue_names(tmp_path):
     assert '<td class="held">held</td>' in html and "1 of 3 claims held" in html
 
 
+def test_seeds_that_took_far_fewer_steps_are_flagged(tmp_path):
+    from pixelwise.reproduce import slow_seeds, summary_html, summary_markdown
+
+    assert slow_seeds([557, 591, 564]) == [] and slow_seeds([562, 589, 68]) == [2] and slow_seeds([]) == []
+    exp = Experiment("toy", "toy", "paper", "miou", 10, runs=(Planned("A", "r"), Planned("B", "r", evaluate="A")),
+                     claims=(Claim("A", "B", "A > B"),))
+    results = _results(tmp_path, {"A": [0.3, 0.4, 0.5], "B": [0.2, 0.3, 0.4]})
+    results[("A", 1)]["steps"] = 5  # seed 1 of A: half the steps of seed 2 (12)
+    results[("B", 1)]["steps"] = 5  # an evaluate run: its steps are its source's, never flagged itself
+    summary = summarise(exp, 10, 3, results)
+    assert [r["slow_seeds"] for r in summary["runs"]] == [[1], []]
+    assert "**Warning:** A seed 1 (5 steps against 12) took fewer than 75%" in summary_markdown(summary)
+    assert "A seed 1 (5 steps against 12)" in summary_html(summary)
+    results[("A", 1)]["steps"] = 11
+    assert "Warning" not in summary_markdown(summarise(exp, 10, 3, results))
+
+
 def test_overview_refuses_to_overwrite_another_file(tmp_path):
     from pixelwise.errors import OutputError
 

@@ -342,10 +342,10 @@ def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device, p
     """The model's detections for a list of images, on the CPU, the model left in the mode it was in.
 
     tile: sliced inference (SAHI, Akyon et al. 2022) for large images with small objects: each image is cut
-    into tile x tile windows `overlap` pixels apart (the last ones flush with the far edges), each window goes
-    through the model (batch_size at a time) at the model's own input size, and the windows' detections are
-    merged by greedy non-maximum merging on masks (pixelwise.ops.merge). An object is kept whole if the overlap
-    exceeds its size.
+    into tile x tile windows that overlap their neighbours by `overlap` pixels (the last ones flush with the
+    far edges), each window goes through the model (batch_size at a time) at the model's own input size, and
+    the windows' detections are merged by greedy non-maximum merging on masks (pixelwise.ops.merge). An object
+    is kept whole if the overlap exceeds its size.
     """
     if tile is not None:
         return [_detect_sliced(model, image, device, precision, tile, overlap, batch_size) for image in images]

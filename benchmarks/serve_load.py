@@ -1,0 +1,223 @@
+"""`pixelwise serve` under load on loopback, beside the in-process predictor (issue 28).
+
+    PIXELWISE_DATA=../shared/data python benchmarks/serve_load.py --budgets /tmp/budgets --work /tmp/deployed
+        [--clients 8,32] [--requests 25] [NAME ...]
+
+For each checkpoint (benchmarks/budgets.py's 4 B runs of the U-Net, FCN-8s and Mask R-CNN CPU recipes) and
+runtime (torch, and OpenVINO bf16 on benchmarks/deployed.py's export), a server is started on a free loopback
+port. First the in-process predictor runs over the same validation images in a loop (images per second, and
+the reference answers). Then C concurrent clients each send --requests requests, about one in ten a bad input
+(not an image, truncated, empty, wrong Content-Type): requests per second of the valid ones, latency p50 / p95
+/ p99, the count of 5xx answers (must be 0), of valid answers that differ from the in-process prediction (must
+be 0), of bad inputs not answered with a 4xx (must be 0), and the server's memory (every process of it) before
+and after. Record: benchmarks/results/serve_load.json and BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import cpu_features, machine_summary, replace_section, save_record  # noqa: E402
+
+TITLE = "pixelwise serve under load"
+CHECKPOINTS = {"unet-isbi": "budget-unet-isbi", "fcn8s-camvid": "budget-fcn8s-camvid",
+               "mask_rcnn-isbi": "budget-maskrcnn-isbi"}
+BAD = [(b"not an image at all", "image/png"), (b"", "image/png"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png"),
+       (b"hello", "text/plain")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            line = next(x for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS"))
+            total += int(line.split()[1])
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def post(url: str, body: bytes, kind: str) -> tuple[int, bytes, float]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": kind})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=300) as r:
+            return r.status, r.read(), time.perf_counter() - t0
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), time.perf_counter() - t0
+
+
+def answer_key(answer: dict):
+    """What must equal the in-process prediction: the label map, or the detections' boxes, labels and masks."""
+    if "labels_png" in answer:
+        from PIL import Image
+
+        return np.array(Image.open(io.BytesIO(base64.b64decode(answer["labels_png"])))).tobytes()
+    return json.dumps([(d["label"], [round(v, 2) for v in d["box"]], d["segmentation"]["counts"])
+                       for d in answer["instances"]])
+
+
+def reference(path: Path, runtime: str | None, overrides: list[str], images: list[bytes]) -> tuple[list, float]:
+    """The in-process answers (through the server's own encoder) and images per second of the predictor."""
+    from pixelwise.data.io import as_image
+    from pixelwise.inference import build_inference
+    from pixelwise.serve import decode_image, encode
+
+    inference = build_inference(path, runtime=runtime, overrides=overrides)
+    p, instance = inference.predictor, inference.task.name == "instance"
+    arrays = [decode_image(b) for b in images]
+    t0 = time.perf_counter()
+    results = [p.many([a])[0] if instance else p(a) for a in arrays]
+    rate = len(arrays) / (time.perf_counter() - t0)
+    keys = []
+    for a, r in zip(arrays, results):
+        image = as_image(a, channels=3) if instance else p.read(a, "image")
+        keys.append(answer_key(encode(inference, {"image": image, "result": r, "overlay": False, "accept": ""})))
+    return keys, rate
+
+
+def load(url: str, images: list[bytes], keys: list, clients: int, per_client: int) -> dict:
+    jobs = []
+    for c in range(clients):
+        for k in range(per_client):
+            i = (c * per_client + k)
+            jobs.append(("bad", *BAD[i % len(BAD)]) if i % 10 == 9 else ("good", i % len(images)))
+    results = []
+
+    def run(job):
+        if job[0] == "bad":
+            status, _, seconds = post(url, job[1], job[2])
+            return "bad", status, seconds, None
+        status, body, seconds = post(url, images[job[1]], "image/png")
+        same = status == 200 and answer_key(json.loads(body)) == keys[job[1]]
+        return "good", status, seconds, same
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(run, jobs))
+    wall = time.perf_counter() - t0
+    good = [r for r in results if r[0] == "good"]
+    lat = sorted(r[2] for r in good)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+    return {"clients": clients, "requests": len(results), "valid": len(good), "valid_per_s": len(good) / wall,
+            "p50_s": q[49], "p95_s": q[94], "p99_s": q[98], "errors_5xx": sum(r[1] >= 500 for r in results),
+            "different": sum(r[3] is False for r in good),
+            "bad_not_4xx": sum(not 400 <= r[1] < 500 for r in results if r[0] == "bad")}
+
+
+def bench(name: str, path: Path, runtime: str | None, overrides: list[str], images: list[bytes], clients: list[int],
+          per_client: int) -> dict:
+    keys, rate = reference(path, runtime, overrides, images)
+    port = free_port()
+    cmd = [sys.executable, "-m", "pixelwise", "serve", "--checkpoint", str(path), "--port", str(port),
+           *(["--runtime", runtime] if runtime else []), *[x for o in overrides for x in ("-o", o)]]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        before = memory_mb(server.pid)
+        rows = [load(f"{url}/predict", images, keys, c, per_client) for c in clients]
+        after = memory_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    for r in rows:
+        r["ratio_to_in_process"] = r["valid_per_s"] / rate
+        print(f"{name} ({runtime or 'torch'}): {r['clients']} clients: {r['valid_per_s']:.2f} valid req/s "
+              f"(in-process {rate:.2f} img/s, ratio {r['ratio_to_in_process']:.2f}), p50 {r['p50_s']:.2f} s, "
+              f"5xx {r['errors_5xx']}, different {r['different']}", flush=True)
+    return {"checkpoint": name, "runtime": runtime or "torch", "in_process_per_s": rate, "memory_mb_before": before,
+            "memory_mb_after": after, "rows": rows}
+
+
+def images_for(name: str, n: int) -> list[bytes]:
+    import os
+
+    root = Path(os.environ["PIXELWISE_DATA"])
+    files = sorted((root / "camvid" / "val").glob("*.png")) if "camvid" in name else []
+    if not files:  # ISBI: the validation slices of the TIFF stack, as PNG files
+        from PIL import Image
+
+        stack = Image.open(root / "isbi2012" / "train-volume.tif")
+        out = []
+        for k in range(25, 25 + n):
+            stack.seek(k % stack.n_frames)
+            buffer = io.BytesIO()
+            stack.convert("L").save(buffer, format="PNG")
+            out.append(buffer.getvalue())
+        return out
+    return [f.read_bytes() for f in files[:n]]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
+    p.add_argument("--budgets", type=Path, default=Path("/tmp/budgets"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/deployed"), help="benchmarks/deployed.py's --work")
+    p.add_argument("--clients", default="8,32")
+    p.add_argument("--requests", type=int, default=25, help="requests per client (25: 1,000 over 8 and 32 clients)")
+    p.add_argument("--images", type=int, default=5)
+    args = p.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    record = {"results": []}
+    for name in args.names:
+        ckpt = args.budgets / CHECKPOINTS[name] / "4-b" / "seed0" / "best.pt"
+        images = images_for(name, args.images)
+        record["results"].append(bench(name, ckpt, None, [], images, clients, args.requests))
+        exported = args.work / f"{name}.openvino.xml"
+        if exported.exists():
+            record["results"].append(bench(name, exported, "openvino", ["infer.precision=bf16"], images, clients,
+                                           args.requests))
+        record.update(machine=machine_summary(), cpu=cpu_features(), date=time.strftime("%Y-%m-%d"))
+        save_record("serve_load", record)
+    lines = ["| checkpoint | runtime | clients | valid req/s | in-process img/s | ratio | p50 / p95 / p99 s | 5xx | "
+             "different | bad not 4xx | memory MB before -> after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in record["results"]:
+        for r in res["rows"]:
+            lines.append(f"| {res['checkpoint']} | {res['runtime']} | {r['clients']} | {r['valid_per_s']:.2f} | "
+                         f"{res['in_process_per_s']:.2f} | {r['ratio_to_in_process']:.2f} | {r['p50_s']:.2f} / "
+                         f"{r['p95_s']:.2f} / {r['p99_s']:.2f} | {r['errors_5xx']} | {r['different']} | "
+                         f"{r['bad_not_4xx']} | {res['memory_mb_before']:.0f} -> {res['memory_mb_after']:.0f} |")
+    replace_section(ROOT / "BENCHMARKS.md", TITLE,
+                    f"Command: `python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}` "
+                    f"({record['date']}, {record['machine']}). One in ten requests is a bad input.\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
