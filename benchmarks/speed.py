@@ -237,11 +237,11 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
 
 def _int8_openvino(onnx_path: Path, feeds: list) -> Path:
     """The ONNX graph quantized by nncf (as `pixelwise export --int8 --format openvino`), calibrated on feeds."""
-    import nncf
     import openvino as ov
 
-    model = nncf.quantize(ov.Core().read_model(str(onnx_path)), nncf.Dataset(feeds, lambda f: dict(enumerate(f))),
-                          subset_size=len(feeds))
+    from pixelwise.export import quantize_openvino
+
+    model = quantize_openvino(ov.Core().read_model(str(onnx_path)), feeds)
     path = onnx_path.with_suffix(".int8.xml")
     ov.save_model(model, str(path), compress_to_fp16=False)
     return path

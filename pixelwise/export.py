@@ -295,6 +295,14 @@ def _quantize_onnx(path: Path, calibration: list, target: Path) -> None:
     float_path.unlink()
 
 
+def quantize_openvino(model, calibration: list):
+    """An OpenVINO model quantized to int8 by nncf.quantize, calibrated on `calibration` (lists of input arrays)."""
+    import nncf
+
+    return nncf.quantize(model, nncf.Dataset(calibration, lambda feeds: dict(enumerate(feeds))),
+                         subset_size=len(calibration))
+
+
 def _write_openvino(module, args, shapes, path: Path, target: Path, meta: dict | None, calibration=None) -> None:
     """Through ONNX, converted by OpenVINO; the metadata and the .bin's size and SHA-256 in the .xml's rt_info.
     With calibration: quantized to int8 by nncf.quantize (post-training, static)."""
@@ -304,10 +312,7 @@ def _write_openvino(module, args, shapes, path: Path, target: Path, meta: dict |
     _write_onnx(module, args, shapes, onnx_path, target, meta)
     model = ov.convert_model(str(onnx_path))
     if calibration is not None:
-        import nncf
-
-        model = nncf.quantize(model, nncf.Dataset(calibration, lambda feeds: dict(enumerate(feeds))),
-                              subset_size=len(calibration))
+        model = quantize_openvino(model, calibration)
     if meta is not None:
         model.set_rt_info(json.dumps(meta), [META_KEY, "metadata"])
     with _writing(target):
