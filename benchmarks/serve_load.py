@@ -90,20 +90,20 @@ def answer_key(answer: dict):
 
 def reference(path: Path, runtime: str | None, overrides: list[str], images: list[bytes]) -> tuple[list, float]:
     """The in-process answers (through the server's own encoder) and images per second of the predictor."""
-    from pixelwise.data.io import as_image
     from pixelwise.inference import build_inference
     from pixelwise.serve import decode_image, encode
 
     inference = build_inference(path, runtime=runtime, overrides=overrides)
-    p, instance = inference.predictor, inference.task.name == "instance"
+    p = inference.predictor
     arrays = [decode_image(b) for b in images]
-    t0 = time.perf_counter()
-    results = [p.many([a])[0] if instance else p(a) for a in arrays]
-    rate = len(arrays) / (time.perf_counter() - t0)
-    keys = []
-    for a, r in zip(arrays, results):
-        image = as_image(a, channels=3) if instance else p.read(a, "image")
-        keys.append(answer_key(encode(inference, {"image": image, "result": r, "overlay": False, "accept": ""})))
+    results = [p(a) for a in arrays]  # the reference answers, and a warm-up
+    done, t0 = 0, time.perf_counter()
+    while done < 4 * len(arrays) or time.perf_counter() - t0 < 10:  # one image at a time, as a user's loop would
+        p(arrays[done % len(arrays)])
+        done += 1
+    rate = done / (time.perf_counter() - t0)
+    keys = [answer_key(encode(inference, {"image": p.read(a), "result": r, "overlay": False, "accept": ""}))
+            for a, r in zip(arrays, results)]
     return keys, rate
 
 
@@ -137,10 +137,11 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
 
 
 def bench(name: str, path: Path, runtime: str | None, overrides: list[str], images: list[bytes], clients: list[int],
-          per_client: int) -> dict:
+          per_client: int, batch: int = 1) -> dict:
     keys, rate = reference(path, runtime, overrides, images)
     port = free_port()
     cmd = [sys.executable, "-m", "pixelwise", "serve", "--checkpoint", str(path), "--port", str(port),
+           "--max-batch-size", str(batch), *(["--batch-timeout", "0.05"] if batch > 1 else []),
            *(["--runtime", runtime] if runtime else []), *[x for o in overrides for x in ("-o", o)]]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -151,6 +152,8 @@ def bench(name: str, path: Path, runtime: str | None, overrides: list[str], imag
                 break
             except OSError:
                 time.sleep(0.5)
+        for image in images:  # warm-up: the first pass of each size (OpenVINO compiles a graph per shape)
+            post(f"{url}/predict", image, "image/png")
         before = memory_mb(server.pid)
         rows = [load(f"{url}/predict", images, keys, c, per_client) for c in clients]
         after = memory_mb(server.pid)
@@ -162,8 +165,8 @@ def bench(name: str, path: Path, runtime: str | None, overrides: list[str], imag
         print(f"{name} ({runtime or 'torch'}): {r['clients']} clients: {r['valid_per_s']:.2f} valid req/s "
               f"(in-process {rate:.2f} img/s, ratio {r['ratio_to_in_process']:.2f}), p50 {r['p50_s']:.2f} s, "
               f"5xx {r['errors_5xx']}, different {r['different']}", flush=True)
-    return {"checkpoint": name, "runtime": runtime or "torch", "in_process_per_s": rate, "memory_mb_before": before,
-            "memory_mb_after": after, "rows": rows}
+    return {"checkpoint": name, "runtime": runtime or "torch", "max_batch_size": batch, "in_process_per_s": rate,
+            "memory_mb_before": before, "memory_mb_after": after, "rows": rows}
 
 
 def images_for(name: str, n: int) -> list[bytes]:
@@ -185,38 +188,55 @@ def images_for(name: str, n: int) -> list[bytes]:
     return [f.read_bytes() for f in files[:n]]
 
 
+def table(record: dict, args) -> str:
+    lines = ["| checkpoint | runtime | batch | clients | valid req/s | in-process img/s | ratio | p50 / p95 / p99 s | "
+             "5xx | different | bad not 4xx | memory MB before -> after |", "|---" * 12 + "|"]
+    for res in record["results"]:
+        for r in res["rows"]:
+            lines.append(f"| {res['checkpoint']} | {res['runtime']} | {res['max_batch_size']} | {r['clients']} | "
+                         f"{r['valid_per_s']:.2f} | {res['in_process_per_s']:.2f} | {r['ratio_to_in_process']:.2f} | "
+                         f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['p99_s']:.2f} | {r['errors_5xx']} | "
+                         f"{r['different']} | {r['bad_not_4xx']} | {res['memory_mb_before']:.0f} -> "
+                         f"{res['memory_mb_after']:.0f} |")
+    return (f"Command: `python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}` "
+            f"({record.get('date')}, {record.get('machine')}). One in ten requests is a bad input; \"different\" "
+            "counts valid answers that are not the in-process predictor's; ratio = the server's valid requests per "
+            "second / the in-process predictor's images per second.\n\n" + "\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     p.add_argument("--budgets", type=Path, default=Path("/tmp/budgets"))
     p.add_argument("--work", type=Path, default=Path("/tmp/deployed"), help="benchmarks/deployed.py's --work")
+    p.add_argument("--runtimes", default="torch,openvino", help="torch and/or openvino (bf16, the deployed export)")
     p.add_argument("--clients", default="8,32")
     p.add_argument("--requests", type=int, default=25, help="requests per client (25: 1,000 over 8 and 32 clients)")
     p.add_argument("--images", type=int, default=5)
+    p.add_argument("--max-batch-size", type=int, default=1, help="the server's --max-batch-size")
     args = p.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    record = {"results": []}
+    path = ROOT / "benchmarks" / "results" / "serve_load.json"
+    record = json.loads(path.read_text()) if path.exists() else {"results": []}  # rows of other runs are kept
     for name in args.names:
         ckpt = args.budgets / CHECKPOINTS[name] / "4-b" / "seed0" / "best.pt"
         images = images_for(name, args.images)
-        record["results"].append(bench(name, ckpt, None, [], images, clients, args.requests))
-        exported = args.work / f"{name}.openvino.xml"
-        if exported.exists():
-            record["results"].append(bench(name, exported, "openvino", ["infer.precision=bf16"], images, clients,
-                                           args.requests))
-        record.update(machine=machine_summary(), cpu=cpu_features(), date=time.strftime("%Y-%m-%d"))
-        save_record("serve_load", record)
-    lines = ["| checkpoint | runtime | clients | valid req/s | in-process img/s | ratio | p50 / p95 / p99 s | 5xx | "
-             "different | bad not 4xx | memory MB before -> after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for res in record["results"]:
-        for r in res["rows"]:
-            lines.append(f"| {res['checkpoint']} | {res['runtime']} | {r['clients']} | {r['valid_per_s']:.2f} | "
-                         f"{res['in_process_per_s']:.2f} | {r['ratio_to_in_process']:.2f} | {r['p50_s']:.2f} / "
-                         f"{r['p95_s']:.2f} / {r['p99_s']:.2f} | {r['errors_5xx']} | {r['different']} | "
-                         f"{r['bad_not_4xx']} | {res['memory_mb_before']:.0f} -> {res['memory_mb_after']:.0f} |")
-    replace_section(ROOT / "BENCHMARKS.md", TITLE,
-                    f"Command: `python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}` "
-                    f"({record['date']}, {record['machine']}). One in ten requests is a bad input.\n\n" + "\n".join(lines))
+        for runtime in args.runtimes.split(","):
+            if runtime == "torch":
+                row = bench(name, ckpt, None, [], images, clients, args.requests, args.max_batch_size)
+            else:
+                exported = args.work / f"{name}.openvino.xml"
+                if not exported.exists():
+                    print(f"{exported} missing: run benchmarks/deployed.py first", file=sys.stderr)
+                    continue
+                row = bench(name, exported, "openvino", ["infer.precision=bf16"], images, clients, args.requests,
+                            args.max_batch_size)
+            key = (row["checkpoint"], row["runtime"], row["max_batch_size"])
+            record["results"] = [r for r in record["results"]
+                                 if (r["checkpoint"], r["runtime"], r.get("max_batch_size", 1)) != key] + [row]
+            record.update(machine=machine_summary(), cpu=cpu_features(), date=time.strftime("%Y-%m-%d"))
+            save_record("serve_load", record)
+    replace_section(ROOT / "BENCHMARKS.md", TITLE, table(record, args))
 
 
 if __name__ == "__main__":

@@ -190,30 +190,26 @@ def _api_class():
             with trusting_pickles(o["checkpoint"]) if o["trust"] else contextlib.nullcontext():
                 self.inference = build_inference(o["checkpoint"], runtime=o["runtime"], overrides=o["overrides"],
                                                  device=None if o["runtime"] in (None, "torch") else "cpu")
-            self.instance = _detects(self.inference)
 
         def decode_request(self, request):
-            from pixelwise.data.io import as_image
             from pixelwise.errors import PixelwiseError
 
             array = decode_image(base64.b64decode(request["image"]), self.options["max_pixels"])
             if not hasattr(array, "shape"):
                 raise array
-            try:  # checked as the predictor would check it, before it joins a batch
-                p, name = self.inference.predictor, "the request's image"
-                image = as_image(array, channels=3, name=name) if self.instance else p.read(array, name)
+            try:  # read and checked as the predictor reads and checks it, before it joins a batch
+                image = self.inference.predictor.read(array, "the request's image")
             except PixelwiseError as e:
                 raise _error(422, str(e)) from None
             return {"image": image, "overlay": request.get("overlay", False), "accept": request.get("accept", "")}
 
         def predict(self, items):
-            """One request (max_batch_size 1) or a list of them (LitServe's batch)."""
+            """One request (max_batch_size 1) or LitServe's batch of them: the predictor's `many` runs the images
+            of one size together."""
             single = isinstance(items, dict)
-            items, p = [items] if single else items, self.inference.predictor
-            if self.instance:
-                out = [dict(item, result=r) for item, r in zip(items, p.many([i["image"] for i in items]))]
-            else:
-                out = [dict(item, result=p(item["image"])) for item in items]
+            items = [items] if single else items
+            results = self.inference.predictor.many([i["image"] for i in items])
+            out = [dict(item, result=r) for item, r in zip(items, results)]
             return out[0] if single else out
 
         def encode_response(self, item):
@@ -238,57 +234,15 @@ def make_api(checkpoint: str, runtime: str | None, overrides: list[str], *, max_
     return api
 
 
-def _detects(inference) -> bool:
-    """Whether the model answers with detections (its predictor is an InstancePredictor) or a label map."""
-    from pixelwise.engine.tasks.instance import InstancePredictor
-
-    return isinstance(inference.predictor, InstancePredictor)
-
-
-def _png(array) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def encode(inference, item: dict):
-    """JSON of one prediction: semantic, the label map as a base64 index PNG (16-bit past 256 classes); instance,
-    COCO-style detections; with overlay, the overlay as a base64 PNG."""
-    import numpy as np
-
-    from pixelwise.output.predictions import draw_instances, instance_map
-    from pixelwise.output.visualize import overlay, palette_for
-
-    image, result = item["image"], item["result"]
-    h, w = image.shape[-2:]
-    names = list(inference.predictor.class_names or [])
-    out = {"height": h, "width": w, "classes": names}
-    if _detects(inference):
-        from pixelwise.metrics.coco import masks_to_rle
-
-        out["instances"] = [{"label": int(k), "class_name": n, "score": float(s), "box": [float(v) for v in b],
-                             "segmentation": rle} for k, n, s, b, rle in
-                            zip(result["labels"], result["class_names"], result["scores"], result["boxes"].tolist(),
-                                masks_to_rle(result["masks"]))]
-        if item["overlay"]:
-            threshold = inference.predictor.score_threshold
-            ids = instance_map(result["masks"], result["scores"], threshold)
-            captions = [f"{n} {float(s):.2f}" for n, s in zip(result["class_names"], result["scores"])]
-            picture = np.asarray(draw_instances(image, ids, result["boxes"], captions))
-            out["overlay_png"] = base64.b64encode(_png(picture)).decode()
-        return out
-    labels = result.cpu().numpy()
-    png = _png(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
-    if "image/png" in item["accept"] and not item["overlay"]:
+    """The answer to one request: the task's JSON (Task.answer), or with `Accept: image/png` a semantic model's
+    index PNG itself."""
+    out = inference.task.answer(inference.predictor, item["image"], item["result"], meta=inference.meta,
+                                overlay=item["overlay"])
+    if "image/png" in item["accept"] and "labels_png" in out and not item["overlay"]:
         from fastapi import Response
 
-        return Response(content=png, media_type="image/png")
-    out["labels_png"] = base64.b64encode(png).decode()
-    if item["overlay"]:
-        palette = palette_for(len(names), inference.meta.get("palette"))
-        out["overlay_png"] = base64.b64encode(_png(overlay(image, labels, palette))).decode()
+        return Response(content=base64.b64decode(out["labels_png"]), media_type="image/png")
     return out
 
 
@@ -332,4 +286,32 @@ def serve(checkpoint: str, *, runtime: str | None = None, overrides: list[str] =
         print(f"  bound to {host}: other machines can reach it; "
               + ("requests need the X-API-Key header" if api_key else "no API key is required (--api-key sets one)"),
               flush=True)
+    _stop_on_sigterm(server.uvicorn_graceful_timeout)
     server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+
+
+def _stop_on_sigterm(grace: float) -> None:
+    """SIGTERM stops the server as Ctrl-C does, after the requests in flight. Left to itself, a SIGTERM ends
+    LitServe's main process alone and its worker processes keep running. Here the HTTP processes are stopped
+    first (uvicorn stops accepting and finishes the requests in flight, for up to `grace` seconds) while the
+    inference workers still answer them; then a KeyboardInterrupt runs LitServe's own shutdown of the rest."""
+    import multiprocessing
+    import os
+    import signal
+
+    main = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != main:  # a process forked from this one inherited the handler: the default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        print("pixelwise serve: SIGTERM, finishing the requests in flight", file=sys.stderr, flush=True)
+        http = [c for c in multiprocessing.active_children() if c.name.startswith("LitServer-")]
+        for child in http:
+            child.terminate()
+        for child in http:
+            child.join(timeout=grace + 5)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)

@@ -185,10 +185,25 @@ class Predictor:
 
     def __call__(self, image, name: str | None = None) -> torch.Tensor:
         """The label map (H, W) int64 of an image as users have it (see the class docstring)."""
-        name = name or (str(image) if isinstance(image, (str, Path)) else "the image")
-        image = self.read(image, name)
-        probs = self.predict_probs(self.normalize(image) if self.normalize is not None else image, name=name)
-        return self.postprocess(probs, image)
+        return self.many([image], [name] if name else None)[0]
+
+    def many(self, images: list, names: list[str] | None = None) -> list[torch.Tensor]:
+        """The label maps of a list of images as users have them. Consecutive images of one size go through
+        the model together (their windows, batch_size at a time: what `pixelwise serve` batches); images of
+        other sizes are not padded to a common one, so every image gets the labels it gets alone."""
+        names = names or [str(im) if isinstance(im, (str, Path)) else "the image" if len(images) == 1 else f"image {i}"
+                          for i, im in enumerate(images)]
+        read = [self.read(im, n) for im, n in zip(images, names)]
+        out, start = [], 0
+        while start < len(read):
+            end = start + 1
+            while end < len(read) and read[end].shape == read[start].shape:
+                end += 1
+            group = torch.stack([self.normalize(im) if self.normalize is not None else im for im in read[start:end]])
+            what = names[start] if end - start == 1 else f"{names[start]} (and {end - start - 1} more of its size)"
+            out += [self.postprocess(p, im) for p, im in zip(self.predict_batch(group, what), read[start:end])]
+            start = end
+        return out
 
     def postprocess(self, probs: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """The one output step of a semantic model, which eval, predict, the report and every runtime call:
@@ -218,7 +233,6 @@ class Predictor:
         # symmetric, so after inverting any transform the window starts at index 0.
         return total[..., :height, :width] / len(transforms)
 
-    @torch.no_grad()
     def predict_probs(self, image: torch.Tensor, name: str = "the image") -> torch.Tensor:
         """image (C,H,W), normalised as in training -> probabilities (K,H,W), float32, on the CPU.
 
@@ -226,11 +240,19 @@ class Predictor:
         """
         if image.dim() != 3:
             raise ValueError(f"expected one image (C,H,W), got shape {tuple(image.shape)}")
-        self.check_fits(*image.shape, name)
+        return self.predict_batch(image.unsqueeze(0), name)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor, name: str = "the images") -> torch.Tensor:
+        """images (N,C,H,W) of one size, normalised -> probabilities (N,K,H,W): the windows of all N images go
+        through the model batch_size at a time, each image's windows as predict_probs would cut them."""
+        if images.dim() != 4:
+            raise ValueError(f"expected a batch of images (N,C,H,W), got shape {tuple(images.shape)}")
+        self.check_fits(*images.shape[1:], name)
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._predict(image.to(self.device))
+            return self._predict(images.to(self.device))
         except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain RuntimeError
             if not _out_of_memory(e):
                 raise
@@ -268,22 +290,23 @@ class Predictor:
         step = self.tile - self.overlap
         return th, tw, [(y, x) for y in tile_positions(H, th, step) for x in tile_positions(W, tw, step)]
 
-    def _predict(self, image: torch.Tensor) -> torch.Tensor:
-        H, W = image.shape[-2:]
+    def _predict(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N,C,H,W) -> probabilities (N,K,H,W), averaged where windows overlap."""
+        N, _, H, W = images.shape
         th, tw, positions = self._windows(H, W)
         in_h, m_h = geometry(self.model, th)
         in_w, m_w = geometry(self.model, tw)
-        batch = image.unsqueeze(0)
-        canvas = count = None
-        for chunk in _chunks(positions, self.batch_size):
-            windows = torch.cat([gather_window(batch, y - m_h, x - m_w, in_h, in_w) for y, x in chunk])
+        count = torch.zeros(1, H, W)
+        for y, x in positions:
+            count[:, y : y + th, x : x + tw] += 1
+        canvas = None
+        for chunk in _chunks([(n, y, x) for n in range(N) for y, x in positions], self.batch_size):
+            windows = torch.cat([gather_window(images[n : n + 1], y - m_h, x - m_w, in_h, in_w) for n, y, x in chunk])
             probs = self._probs(windows, th, tw).cpu()
             if canvas is None:
-                canvas = torch.zeros(probs.shape[1], H, W)
-                count = torch.zeros(1, H, W)
-            for (y, x), p in zip(chunk, probs):
-                canvas[:, y : y + th, x : x + tw] += p
-                count[:, y : y + th, x : x + tw] += 1
+                canvas = torch.zeros(N, probs.shape[1], H, W)
+            for (n, y, x), p in zip(chunk, probs):
+                canvas[n, :, y : y + th, x : x + tw] += p
         return canvas / count
 
 

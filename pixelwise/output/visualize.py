@@ -36,6 +36,16 @@ def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: s
     img.save(path, format="PNG")
 
 
+def png_base64(array: np.ndarray) -> str:
+    """An array (H, W) uint8 / uint16 or (H, W, 3) uint8 as a PNG file, base64 (the JSON answers of pixelwise serve)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """labels (H,W) -> RGB (H,W,3) uint8."""
     n = max(256, len(palette))

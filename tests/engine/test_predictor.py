@@ -107,6 +107,30 @@ def test_padded_unet_tiles_images_it_cannot_take_whole():
     assert probs.shape == (2, 30, 37)
 
 
+@pytest.mark.parametrize("tile,tta", [(None, False), (24, False), (None, True)])
+def test_many_runs_images_of_one_size_together_and_gives_each_its_own_labels(tile, tta):
+    """Predictor.many (what pixelwise serve batches): consecutive images of one size share passes, windows of
+    several images in one batch; every image gets the probabilities and labels it gets alone."""
+    from pixelwise import create_model
+
+    model = create_model("unet", base_width=4, depth=2, dropout=0.0).eval()
+    rng = np.random.default_rng(0)
+    shapes = [(45, 70), (45, 70), (45, 70), (30, 40), (45, 70)]
+    images = [(rng.random(shape) * 255).astype(np.uint8) for shape in shapes]
+    p = Predictor(model, device="cpu", tile=tile, overlap=4 if tile else 0, tta=tta, batch_size=5, channels=1,
+                  mean=[0.5], std=[0.25])
+    calls = []
+    model.register_forward_hook(lambda m, inputs, out: calls.append(inputs[0].shape[0]))
+    together = p.many(images)
+    passes = len(calls)
+    alone = [p(image) for image in images]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
+    assert passes < len(calls) - passes  # fewer passes together than one image at a time
+    assert max(calls) <= 5  # never more windows in a pass than batch_size
+    first = p.predict_batch(torch.stack([p.normalize(p.read(im)) for im in images[:3]]))
+    torch.testing.assert_close(first[1], p.predict_probs(p.normalize(p.read(images[1]))), atol=1e-5, rtol=0)
+
+
 def test_bad_arguments():
     model = ValidConvNet()
     with pytest.raises(ValueError, match="infer.overlap"):

@@ -1,4 +1,5 @@
-"""`pixelwise serve` on a free loopback port with a tiny U-Net: answers, bad inputs, shutdown."""
+"""`pixelwise serve` on a free loopback port with a tiny U-Net: answers, batches, bad inputs, shutdown; the
+Mask R-CNN answers through the same API in process."""
 from __future__ import annotations
 
 import base64
@@ -59,7 +60,8 @@ train: {{batch_size: 2, max_steps: 2, val_every: 2, lr: 0.01, optimizer: adam, t
     assert main(["train", str(recipe)]) == 0
     port = _port()
     process = subprocess.Popen([sys.executable, "-m", "pixelwise", "serve", "--checkpoint", str(tmp / "run" / "best.pt"),
-                                "--port", str(port), "--max-pixels", "20000", "--max-bytes", "100000"],
+                                "--port", str(port), "--max-pixels", "20000", "--max-bytes", "100000",
+                                "--max-batch-size", "2", "--batch-timeout", "0.5"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -74,7 +76,10 @@ train: {{batch_size: 2, max_steps: 2, val_every: 2, lr: 0.01, optimizer: adam, t
         process.kill()
         pytest.fail("the server did not come up in 120 s: " + process.stdout.read())
     yield url, tmp, process
-    os.killpg(process.pid, signal.SIGKILL)  # the server and LitServe's worker processes
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the server and LitServe's worker processes, if any are left
+    except ProcessLookupError:
+        pass
 
 
 def test_answers_are_the_in_process_predictors(server):
@@ -113,6 +118,77 @@ def test_bad_input_gets_a_4xx_naming_it_and_the_next_request_is_served(server):
         assert words in json.loads(answer)["detail"], (words, answer)
         assert _post(f"{url}/predict", good)[0] == 200, words
     assert process.poll() is None
+
+
+def test_requests_of_one_size_are_batched_and_answered_as_alone(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, tmp, _ = server
+    rng = np.random.default_rng(2)
+    images = [(rng.random((64, 64)) * 255).astype(np.uint8) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda im: _post(f"{url}/predict", _png(im)), images))
+    predictor = load_predictor(tmp / "run" / "best.pt")
+    for image, (status, body, _) in zip(images, answers):
+        assert status == 200, body
+        labels = np.array(Image.open(io.BytesIO(base64.b64decode(json.loads(body)["labels_png"]))))
+        assert np.array_equal(labels, predictor(image).numpy())
+
+
+def test_sigterm_finishes_the_request_in_flight_then_stops_every_process(server):
+    """Runs last: it stops the module's server. A lone request waits up to --batch-timeout (0.5 s) for a batch
+    partner, so it is still in flight when the SIGTERM lands."""
+    import threading
+
+    url, _, process = server
+    answer = {}
+    body = _png(np.zeros((64, 64), np.uint8))
+    client = threading.Thread(target=lambda: answer.update(r=_post(f"{url}/predict", body)))
+    client.start()
+    time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    client.join(timeout=60)
+    assert answer["r"][0] == 200, answer
+    assert process.wait(timeout=60) is not None
+    log = process.stdout.read()
+    assert "SIGTERM" in log and log.index("SIGTERM") < log.rindex("POST /predict 200"), log
+    for _ in range(100):  # no process of the server is left (the resource tracker goes last, once it sees EOF)
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the server are still running 10 s after it exited")
+
+
+def test_mask_rcnn_answers_coco_style_detections_through_the_same_api(tmp_path):
+    """The instance family through the server's own LitAPI (decode, batched predict, encode), in process."""
+    from helpers.synthetic import Boxes, instance_config, instance_data
+
+    from pixelwise.engine import train
+    from pixelwise.metrics.coco import masks_to_rle
+    from pixelwise.serve import make_api
+
+    train(instance_config(tmp_path / "run", "model.args.box_score_thresh=0.0"), datasets=instance_data(),
+          progress=False)
+    api = make_api(str(tmp_path / "run" / "last.pt"), None, [], max_pixels=10**6, max_batch_size=2, batch_timeout=0)
+    api.setup("cpu")
+    image = (Boxes(1, seed=5).samples[0][0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    request = {"image": base64.b64encode(_png(image)).decode(), "overlay": True}
+    answers = [api.encode_response(x) for x in api.predict([api.decode_request(request)] * 2)]
+    want = load_predictor(tmp_path / "run" / "last.pt")(image)
+    assert len(want["boxes"]) > 0
+    for answer in answers:
+        found = answer["instances"]
+        assert [d["label"] for d in found] == want["labels"].tolist()
+        assert np.allclose([d["box"] for d in found], want["boxes"].numpy(), atol=1e-3)
+        assert [d["segmentation"] for d in found] == masks_to_rle(want["masks"])
+        assert [d["class_name"] for d in found] == want["class_names"]
+        assert answer["height"] == image.shape[0] and "overlay_png" in answer
+    with pytest.raises(Exception) as bad:
+        api.decode_request({"image": base64.b64encode(b"not an image").decode()})
+    assert getattr(bad.value, "status_code", None) == 415
 
 
 def test_without_litserve_the_error_names_the_extra(monkeypatch):

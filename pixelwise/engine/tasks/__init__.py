@@ -142,6 +142,11 @@ class Task:
         """Write the predictions of `paths` into `out`; returns (files written, what was written, in words)."""
         raise NotImplementedError
 
+    def answer(self, predictor, image: torch.Tensor, result, *, meta: dict, overlay: bool = False) -> dict:
+        """One prediction as JSON, what `pixelwise serve` answers: {"height", "width", "classes", the result in the
+        family's form, "overlay_png" (base64) when asked}; `image` as read, `result` as the predictor returned it."""
+        raise NotImplementedError
+
 
 def task_class(name: str) -> type[Task]:
     """The registered task called `name`."""

@@ -217,6 +217,27 @@ class InstanceTask(Task):
         return written, (".json with boxes, scores and RLE masks + _instances.png + _overlay.png; classes.json names "
                          "the classes")
 
+    def answer(self, predictor: "InstancePredictor", image: torch.Tensor, result: dict, *, meta: dict,
+               overlay: bool = False) -> dict:
+        """{"instances": COCO-style detections [{"label", "class_name", "score", "box" x1 y1 x2 y2, "segmentation"
+        (RLE)}]}, every detection the model keeps, as `pixelwise predict` writes them."""
+        import numpy as np
+
+        from pixelwise.output.predictions import draw_instances, instance_map
+        from pixelwise.output.visualize import png_base64
+
+        h, w = image.shape[-2:]
+        out = {"height": h, "width": w, "classes": list(predictor.class_names or []),
+               "instances": [{"label": int(k), "class_name": n, "score": float(s), "box": [float(v) for v in b],
+                              "segmentation": rle} for k, n, s, b, rle in
+                             zip(result["labels"].tolist(), result["class_names"], result["scores"].tolist(),
+                                 result["boxes"].tolist(), masks_to_rle(result["masks"]))]}
+        if overlay:
+            ids = instance_map(result["masks"], result["scores"], predictor.score_threshold)
+            captions = [f"{n} {float(s):.2f}" for n, s in zip(result["class_names"], result["scores"])]
+            out["overlay_png"] = png_base64(np.asarray(draw_instances(image, ids, result["boxes"], captions)))
+        return out
+
 
 # The exported parts of a Mask R-CNN, the ones with weights: (submodule path, how its outputs are grouped,
 # dimensions that vary at run time). C4 models have res5, FPN models do not.
@@ -291,14 +312,18 @@ class InstancePredictor:
     def __call__(self, image, name: str = "the image") -> dict:
         return self.many([image], [name])[0]
 
+    def read(self, image, name: str = "the image") -> torch.Tensor:
+        """An image as users have it -> (3, H, W) float in [0, 1], grey repeated to RGB (pixelwise.data.io.as_image)."""
+        from pixelwise.data.io import as_image
+
+        return as_image(image, channels=3, name=name)
+
     def many(self, images: list, names: list[str] | None = None) -> list[dict]:
         """Detections of each image; consecutive images of one size go through the model together, up to
         batch_size (images of other sizes would be padded to a common size, which changes the features near
         their borders: a batch gives the same detections as one image at a time)."""
-        from pixelwise.data.io import as_image
-
         names = names or [f"image {i}" for i in range(len(images))]
-        tensors = [as_image(im, channels=3, name=n) for im, n in zip(images, names)]
+        tensors = [self.read(im, n) for im, n in zip(images, names)]
         out, start = [], 0
         while start < len(tensors):
             end = start + 1

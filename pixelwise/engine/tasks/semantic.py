@@ -295,6 +295,21 @@ class SemanticTask(Task):
                                     class_names=meta["class_names"], note=meta.get("label_note"), protected=protected)
         return written, f"index PNG + _overlay.png{' + _probs.npy' if save else ''}; classes.json says what each pixel value means"
 
+    def answer(self, predictor: Predictor, image: torch.Tensor, result: torch.Tensor, *, meta: dict,
+               overlay: bool = False) -> dict:
+        """{"labels_png": the label map as a base64 index PNG (16-bit past 256 classes)}, as `pixelwise predict`
+        writes it."""
+        import numpy as np
+
+        from pixelwise.output.visualize import overlay as draw, palette_for, png_base64
+
+        labels, names = result.cpu().numpy(), list(predictor.class_names or [])
+        out = {"height": labels.shape[0], "width": labels.shape[1], "classes": names,
+               "labels_png": png_base64(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))}
+        if overlay:
+            out["overlay_png"] = png_base64(draw(image, labels, palette_for(len(names), meta.get("palette"))))
+        return out
+
 
 class Normalized(nn.Module):
     """model((x - mean) / std): the recipe's input normalisation inside an exported graph."""
