@@ -21,6 +21,9 @@ import yaml
 from pixelwise.errors import ConfigError  # noqa: F401  (raised here, imported from here by callers)
 from pixelwise.files import write_text
 
+# train.loss names (pixelwise.losses.semantic): per-pixel terms (cross-entropy, focal), region terms (Dice, Lovasz).
+LOSSES = ("ce", "focal", "dice", "lovasz")
+
 
 @dataclass
 class ModelConfig:
@@ -105,6 +108,9 @@ class TrainConfig:
     # Per-class loss weights: a list, or "median_frequency" (computed from the training masks).
     class_weights: Union[list, Literal["median_frequency"], None] = None
     loss_sampling_p: Optional[float] = None  # FCN section 3.4: keep each pixel's loss term with probability p
+    # Semantic models' loss: a name (ce, focal, dice, lovasz) or a weighted sum {name: weight}, e.g. {ce: 1, dice: 1}
+    loss: Union[str, dict] = "ce"
+    focal_gamma: float = 2.0  # the focal loss's exponent (Lin et al. 2017: 2)
     loss_reduction: Literal["mean", "sum"] = "mean"  # "sum": unnormalised loss (FCN PAMI, batch 1)
     bias_lr_mult: float = 1.0  # learning rate multiplier for biases (2 in FCN section 4.3)
     aux_loss_weight: float = 0.5  # for models returning {"out", "aux"} in training (fcn_resnet aux_loss)
@@ -392,6 +398,9 @@ def _number_checks(cfg: Config) -> list[tuple[str, Any, bool, str]]:
          "a list of finite weights >= 0, at least one positive; 'median_frequency'; or null"),
         ("train.loss_sampling_p", t.loss_sampling_p, opt(t.loss_sampling_p, lambda v: 0 < v <= 1),
          "a probability in (0, 1] or null"),
+        ("train.loss", t.loss, loss_terms(t.loss) is not None, f"one of {', '.join(LOSSES)}, or a weighted sum "
+         "{name: weight >= 0} of them, e.g. {ce: 1.0, dice: 1.0}"),
+        ("train.focal_gamma", t.focal_gamma, t.focal_gamma >= 0, "a number >= 0 (0: the cross-entropy)"),
         ("train.bias_lr_mult", t.bias_lr_mult, t.bias_lr_mult > 0, "a positive number"),
         ("train.aux_loss_weight", t.aux_loss_weight, t.aux_loss_weight >= 0, "a number >= 0"),
         ("train.val_every", t.val_every, t.val_every >= 0, "an integer >= 0 (0: once per epoch)"),
@@ -406,6 +415,16 @@ def _number_checks(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("infer.threshold", i.threshold, opt(i.threshold, unit), "a probability in [0, 1] or null"),
         ("infer.score_threshold", i.score_threshold, unit(i.score_threshold), "a score in [0, 1]"),
     ]
+
+
+def loss_terms(loss) -> dict[str, float] | None:
+    """train.loss as {name: weight}, or None when it is not one of LOSSES or a weighted sum of them."""
+    terms = {loss: 1.0} if isinstance(loss, str) else loss
+    if not isinstance(terms, dict) or not terms:
+        return None
+    ok = all(k in LOSSES and isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+             for k, w in terms.items())
+    return {k: float(w) for k, w in terms.items()} if ok and any(w > 0 for w in terms.values()) else None
 
 
 def check_ranges(cfg: Config, source: str = "config", overrides: dict[str, str] | None = None) -> None:

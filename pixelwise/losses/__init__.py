@@ -1,1 +1,1 @@
-from pixelwise.losses.semantic import cross_entropy  # noqa: F401
+from pixelwise.losses.semantic import cross_entropy, dice_loss, lovasz_softmax  # noqa: F401

@@ -42,6 +42,9 @@ class InstanceTask(Task):
             if getattr(self.cfg, key).crf is not None:
                 raise ConfigError(f"{key}.crf refines semantic models' probabilities; Mask R-CNN's masks have none "
                                   "to refine: remove it")
+        if self.cfg.train.loss != "ce":
+            raise ConfigError(f"train.loss={self.cfg.train.loss!r} chooses a semantic model's loss; Mask R-CNN has its "
+                              "own (RPN, box and mask terms, He et al. section 3): remove it")
         if data.mean != defaults.mean or data.std != defaults.std:
             raise ConfigError(f"data.mean / data.std are not used with the instance dataset {data.dataset!r}: Mask "
                               "R-CNN normalises its input inside the model, with ImageNet's mean and std; remove them")

@@ -18,7 +18,8 @@ from pixelwise.engine.precision import channels_last
 from pixelwise.engine.predictor import Predictor, forward_aligned, geometry
 from pixelwise.engine.tasks import Task, register_task
 from pixelwise.errors import ConfigError, DataError
-from pixelwise.losses import cross_entropy
+from pixelwise.config import loss_terms
+from pixelwise.losses.semantic import cross_entropy, dice_loss, lovasz_softmax
 from pixelwise.metrics import (ISBI_METRICS, SEMANTIC_METRICS, ConfusionMatrix, challenge_scores, isbi_scores,
                                mean_isbi_scores)
 from pixelwise.metrics.boundary import TRIMAP_WIDTHS, trimap_counts, trimap_metrics
@@ -115,7 +116,8 @@ class SemanticTask(Task):
         return images, {k: v.to(device, non_blocking=True) for k, v in targets.items()}
 
     def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        """{"ce": ...}, and {"aux": ...} weighted by train.aux_loss_weight for a model with an auxiliary head."""
+        """{term: weight x loss} for each term of train.loss ({"ce": ...} by default), and {"aux": ...} (the same
+        sum on the auxiliary head, weighted by train.aux_loss_weight) for a model with one."""
         images, targets = batch
         if self.cfg.data.augment.crop_size is not None:  # crops carry their context: the output predicts their centre
             logits = model(images)
@@ -124,13 +126,24 @@ class SemanticTask(Task):
             logits = forward_aligned(model, images)
         t = self.cfg.train
 
-        def ce(x: torch.Tensor) -> torch.Tensor:  # in float32 whatever the autocast precision
-            return cross_entropy(x.float(), targets["mask"], weight_map=targets.get("weight"), class_weights=self.class_weights,
-                                 ignore_index=self.ignore_index, sample_p=t.loss_sampling_p, reduction=t.loss_reduction)
+        def terms(x: torch.Tensor) -> dict[str, torch.Tensor]:  # in float32 whatever the autocast precision
+            x, mask, out = x.float(), targets["mask"], {}
+            for name, weight in loss_terms(t.loss).items():
+                if name in ("ce", "focal"):  # per pixel: the weight map, class weights and loss sampling apply
+                    value = cross_entropy(x, mask, weight_map=targets.get("weight"), class_weights=self.class_weights,
+                                          ignore_index=self.ignore_index, sample_p=t.loss_sampling_p,
+                                          reduction=t.loss_reduction, gamma=t.focal_gamma if name == "focal" else 0)
+                elif name == "dice":
+                    value = dice_loss(x, mask, ignore_index=self.ignore_index, class_weights=self.class_weights)
+                else:
+                    value = lovasz_softmax(x, mask, ignore_index=self.ignore_index)
+                out[name] = weight * value
+            return out
 
         if isinstance(logits, dict):
-            return {"ce": ce(logits["out"]), "aux": t.aux_loss_weight * ce(logits["aux"])}
-        return {"ce": ce(logits)}
+            main, aux = terms(logits["out"]), terms(logits["aux"])
+            return {**main, "aux": t.aux_loss_weight * sum(aux.values())}
+        return terms(logits)
 
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
                   refine: bool = True) -> Predictor:
