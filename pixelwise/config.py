@@ -129,6 +129,9 @@ class InferConfig:
     tile: Optional[int] = None
     overlap: int = 0  # overlap between neighbouring tiles, in pixels (Mask R-CNN: more than the largest object)
     tta: bool = False  # average over flips and 90-degree rotations
+    # Semantic models: multi-scale test-time augmentation, e.g. [0.5, 0.75, 1.0, 1.25, 1.5]: the image resized by
+    # each factor, its probabilities brought back to full resolution and averaged. null = the image as it is.
+    scales: Optional[list] = None
     batch_size: int = 4  # tiles (Mask R-CNN: images of one size, or windows) per forward pass
     save_probs: bool = False  # predict: also write probability maps (.npy, float16)
     threshold: Optional[float] = None  # binary models: foreground if p(class 1) >= threshold
@@ -412,6 +415,8 @@ def _number_checks(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("infer.overlap", i.overlap, i.overlap >= 0 and (i.tile is None or i.overlap < i.tile),
          f"an integer in [0, infer.tile={i.tile})" if i.tile else "an integer >= 0"),
         ("infer.batch_size", i.batch_size, i.batch_size >= 1, "an integer >= 1"),
+        ("infer.scales", i.scales, i.scales is None or finite_list(i.scales) and len(i.scales) > 0
+         and all(0 < x <= 8 for x in i.scales), "a non-empty list of resize factors in (0, 8], or null"),
         ("infer.threshold", i.threshold, opt(i.threshold, unit), "a probability in [0, 1] or null"),
         ("infer.score_threshold", i.score_threshold, unit(i.score_threshold), "a score in [0, 1]"),
     ]

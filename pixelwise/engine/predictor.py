@@ -110,7 +110,8 @@ class Predictor:
     `predict_probs` takes an image normalised as in training. Called on an image as users have it
     (a path, a PIL image, a uint8 array (H, W) or (H, W, C)), the predictor reads it with `channels`,
     normalises it with `mean` / `std` (the training transform's own Normalize), and returns the label
-    map (H, W); `threshold` applies to class 1 of a two-class model; `crf` (infer.crf) refines the
+    map (H, W); `scales` averages the probabilities over resized copies of the image (infer.scales);
+    `threshold` applies to class 1 of a two-class model; `crf` (infer.crf) refines the
     probabilities with the fully connected CRF first; `refinement` (a CRF-as-RNN's learned CRF layer, with
     `refine(probs, image)`) does so in its place. `pixelwise.inference.load_predictor`
     sets all of these from what a checkpoint holds.
@@ -134,6 +135,7 @@ class Predictor:
         crf: dict | None = None,
         refinement: nn.Module | None = None,
         class_names=None,
+        scales=None,
     ) -> None:
         if tile is not None and tile <= 0:
             raise ConfigError(f"infer.tile must be a positive number of pixels or null, got {tile}")
@@ -142,6 +144,9 @@ class Predictor:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
+        if scales is not None and (not len(scales) or any(not 0 < float(x) <= 8 for x in scales)):
+            raise ConfigError(f"infer.scales must be a non-empty list of resize factors in (0, 8], got {scales}")
+        self.scales = [float(x) for x in scales] if scales is not None else None
         self.precision, self.channels_last = precision, channels_last
         autocast(self.device, precision, "infer.precision")  # checked now, not at the first image
         if channels_last and isinstance(model, nn.Module):
@@ -248,11 +253,15 @@ class Predictor:
         through the model batch_size at a time, each image's windows as predict_probs would cut them."""
         if images.dim() != 4:
             raise ValueError(f"expected a batch of images (N,C,H,W), got shape {tuple(images.shape)}")
-        self.check_fits(*images.shape[1:], name)
+        c, h, w = images.shape[1:]
+        largest = max(self.scales or [1.0])
+        self.check_fits(c, max(1, round(h * largest)), max(1, round(w * largest)), name)
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._predict(images.to(self.device))
+            if self.scales is None:
+                return self._predict(images.to(self.device))
+            return sum(self._at_scale(images.to(self.device), s) for s in self.scales) / len(self.scales)
         except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain RuntimeError
             if not _out_of_memory(e):
                 raise
@@ -289,6 +298,16 @@ class Predictor:
         th, tw = min(self.tile, H), min(self.tile, W)
         step = self.tile - self.overlap
         return th, tw, [(y, x) for y in tile_positions(H, th, step) for x in tile_positions(W, tw, step)]
+
+    def _at_scale(self, images: torch.Tensor, scale: float) -> torch.Tensor:
+        """Probabilities (N,K,H,W) of the images resized by `scale` (bilinear), brought back to (H, W)
+        (multi-scale test-time augmentation, infer.scales); tiles and flips apply at every scale."""
+        H, W = images.shape[-2:]
+        size = (max(1, round(H * scale)), max(1, round(W * scale)))
+        if size == (H, W):
+            return self._predict(images)
+        probs = self._predict(F.interpolate(images, size=size, mode="bilinear", align_corners=False))
+        return F.interpolate(probs, size=(H, W), mode="bilinear", align_corners=False)
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
         """images (N,C,H,W) -> probabilities (N,K,H,W), averaged where windows overlap."""

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from pixelwise.errors import ConfigError
 from pixelwise.engine.predictor import Predictor, forward_aligned, gather_window, mirror_index, probs_to_labels
 
 
@@ -131,6 +132,28 @@ def test_many_runs_images_of_one_size_together_and_gives_each_its_own_labels(til
     torch.testing.assert_close(first[1], p.predict_probs(p.normalize(p.read(images[1]))), atol=1e-5, rtol=0)
 
 
+def test_multi_scale_averages_the_probabilities_of_resized_copies_at_full_resolution():
+    import torch.nn.functional as F
+
+    from pixelwise import create_model
+
+    model = create_model("unet", base_width=4, depth=2, dropout=0.0).eval()
+    image = torch.randn(1, 45, 70)
+    plain = Predictor(model, device="cpu").predict_probs(image)
+    torch.testing.assert_close(Predictor(model, device="cpu", scales=[1.0]).predict_probs(image), plain)
+    half = Predictor(model, device="cpu").predict_probs(F.interpolate(image[None], size=(22, 35), mode="bilinear")[0])
+    want = (plain + F.interpolate(half[None], size=(45, 70), mode="bilinear")[0]) / 2
+    got = Predictor(model, device="cpu", scales=[0.5, 1.0]).predict_probs(image)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    for p in (Predictor(model, device="cpu", scales=[0.75, 1.25], tile=24, overlap=4, tta=True),
+              Predictor(model, device="cpu", scales=[0.5, 1.5], batch_size=1)):
+        probs = p.predict_probs(image)
+        assert probs.shape == (2, 45, 70)
+        torch.testing.assert_close(probs.sum(0), torch.ones(45, 70))
+    with pytest.raises(ConfigError, match=r"infer.scales .* got \[0.0\]"):
+        Predictor(model, device="cpu", scales=[0.0])
+
+
 def test_bad_arguments():
     model = ValidConvNet()
     with pytest.raises(ValueError, match="infer.overlap"):
@@ -141,3 +164,17 @@ def test_bad_arguments():
         probs_to_labels(torch.rand(3, 4, 4), threshold=0.5)
     labels = probs_to_labels(torch.tensor([[[0.7, 0.2]], [[0.3, 0.8]]]), threshold=0.25)
     assert labels.tolist() == [[1, 1]]
+
+
+def test_infer_scales_is_checked_and_refused_by_mask_rcnn(tmp_path):
+    from helpers.synthetic import instance_config, instance_data, semantic_config
+
+    from pixelwise.config import apply_override, check_ranges
+    from pixelwise.engine.run import build_run
+
+    cfg = semantic_config(tmp_path / "run")
+    apply_override(cfg, "infer.scales=[0.5, -1]")
+    with pytest.raises(ConfigError, match=r"infer.scales=\[0.5, -1\], expected a non-empty list"):
+        check_ranges(cfg)
+    with pytest.raises(ConfigError, match="infer.scales .* is for semantic models"):
+        build_run(instance_config(tmp_path / "mrcnn", "infer.scales=[1.0, 1.5]"), datasets=instance_data())

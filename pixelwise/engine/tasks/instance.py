@@ -42,6 +42,9 @@ class InstanceTask(Task):
             if getattr(self.cfg, key).crf is not None:
                 raise ConfigError(f"{key}.crf refines semantic models' probabilities; Mask R-CNN's masks have none "
                                   "to refine: remove it")
+        if self.cfg.infer.scales is not None:
+            raise ConfigError("infer.scales (multi-scale test-time augmentation) is for semantic models; Mask R-CNN "
+                              "takes each image at its own size (model.args.min_size / max_size): remove it")
         if self.cfg.train.loss != "ce":
             raise ConfigError(f"train.loss={self.cfg.train.loss!r} chooses a semantic model's loss; Mask R-CNN has its "
                               "own (RPN, box and mask terms, He et al. section 3): remove it")

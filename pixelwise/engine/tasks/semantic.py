@@ -147,8 +147,8 @@ class SemanticTask(Task):
 
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
                   refine: bool = True) -> Predictor:
-        """The predictor cfg.infer describes; `tta` overrides infer.tta and refine=False leaves out infer.crf
-        (validation during training skips both). A CRF-as-RNN model's network runs in the predictor's passes and
+        """The predictor cfg.infer describes; `tta` overrides infer.tta (False leaves out infer.scales too) and
+        refine=False leaves out infer.crf (validation during training skips all of them). A CRF-as-RNN model's network runs in the predictor's passes and
         its learned CRF in the output step, refine or not: it is part of the model."""
         from pixelwise.data import dataset_meta
 
@@ -159,7 +159,7 @@ class SemanticTask(Task):
                          batch_size=i.batch_size, precision=precision, channels_last=nhwc,
                          channels=dataset_meta(data)["in_channels"], mean=data.mean, std=data.std,
                          threshold=i.threshold, crf=i.crf if refine else None, refinement=refinement,
-                         class_names=class_names)
+                         class_names=class_names, scales=i.scales if tta is not False else None)
 
     def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
         from pixelwise.data import dataset_meta
