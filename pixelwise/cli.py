@@ -260,6 +260,26 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from pixelwise.data import DataError, list_datasets
+    from pixelwise.data.check import check_split
+    from pixelwise.data.paths import expected_layout
+
+    target = args.target
+    if target in list_datasets() and not Path(target).is_file():
+        cfg = _apply_cli(load_config(None, [f"data.dataset={target}", *args.override]), args)
+    else:
+        cfg = _load(argparse.Namespace(config=target, override=args.override, data_root=args.data_root))
+    try:
+        report = check_split(cfg, args.split)
+    except DataError as e:  # the folder is not what the dataset expects (a missing folder already says the layout)
+        layout = expected_layout(cfg.data.dataset)
+        raise DataError(f"{' '.join(str(e).split())}" + (f". Expected layout inside the dataset folder: {layout}"
+                                                          if layout else "")) from None
+    print("\n".join(report.lines()))
+    return 2 if report.problems else 0
+
+
 def cmd_crf_search(args) -> int:
     import json
 
@@ -599,8 +619,26 @@ def _serve_parser(sub) -> None:
     sp.set_defaults(fn=cmd_serve)
 
 
+def _data_parser(sub) -> None:
+    sp = sub.add_parser("data", help="check a dataset before a long training", description=(
+        "pixelwise data check TARGET: read every sample of a split as training reads it (the same file reading "
+        "and label checks, without random augmentation) and print the sample count, image sizes, channels, the "
+        "class histogram, the samples without labels and every problem found, each naming its file. Exit code 2 "
+        "when there are problems; a folder that does not match the dataset's layout is named with the layout "
+        "expected."))
+    actions = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="read every sample of a split and report what is there and wrong")
+    check.add_argument("target", metavar="DATASET_OR_CONFIG", help=(
+        "a registered dataset name (isbi2012, camvid, voc, coco, folder, ...) or a recipe YAML file / bundled "
+        "recipe name (its data.* settings)"))
+    check.add_argument("--split", default="train", metavar="SPLIT", help=(
+        "train or val (the recipe's or the dataset's default splits), or any split of the dataset (default train)"))
+    _common(check)
+    check.set_defaults(fn=cmd_data_check)
+
+
 _COMMAND_PARSERS = (_train_parser, _eval_parser, _predict_parser, _export_parser, _serve_parser, _crf_search_parser,
-                    _report_parser, _reproduce_parser, _models_parser, _recipes_parser, _demo_parser)
+                    _report_parser, _reproduce_parser, _data_parser, _models_parser, _recipes_parser, _demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pixelwise.errors import DatasetNotFoundError
 
-__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "sample_dir", "DEFAULT_ROOT", "ENV_VAR", "SAMPLES"]
+__all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "sample_dir", "expected_layout", "DEFAULT_ROOT",
+           "ENV_VAR", "SAMPLES"]
 
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
@@ -54,6 +55,12 @@ _LAYOUTS["isbi_instances"] = _LAYOUTS["isbi_instances_by_size"] = (
     " the instance datasets)",
     _ISBI_SOURCE,
 )
+
+
+def expected_layout(dataset: str) -> str | None:
+    """The files a dataset expects inside its folder, in words (None for a dataset that does not say)."""
+    key = dataset if dataset in _LAYOUTS else _FOLDERS.get(dataset, dataset)
+    return _LAYOUTS[key][0] if key in _LAYOUTS else None
 
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
