@@ -65,7 +65,8 @@ class DataConfig:
     # voc only: an SBD folder with SegmentationClassAug/<id>.png (and train_aug.txt) added to the train split
     sbd_root: Optional[str] = None
     num_classes: Optional[int] = None  # folder dataset only; the others know their classes
-    skip_invalid: bool = False  # coco only: drop degenerate annotations (with a warning that counts them)
+    skip_invalid: bool = False  # coco and the annotation-tool formats: drop degenerate objects (with a warning)
+    classes: Optional[list] = None  # labelme, yolo, cvat (and _instances): the class list; default: the files'
     # camvid, voc, folder: stored mask value -> class, applied when masks are read; e.g. {255: 1} for binary
     # masks saved as 0/255 (255 is the default ignore_index, so without the map every foreground pixel is void)
     label_map: Optional[dict] = None

@@ -117,6 +117,8 @@ class CocoInstances(torch.utils.data.Dataset):
             them) instead of raising DataError.
         boxes_from_masks: boxes tight around the decoded masks (x2, y2 one past the last pixel, as
             pycocotools' toBbox); a mask without pixels keeps its annotation's box.
+        data: the instances JSON's content, when it comes from elsewhere (pixelwise.data.annotations converts
+            annotation-tool files); annotation_file then only names the source in messages.
     """
 
     in_channels = 3
@@ -131,14 +133,15 @@ class CocoInstances(torch.utils.data.Dataset):
         drop_crowd: bool = False,
         skip_invalid: bool = False,
         boxes_from_masks: bool = False,
+        data: dict | None = None,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
-        if not self.annotation_file.is_file():
+        if data is None and not self.annotation_file.is_file():
             raise DataError(f"COCO annotation file {str(self.annotation_file)!r} does not exist")
         if not self.image_dir.is_dir():
             raise DataError(f"COCO image folder {str(self.image_dir)!r} does not exist")
-        data = self._read_json()
+        data = self._read_json() if data is None else data
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids: dict[int, int] = {k: c["id"] for k, c in enumerate(categories, start=1)}
         self.class_names: list[str] = ["__background__"] + [c["name"] for c in categories]

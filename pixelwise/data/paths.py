@@ -12,7 +12,8 @@ __all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "sample_dir", 
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
 # Folder under the data root when data.path is not set (default: the dataset's name).
-_FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012"}
+_FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012", "labelme_instances": "labelme",
+            "yolo_instances": "yolo", "cvat_instances": "cvat"}
 # Where an official archive unpacks under the data root, tried when that folder does not exist and data.path is not set.
 _UNPACKED = {"voc": "VOCdevkit/VOC2012"}
 
@@ -47,6 +48,20 @@ _LAYOUTS = {
     "folder": (
         "<split>/images/*.png|jpg|jpeg|tif and <split>/masks/<same name>.png (8-bit class-index PNGs)",
         "your own data",
+    ),
+    "labelme": (
+        "<split>/*.json (LabelMe files: polygons, rectangles, circles), each beside the image its imagePath names",
+        "your LabelMe project (https://github.com/wkentaro/labelme)",
+    ),
+    "yolo": (
+        "images/<split>/*.jpg|png and labels/<split>/<same stem>.txt (YOLO segmentation: 'class x1 y1 x2 y2 ...' "
+        "normalised to [0, 1], or boxes 'class xc yc w h'), and data.yaml (names) or classes.txt",
+        "your YOLO (Ultralytics) segmentation dataset export",
+    ),
+    "cvat": (
+        "<split>/annotations.xml (the 'CVAT for images 1.1' export: polygons, boxes, masks) and <split>/images/, or "
+        "a split 'FILE.xml:IMAGE_FOLDER'",
+        "your CVAT task's export (Export dataset, format 'CVAT for images 1.1')",
     ),
 }
 # ISBIInstances reads slice files (pixelwise/data/isbi_instances.py): the PNG layout only, not the TIFF volumes.
