@@ -109,3 +109,22 @@ def test_fast_path_benchmark_variants_override_the_recipes_own_precision(monkeyp
         for name, overrides in VARIANTS.items():
             t = _cfg(recipe, Path("unused"), overrides).train
             assert (t.precision, t.channels_last) == want[name], (recipe, name)
+
+
+def test_every_bundled_recipe_loads_and_agrees_with_its_dataset():
+    """Registry-wide: each recipe's keys and values are valid, its model is registered, and the model's
+    classes are the dataset's (checked without reading any dataset file)."""
+    from pixelwise.config import bundled_recipes
+    from pixelwise.data import dataset_meta
+    from pixelwise.engine.tasks import build_task
+    from pixelwise.registry import list_models
+
+    recipes = bundled_recipes()
+    assert {"mask_rcnn_r50_fpn_cityscapes", "unet_phc_u373", "unet_dic_hela"} <= {p.stem for p in recipes}
+    for path in recipes:
+        cfg = load_config(path)
+        assert cfg.model.name in list_models(), path
+        meta = dataset_meta(cfg.data)
+        if meta["num_classes"] is not None:
+            assert meta["num_classes"] == cfg.model.num_classes, path
+        build_task(cfg).check_config(meta)

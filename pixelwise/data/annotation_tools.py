@@ -40,6 +40,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
+from pixelwise.data.base import refuse_weight_map
 from pixelwise.data.coco import CocoInstances, _polygon_area, _to_rle
 from pixelwise.data.folder import default_palette
 from pixelwise.data.io import DataError, read_image
@@ -412,6 +413,7 @@ def _instance_meta(data_cfg) -> dict:
 def _register(fmt: str, splits: tuple[str, str]) -> None:
     @register_dataset(fmt, task="semantic", splits=splits, meta=_meta, reads=("classes", "skip_invalid"))
     def build_semantic(data_cfg, role: str, spec: str) -> AnnotatedSemantic:
+        refuse_weight_map(data_cfg, "does not make weight maps yet (its objects overlap, painted in order)")
         records, classes, _ = _records(data_cfg, fmt, spec)
         return AnnotatedSemantic(records, classes, in_channels=len(data_cfg.mean))
 

@@ -9,7 +9,7 @@ from pixelwise.data.io import read_image, read_mask
 from pixelwise.errors import ConfigError
 from pixelwise.ops.weight_map import unet_weight_map
 
-__all__ = ["ImageMaskDataset", "configure"]
+__all__ = ["ImageMaskDataset", "configure", "refuse_weight_map"]
 
 
 class ImageMaskDataset(torch.utils.data.Dataset):
@@ -24,6 +24,7 @@ class ImageMaskDataset(torch.utils.data.Dataset):
     """
 
     palette = None
+    grey_to_rgb = False  # a dataset with a few grey images among colour ones (ADE20K) repeats them to RGB
     label_map: dict | None = None
     weight_map: tuple[float, float, bool] | None = None
 
@@ -47,7 +48,7 @@ class ImageMaskDataset(torch.utils.data.Dataset):
         return cache[i].clone()
 
     def __getitem__(self, i: int):
-        image = read_image(self.image_paths[i], channels=self.in_channels)
+        image = read_image(self.image_paths[i], channels=self.in_channels, grey_to_rgb=self.grey_to_rgb)
         mask = self.read_mask(i, size=tuple(image.shape[-2:]))
         target = {"mask": tv_tensors.Mask(mask)}
         if self.weight_map is not None:
@@ -56,6 +57,13 @@ class ImageMaskDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def refuse_weight_map(data_cfg, why: str) -> None:
+    """data.weight_map on a dataset that cannot make one: refused, not silently left out."""
+    if data_cfg.weight_map:
+        raise ConfigError(f"data.weight_map=true: {data_cfg.dataset!r} {why}; the weight map (U-Net section 3) needs "
+                          "a two-class dataset with separable objects (isbi2012, folder, phc-c2dh-u373, dic-c2dh-hela)")
 
 
 def configure(dataset: ImageMaskDataset, data_cfg, role: str) -> ImageMaskDataset:

@@ -13,9 +13,10 @@ ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
 # Folder under the data root when data.path is not set (default: the dataset's name).
 _FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012", "labelme_instances": "labelme",
-            "yolo_instances": "yolo", "cvat_instances": "cvat"}
+            "yolo_instances": "yolo", "cvat_instances": "cvat", "cityscapes_instances": "cityscapes",
+            "phc-c2dh-u373": "PhC-C2DH-U373", "dic-c2dh-hela": "DIC-C2DH-HeLa"}
 # Where an official archive unpacks under the data root, tried when that folder does not exist and data.path is not set.
-_UNPACKED = {"voc": "VOCdevkit/VOC2012"}
+_UNPACKED = {"voc": "VOCdevkit/VOC2012", "ade20k": "ADEChallengeData2016"}
 
 _ISBI_PNGS = ("train/image/00.png .. 29.png (8-bit grayscale), train/label/00.png .. 29.png (0 = membrane, 255 = cell"
               " interior), optionally test/image/*.png")
@@ -48,6 +49,24 @@ _LAYOUTS = {
     "folder": (
         "<split>/images/*.png|jpg|jpeg|tif and <split>/masks/<same name>.png (8-bit class-index PNGs)",
         "your own data",
+    ),
+    "cityscapes": (
+        "leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine/<split>/<city>/*_gtFine_labelIds.png and "
+        "*_gtFine_instanceIds.png (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip unpacked here)",
+        "https://www.cityscapes-dataset.com/downloads/ (registration needed)",
+    ),
+    "ade20k": (
+        "images/{training,validation}/ADE_*.jpg and annotations/{training,validation}/ADE_*.png (8-bit, 0 = other), "
+        "as ADEChallengeData2016.zip unpacks (its ADEChallengeData2016/ folder is found as it comes)",
+        "the MIT Scene Parsing benchmark, http://sceneparsing.csail.mit.edu/ (ADEChallengeData2016.zip)",
+    ),
+    "PhC-C2DH-U373": (
+        "01/tNNN.tif, 02/tNNN.tif and 01_GT/SEG/man_segNNN.tif, 02_GT/SEG/man_segNNN.tif (16-bit cell ids)",
+        "the Cell Tracking Challenge, https://celltrackingchallenge.net/2d-datasets/ (training data)",
+    ),
+    "DIC-C2DH-HeLa": (
+        "01/tNNN.tif, 02/tNNN.tif and 01_GT/SEG/man_segNNN.tif, 02_GT/SEG/man_segNNN.tif (16-bit cell ids)",
+        "the Cell Tracking Challenge, https://celltrackingchallenge.net/2d-datasets/ (training data)",
     ),
     "labelme": (
         "<split>/*.json (LabelMe files: polygons, rectangles, circles), each beside the image its imagePath names",

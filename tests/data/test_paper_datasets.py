@@ -1,0 +1,117 @@
+"""Cityscapes, ADE20K and the cell tracking challenge's U-Net data sets, each read from tiny files written here
+in its official layout and encoding: classes, ignore values, splits and the mistakes users make."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelwise.config import Config, apply_override
+from pixelwise.config import ConfigError
+from pixelwise.data import DataError, build_dataset, dataset_meta
+
+
+def _cfg(root, dataset, *overrides):
+    cfg = Config()
+    for o in (f"data.dataset={dataset}", f"data.root={root}", *overrides):
+        apply_override(cfg, o)
+    return cfg
+
+
+def _save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def cityscapes(tmp_path):
+    stem = "aachen_000000_000019"
+    root = tmp_path / "cityscapes"
+    _save(root / "leftImg8bit" / "train" / "aachen" / f"{stem}_leftImg8bit.png", np.zeros((16, 32, 3), np.uint8))
+    ids = np.full((16, 32), 7, np.uint8)  # road
+    ids[0:4] = 0  # unlabeled
+    ids[4:8, 0:8] = 26  # cars
+    ids[4:8, 8:16] = 26
+    ids[8:12, 0:4] = 24  # a person group (annotated together)
+    ids[12:16, 30:32] = 5  # dynamic: not evaluated
+    _save(root / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_labelIds.png", ids)
+    inst = ids.astype(np.uint16)
+    inst[4:8, 0:8], inst[4:8, 8:16] = 26000, 26001
+    _save(root / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_instanceIds.png", inst)
+    return tmp_path
+
+
+def test_cityscapes_semantic_maps_label_ids_to_the_19_train_ids(cityscapes):
+    cfg = _cfg(cityscapes, "cityscapes", "data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]")
+    ds = build_dataset(cfg.data, "train")
+    mask = ds[0][1]["mask"].numpy()
+    assert dataset_meta(cfg.data)["num_classes"] == 19 and ds.class_names[13] == "car"
+    assert mask[14, 10] == 0 and mask[5, 3] == 13 and mask[9, 1] == 11  # road, car, person
+    assert mask[1, 1] == 255 and mask[13, 31] == 255  # unlabeled and dynamic are ignored
+    with pytest.raises(ConfigError, match="data.weight_map=true: 'cityscapes' has 19 classes"):
+        build_dataset(_cfg(cityscapes, "cityscapes", "data.weight_map=true").data, "train")
+
+
+def test_cityscapes_instances_are_the_8_classes_objects_without_groups(cityscapes):
+    ds = build_dataset(_cfg(cityscapes, "cityscapes_instances").data, "train")
+    _, target = ds[0]
+    assert ds.class_names[3] == "car" and ds.category_ids[3] == 26
+    assert target["labels"].tolist() == [3, 3]  # two cars; the person group is left out
+    assert target["boxes"].tolist() == [[0.0, 4.0, 8.0, 8.0], [8.0, 4.0, 16.0, 8.0]]
+    assert target["masks"].sum((1, 2)).tolist() == [32, 32]
+
+
+def test_cityscapes_names_a_missing_annotation(cityscapes):
+    extra = cityscapes / "cityscapes" / "leftImg8bit" / "train" / "bonn" / "bonn_000000_000019_leftImg8bit.png"
+    _save(extra, np.zeros((16, 32, 3), np.uint8))
+    with pytest.raises(DataError, match="bonn_000000_000019_leftImg8bit.png' has no annotation; expected .*"
+                                        "bonn_000000_000019_gtFine_labelIds.png"):
+        build_dataset(_cfg(cityscapes, "cityscapes").data, "train")
+
+
+def test_ade20k_ignores_other_and_numbers_the_150_classes_from_0(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"  # the zip unpacked under the data root, as it comes
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(_mkdir(root / "images" / "training") / "ADE_train_00000001.jpg")
+    annotation = np.zeros((8, 8), np.uint8)
+    annotation[:, 4:] = 1  # wall
+    annotation[4:, 4:] = 150  # flag
+    _save(root / "annotations" / "training" / "ADE_train_00000001.png", annotation)
+    cfg = _cfg(tmp_path, "ade20k", "data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]")
+    ds = build_dataset(cfg.data, "training")
+    image, target = ds[0]
+    assert image.shape == (3, 8, 8)  # a grey JPEG among colour ones is repeated to RGB
+    mask = target["mask"].numpy()
+    assert mask[0, 0] == 255 and mask[0, 5] == 0 and mask[5, 5] == 149
+    assert ds.class_names[0] == "wall" and ds.class_names[149] == "flag" and len(ds.class_names) == 150
+    annotation[0, 0] = 151
+    _save(root / "annotations" / "training" / "ADE_train_00000001.png", annotation)
+    with pytest.raises(DataError, match="ADE_train_00000001.png.*151"):
+        build_dataset(cfg.data, "training")[0]
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_cell_tracking_separates_touching_cells_and_weights_their_border(tmp_path):
+    root = tmp_path / "PhC-C2DH-U373"
+    frame = np.zeros((32, 32), np.uint16)
+    frame[8:24, 4:28] = 4000
+    frame[0, 0] = 1000
+    _save(root / "01" / "t000.tif", frame)
+    _save(root / "01" / "t001.tif", frame)  # not annotated: not a sample
+    seg = np.zeros((32, 32), np.uint16)
+    seg[8:24, 4:16], seg[8:24, 16:28] = 1, 2  # two cells touching along column 15 / 16
+    _save(root / "01_GT" / "SEG" / "man_seg000.tif", seg)
+    cfg = _cfg(tmp_path, "phc-c2dh-u373", "data.weight_map=true")
+    ds = build_dataset(cfg.data, "train")
+    assert len(ds) == 1 and ds.class_names == ["background", "cell"]
+    image, target = ds[0]
+    assert image.shape == (1, 32, 32) and float(image.min()) == 0.0 and float(image.max()) == 1.0
+    mask, weight = target["mask"].numpy(), target["weight"].numpy()
+    assert mask[16, 10] == 1 and mask[16, 20] == 1
+    assert mask[16, 15] == 0 and mask[16, 16] == 0  # the cells are kept apart by background
+    assert weight[16, 15] > 5 * weight[2, 2]  # the border between them weighs most (w0 = 10)
+    with pytest.raises(DataError, match=r"split '03'.*|03' is not a folder"):
+        build_dataset(cfg.data, "03")
