@@ -14,9 +14,9 @@ DEFAULT_ROOT = "~/.cache/pixelwise/data"
 # Folder under the data root when data.path is not set (default: the dataset's name).
 _FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012", "labelme_instances": "labelme",
             "yolo_instances": "yolo", "cvat_instances": "cvat", "cityscapes_instances": "cityscapes",
-            "phc-c2dh-u373": "PhC-C2DH-U373", "dic-c2dh-hela": "DIC-C2DH-HeLa"}
+            "phc-c2dh-u373": "PhC-C2DH-U373", "dic-c2dh-hela": "DIC-C2DH-HeLa", "sbd_instances": "sbd"}
 # Where an official archive unpacks under the data root, tried when that folder does not exist and data.path is not set.
-_UNPACKED = {"voc": "VOCdevkit/VOC2012", "ade20k": "ADEChallengeData2016"}
+_UNPACKED = {"voc": "VOCdevkit/VOC2012", "ade20k": "ADEChallengeData2016", "sbd": "benchmark_RELEASE/dataset"}
 
 _ISBI_PNGS = ("train/image/00.png .. 29.png (8-bit grayscale), train/label/00.png .. 29.png (0 = membrane, 255 = cell"
               " interior), optionally test/image/*.png")
@@ -54,6 +54,11 @@ _LAYOUTS = {
         "leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine/<split>/<city>/*_gtFine_labelIds.png and "
         "*_gtFine_instanceIds.png (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip unpacked here)",
         "https://www.cityscapes-dataset.com/downloads/ (registration needed)",
+    ),
+    "sbd": (
+        "img/<id>.jpg, cls/<id>.mat (GTcls.Segmentation), inst/<id>.mat (GTinst), train.txt and val.txt, as "
+        "benchmark.tgz unpacks (its benchmark_RELEASE/dataset/ folder is found as it comes)",
+        "SBD, http://home.bharathh.info/pubs/codes/SBD/download.html (benchmark.tgz)",
     ),
     "ade20k": (
         "images/{training,validation}/ADE_*.jpg and annotations/{training,validation}/ADE_*.png (8-bit, 0 = other), "

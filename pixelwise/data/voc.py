@@ -8,7 +8,8 @@ VOCtrainval_11-May-2012.tar unpacks, is read there):
   ImageSets/Segmentation/<split>.txt   one id per line (train, val, trainval)
 
 SBD extra labels (Hariharan et al. 2011; FCN section 4 trains on SBD's 8498 train images): `sbd_root`
-is a folder holding
+is SBD's own release (cls/<id>.mat, GTcls.Segmentation, and its train.txt / val.txt, or the
+benchmark_RELEASE/dataset/ folder benchmark.tgz unpacks to), or a folder holding
   SegmentationClassAug/<id>.png     8-bit class-index PNGs (mode L or P), the usual conversion of SBD's
                                     cls/<id>.mat (GTcls.Segmentation), as distributed with DeepLab
   <split>.txt                       optional lists, e.g. train_aug.txt (10582 ids: VOC train + SBD
@@ -34,12 +35,6 @@ from pixelwise.data.registry import class_meta, register_dataset
 from pixelwise.data.io import DataError
 
 __all__ = ["VOCSegmentation"]
-
-_CONVERT_SBD = (
-    "convert them to PNGs first, for example: from scipy.io import loadmat; from PIL import Image;"
-    " Image.fromarray(loadmat(f'cls/{id}.mat')['GTcls']['Segmentation'][0][0])"
-    ".save(f'SegmentationClassAug/{id}.png')"
-)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -93,20 +88,21 @@ class VOCSegmentation(ImageMaskDataset):
                 f"VOCSegmentation: {str(image_dir)!r} is not a folder; expected JPEGImages/, SegmentationClass/"
                 f" and ImageSets/Segmentation/ under {str(self.root_dir)!r} (the VOC2012 folder of VOCdevkit)"
             )
-        aug_dir = None
+        aug_dir, suffix = None, ".png"
         list_dirs = [list_dir]
         if self.sbd_root is not None:
-            aug_dir = self.sbd_root / "SegmentationClassAug"
+            from pixelwise.data.sbd import _root
+
+            aug_dir, lists_at = self.sbd_root / "SegmentationClassAug", self.sbd_root
+            if not aug_dir.is_dir() and (_root(self.sbd_root) / "cls").is_dir():  # SBD's own release: .mat files
+                lists_at = _root(self.sbd_root)
+                aug_dir, suffix = lists_at / "cls", ".mat"
             if not aug_dir.is_dir():
-                hint = (
-                    f"; it has cls/ with SBD's .mat labels, which are not read: {_CONVERT_SBD}"
-                    if (self.sbd_root / "cls").is_dir() else ""
-                )
                 raise DataError(
-                    f"VOCSegmentation: sbd_root {str(self.sbd_root)!r} has no SegmentationClassAug/ folder;"
-                    f" expected SegmentationClassAug/<id>.png class-index masks{hint}"
+                    f"VOCSegmentation: sbd_root {str(self.sbd_root)!r} has neither SegmentationClassAug/ (class-index "
+                    "PNGs) nor SBD's cls/ (its .mat files, or benchmark_RELEASE/dataset/cls/ as benchmark.tgz unpacks)"
                 )
-            list_dirs.insert(0, self.sbd_root)
+            list_dirs.insert(0, lists_at)
 
         lists = [d / f"{split}.txt" for d in list_dirs]
         found = next((p for p in lists if p.is_file()), None)
@@ -115,7 +111,7 @@ class VOCSegmentation(ImageMaskDataset):
         elif split == "all":
             stems = {p.stem for p in mask_dir.glob("*.png")}
             if aug_dir is not None:
-                stems |= {p.stem for p in aug_dir.glob("*.png")}
+                stems |= {p.stem for p in aug_dir.glob(f"*{suffix}")}
             ids = sorted(stems)
             if not ids:
                 raise DataError(f"VOCSegmentation: split 'all' but no PNG masks in {str(mask_dir)!r}")
@@ -131,7 +127,7 @@ class VOCSegmentation(ImageMaskDataset):
         for i in ids:
             mask = mask_dir / f"{i}.png"
             if aug_dir is not None and not mask.is_file():
-                mask = aug_dir / f"{i}.png"
+                mask = aug_dir / f"{i}{suffix}"
             mask_paths.append(mask)
         where = f" in {str(found)!r}" if found is not None else ""
         for what, paths in (("image", image_paths), ("mask", mask_paths)):
@@ -147,6 +143,18 @@ class VOCSegmentation(ImageMaskDataset):
         self.image_paths = image_paths
         self.mask_paths = mask_paths
         self.transforms = transforms
+
+    def read_mask(self, i: int, size: tuple[int, int] | None = None):
+        if self.mask_paths[i].suffix == ".mat":  # SBD's GTcls, read from its own release
+            import torch
+
+            from pixelwise.data.sbd import read_sbd
+
+            mask = torch.from_numpy(read_sbd(self.mask_paths[i], "GTcls", size=size)[0])
+            if self.label_map:
+                mask = mask.apply_(lambda v: self.label_map.get(v, v))
+            return mask
+        return super().read_mask(i, size)
 
     def __repr__(self) -> str:
         sbd = f", sbd_root={str(self.sbd_root)!r}" if self.sbd_root is not None else ""

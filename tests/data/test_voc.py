@@ -148,6 +148,6 @@ def test_voc_sbd_extra_labels(voc_dir, tmp_path):
     assert train.sbd_root == tmp_path / "sbd" and len(train) == 2
     assert val.sbd_root is None and val.names == ["2011_000006"]  # SBD augments training only
 
-    (tmp_path / "mat" / "cls").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"no SegmentationClassAug.*cls/.*convert them to PNGs"):
-        VOCSegmentation(root, split="train", sbd_root=tmp_path / "mat")
+    (tmp_path / "neither").mkdir()
+    with pytest.raises(DataError, match=r"has neither SegmentationClassAug/ .* nor SBD's cls/"):
+        VOCSegmentation(root, split="train", sbd_root=tmp_path / "neither")
