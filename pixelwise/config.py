@@ -50,6 +50,9 @@ class AugmentConfig:
     elastic_sigma: float = 10.0  # standard deviation of the grid displacements, in pixels
     brightness: float = 0.0  # random intensity scale in [1-b, 1+b]
     contrast: float = 0.0
+    scale: Optional[list] = None  # [low, high]: image and masks resized by a random factor (before the crop)
+    saturation: float = 0.0  # colour jitter (torchvision's ColorJitter): saturation factor in [1-s, 1+s]
+    hue: float = 0.0  # hue shift in [-h, h], h <= 0.5
 
 
 @dataclass
@@ -412,6 +415,10 @@ def _number_checks(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("train.log_every", t.log_every, t.log_every >= 1, "an integer >= 1"),
         ("train.patience", t.patience, opt(t.patience, pos), "an integer >= 1 or null"),
         ("train.threads", t.threads, opt(t.threads, pos), "an integer >= 1 or null"),
+        ("data.augment.scale", a.scale, a.scale is None or finite_list(a.scale) and len(a.scale) == 2
+         and 0 < a.scale[0] <= a.scale[1] <= 8, "[low, high] resize factors with 0 < low <= high <= 8, or null"),
+        ("data.augment.saturation", a.saturation, 0 <= a.saturation <= 1, "a number in [0, 1]"),
+        ("data.augment.hue", a.hue, 0 <= a.hue <= 0.5, "a number in [0, 0.5]"),
         ("infer.tile", i.tile, opt(i.tile, pos), "a positive number of pixels or null (whole images)"),
         ("infer.overlap", i.overlap, i.overlap >= 0 and (i.tile is None or i.overlap < i.tile),
          f"an integer in [0, infer.tile={i.tile})" if i.tile else "an integer >= 0"),

@@ -23,6 +23,7 @@ __all__ = [
     "RandomRot90",
     "RandomIntensity",
     "RandomCrop",
+    "RandomScale",
     "MirrorPad",
     "Normalize",
     "build_transforms",
@@ -155,6 +156,30 @@ def _reflect_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) 
     return x.reshape(*shape[:-2], *x.shape[-2:])
 
 
+class RandomScale(v2.Transform):
+    """Resize image and masks together by a factor drawn uniformly from [low, high] (the random scale of DeepLab
+    and most street-scene recipes; with a crop after it, objects are seen at several sizes). The image is
+    resized bilinearly (antialiased when shrinking), every Mask by nearest neighbour (labels stay labels).
+    image: (..., H, W) -> (..., round(s H), round(s W))
+    """
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        if not 0 < low <= high:
+            raise ValueError(f"RandomScale: [{low}, {high}], expected 0 < low <= high")
+        self.low, self.high = float(low), float(high)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        s = self.low + (self.high - self.low) * float(torch.rand(()))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)) and not is_pure_tensor(inpt):
+            raise _refuse(self, inpt)
+        return v2.functional.resize(inpt, params["size"], antialias=True)  # a Mask is resized by nearest
+
+
 class RandomCrop(v2.Transform):
     """Random square crop of side `size` taken jointly from the image and masks.
 
@@ -245,8 +270,8 @@ def build_transforms(
 ) -> Callable:
     """The sample pipeline `(image, target) -> (image, target)` for training or evaluation.
 
-    Training: flips, rot90, elastic deformation, random crop, intensity jitter (each as enabled in
-    `data_cfg.augment`), then normalisation by `data_cfg.mean/std`. Evaluation: normalisation only.
+    Training: flips, rot90, elastic deformation, random scale, random crop, intensity and colour jitter (each
+    as enabled in `data_cfg.augment`), then normalisation by `data_cfg.mean/std`. Evaluation: normalisation only.
     Targets with or without a "weight" map are accepted. The engine passes `crop_size` (the model's
     input side for data.augment.crop_size) and `context` (the margin a valid-convolution model loses
     on each side): the image is then mirror-extended by `context` before the crop.
@@ -263,6 +288,8 @@ def build_transforms(
             steps.append(RandomRot90())
         if aug.elastic:
             steps.append(ElasticDeformation(grid=aug.elastic_grid, sigma=aug.elastic_sigma))
+        if aug.scale is not None:
+            steps.append(RandomScale(*aug.scale))
         # Deform before cropping so that the crop border sees real context, not reflections.
         if context:
             steps.append(MirrorPad(context))
@@ -270,6 +297,11 @@ def build_transforms(
             steps.append(RandomCrop(crop_size, ignore_index=ignore_index))
         if aug.brightness or aug.contrast:
             steps.append(RandomIntensity(brightness=aug.brightness, contrast=aug.contrast))
+        if aug.saturation or aug.hue:  # colour only: the image's channels, never the masks
+            if len(data_cfg.mean) != 3:
+                raise ConfigError(f"data.augment.saturation / hue change colours: they need RGB images (3 values "
+                                  f"in data.mean), got data.mean={data_cfg.mean}")
+            steps.append(v2.ColorJitter(saturation=aug.saturation or None, hue=aug.hue or None))
     steps.append(Normalize(data_cfg.mean, data_cfg.std))
     return v2.Compose(steps)
 
@@ -278,7 +310,8 @@ def instance_transforms(data_cfg: DataConfig, *, train: bool) -> Callable:
     """Flips that move boxes and masks with the image (Detectron trains Mask R-CNN with horizontal flips
     only). No normalisation: Mask R-CNN normalises and resizes inside the model."""
     aug = data_cfg.augment
-    unsupported = [k for k in ("crop_size", "rot90", "elastic", "brightness", "contrast") if getattr(aug, k)]
+    unsupported = [k for k in ("crop_size", "rot90", "elastic", "brightness", "contrast", "scale", "saturation", "hue")
+                   if getattr(aug, k)]
     if unsupported:
         raise ConfigError(f"data.augment.{unsupported[0]}={getattr(aug, unsupported[0])!r} is not supported for the "
                          f"instance dataset {data_cfg.dataset!r}; it offers data.augment.hflip and vflip")

@@ -252,3 +252,44 @@ def test_mirror_pad_extends_image_and_masks_by_reflection():
     np.testing.assert_array_equal(out_image[0].numpy(), expected)
     np.testing.assert_array_equal(out_target["mask"].numpy(), expected)
     assert isinstance(out_target["mask"], tv_tensors.Mask)
+
+
+def test_random_scale_resizes_image_and_masks_together_and_keeps_labels():
+    from pixelwise.data.transforms import RandomScale
+
+    torch.manual_seed(0)
+    mask = torch.zeros(40, 60, dtype=torch.int64)
+    mask[10:30, 20:40] = 3
+    image = mask.float()[None].repeat(3, 1, 1) / 3
+    sizes = set()
+    for _ in range(20):
+        out_image, out = RandomScale(0.5, 2.0)(tv_tensors.Image(image), {"mask": tv_tensors.Mask(mask)})
+        h, w = out["mask"].shape
+        sizes.add(h)
+        assert out_image.shape[-2:] == (h, w) and 20 <= h <= 80 and abs(w / h - 1.5) < 0.1
+        assert set(out["mask"].unique().tolist()) <= {0, 3}  # nearest: no label between labels
+        inside = out["mask"] == 3
+        assert out_image[0][inside].mean() > 0.9 and out_image[0][~inside].mean() < 0.1  # they stay aligned
+    assert len(sizes) > 5
+    with pytest.raises(ValueError, match=r"RandomScale: \[2.0, 1.0\]"):
+        RandomScale(2.0, 1.0)
+
+
+def test_scale_crop_and_colour_jitter_in_the_training_pipeline():
+    from pixelwise.config import ConfigError, check_ranges, Config
+
+    cfg = DataConfig(mean=[0.5] * 3, std=[0.25] * 3, augment=AugmentConfig(crop_size=32, scale=[0.5, 1.5],
+                                                                           saturation=0.3, hue=0.05))
+    pipeline = build_transforms(cfg, train=True, ignore_index=255)
+    torch.manual_seed(1)
+    mask = torch.randint(0, 4, (48, 64))
+    image, target = pipeline(tv_tensors.Image(torch.rand(3, 48, 64)), {"mask": tv_tensors.Mask(mask)})
+    assert image.shape == (3, 32, 32) and target["mask"].shape == (32, 32)
+    assert set(target["mask"].unique().tolist()) <= {0, 1, 2, 3, 255}  # 255: padding when scaled below the crop
+    grey = DataConfig(mean=[0.5], std=[0.25], augment=AugmentConfig(saturation=0.3))
+    with pytest.raises(ConfigError, match="saturation / hue change colours: they need RGB"):
+        build_transforms(grey, train=True, ignore_index=255)
+    bad = Config()
+    bad.data.augment.scale = [1.5, 0.5]
+    with pytest.raises(ConfigError, match=r"data.augment.scale=\[1.5, 0.5\], expected \[low, high\]"):
+        check_ranges(bad)
