@@ -86,10 +86,10 @@ def section(record: dict) -> str:
 
 
 def main() -> None:
-    from pixelwise.reproduce import EXPERIMENTS, SEEDS, reproduce
+    from pixelwise.reproduce import EXPERIMENTS, SEEDS, default_names, reproduce
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("names", nargs="*", default=list(EXPERIMENTS), help="experiments (default: all)")
+    p.add_argument("names", nargs="*", default=default_names(), help="experiments (default: the papers' claims)")
     p.add_argument("--out", help="folder for the runs, outside the repository (needed unless --table-only)")
     p.add_argument("--data-root", default=None, help="datasets folder (default: PIXELWISE_DATA)")
     p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per run (default {SEEDS})")

@@ -543,7 +543,9 @@ def _reproduce_parser(sub) -> None:
         "--all runs every one and writes OUT/index.html, one page with every claim and its verdict."))
     sp.add_argument("name", nargs="?", metavar="NAME", help="experiment (see --list)")
     sp.add_argument("--list", action="store_true", help="list the experiments with their runs and default budgets")
-    sp.add_argument("--all", action="store_true", help="every experiment, then OUT/index.html: all claims on one page")
+    sp.add_argument("--all", action="store_true", help=(
+        "every experiment of the papers' claims (not our own questions, which run by name), then OUT/index.html: all "
+        "claims on one page"))
     sp.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per run (default: the "
                                                                     "experiment's; staged stages get their share)")
     sp.add_argument("--seeds", type=int, metavar="N",
