@@ -73,7 +73,8 @@ def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overr
         model = _fold_batchnorm(model, run.task)
     names = ckpt.get("class_names") or run.meta["class_names"]
     predictor = run.task.predictor(model, device, tta=tta, class_names=names)
-    return Inference(cfg, run.task, model, run.meta, device, ckpt, predictor)
+    meta = run.meta if run.meta["class_names"] else {**run.meta, "class_names": names}  # classes known from files
+    return Inference(cfg, run.task, model, meta, device, ckpt, predictor)
 
 
 def load_exported(path, runtime: str, *, cfg: Config | None = None, overrides: list[str] = (),

@@ -228,7 +228,8 @@ def read_yolo(root: Path, split: str, classes: list[str], skip_invalid: bool = F
                 raise DataError(f"{where}: coordinates outside [0, 1]; YOLO stores them normalised by the image size")
             if len(coords) == 4:  # a box: xc yc w h
                 xc, yc, w, h = coords
-                coords = [xc - w / 2, yc - h / 2, xc + w / 2, yc - h / 2, xc + w / 2, yc + h / 2, xc - w / 2, yc + h / 2]
+                x1, y1, x2, y2 = xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2
+                coords = [x1, y1, x2, y1, x2, y2, x1, y2]
             polygon = [v * (width if i % 2 == 0 else height) for i, v in enumerate(coords)]
             if check.keep(where, classes[int(k)], [polygon], height, width):
                 record.objects.append((classes[int(k)], [polygon]))

@@ -60,6 +60,11 @@ _LAYOUTS = {
         "benchmark.tgz unpacks (its benchmark_RELEASE/dataset/ folder is found as it comes)",
         "SBD, http://home.bharathh.info/pubs/codes/SBD/download.html (benchmark.tgz)",
     ),
+    "pascal_context": (
+        "trainval/<id>.mat (LabelMap), labels.txt and 59_labels.txt (the release's trainval.tar.gz), train.txt / "
+        "val.txt and JPEGImages/ (VOC 2010's; or VOCdevkit/VOC2010/ under the data root)",
+        "https://cs.stanford.edu/~roozbeh/pascal-context/ and PASCAL VOC 2010",
+    ),
     "ade20k": (
         "images/{training,validation}/ADE_*.jpg and annotations/{training,validation}/ADE_*.png (8-bit, 0 = other), "
         "as ADEChallengeData2016.zip unpacks (its ADEChallengeData2016/ folder is found as it comes)",

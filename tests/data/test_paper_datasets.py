@@ -115,3 +115,23 @@ def test_cell_tracking_separates_touching_cells_and_weights_their_border(tmp_pat
     assert weight[16, 15] > 5 * weight[2, 2]  # the border between them weighs most (w0 = 10)
     with pytest.raises(DataError, match=r"split '03'.*|03' is not a folder"):
         build_dataset(cfg.data, "03")
+
+
+def test_pascal_context_keeps_fcns_59_classes_and_makes_the_rest_background(tmp_path):
+    from scipy.io import savemat
+
+    root = tmp_path / "pascal_context"
+    (root / "trainval").mkdir(parents=True)
+    (root / "labels.txt").write_text("1: accordion\n2: aeroplane\n3: air conditioner\n4: potted plant\n")
+    (root / "59_labels.txt").write_text("1: aeroplane\n2: pottedplant\n")  # names match with spaces removed
+    (root / "train.txt").write_text("2008_000002\n")
+    _save(root / "JPEGImages" / "2008_000002.jpg", np.zeros((6, 8, 3), np.uint8))
+    label = np.array([[0, 1, 2, 3, 4, 4, 2, 1]] * 6, np.uint16)
+    savemat(root / "trainval" / "2008_000002.mat", {"LabelMap": label})
+    cfg = _cfg(tmp_path, "pascal_context", "data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]")
+    ds = build_dataset(cfg.data, "train")
+    assert ds.class_names == ["background", "aeroplane", "pottedplant"] and ds.num_classes == 60
+    assert ds[0][1]["mask"].numpy()[0].tolist() == [0, 0, 1, 0, 2, 2, 1, 0]
+    savemat(root / "trainval" / "2008_000002.mat", {"LabelMap": label + 10})
+    with pytest.raises(DataError, match="2008_000002.mat' has label ids up to 14; labels.txt has 4 classes"):
+        ds[0]
