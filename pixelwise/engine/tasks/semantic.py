@@ -148,8 +148,9 @@ class SemanticTask(Task):
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
                   refine: bool = True) -> Predictor:
         """The predictor cfg.infer describes; `tta` overrides infer.tta (False leaves out infer.scales too) and
-        refine=False leaves out infer.crf (validation during training skips all of them). A CRF-as-RNN model's network runs in the predictor's passes and
-        its learned CRF in the output step, refine or not: it is part of the model."""
+        refine=False leaves out infer.crf (validation during training skips all of them). A CRF-as-RNN model's
+        network runs in the predictor's passes and its learned CRF in the output step, refine or not: it is part
+        of the model."""
         from pixelwise.data import dataset_meta
 
         i, data = self.cfg.infer, self.cfg.data
