@@ -65,6 +65,12 @@ _LAYOUTS = {
         "val.txt and JPEGImages/ (VOC 2010's; or VOCdevkit/VOC2010/ under the data root)",
         "https://cs.stanford.edu/~roozbeh/pascal-context/ and PASCAL VOC 2010",
     ),
+    "siftflow": (
+        "Images/, SemanticLabels/ and GeoLabels/ each with spatial_envelope_256x256_static_8outdoorcategories/ "
+        "(<id>.jpg, <id>.mat), and FCN's trainval.txt / test.txt",
+        "SIFT Flow, https://people.csail.mit.edu/celiu/SIFTflow/ (SiftFlowDataset.zip); the split lists are in "
+        "FCN's repository, data/sift-flow/",
+    ),
     "ade20k": (
         "images/{training,validation}/ADE_*.jpg and annotations/{training,validation}/ADE_*.png (8-bit, 0 = other), "
         "as ADEChallengeData2016.zip unpacks (its ADEChallengeData2016/ folder is found as it comes)",

@@ -232,6 +232,8 @@ class Predictor:
         for k, flip in transforms:
             with autocast(self.device, self.precision, "infer.precision"):
                 logits = self.model(channels_last(_apply(windows, k, flip), self.channels_last))
+            if isinstance(logits, dict):  # a model with extra heads (FCN on SIFT Flow): the main one
+                logits = logits["out"]
             probs = _invert(F.softmax(logits.float(), dim=1), k, flip)
             total = probs if total is None else total + probs
         # A rotated window is valid too (the size rule is the same for height and width), and margins are

@@ -14,6 +14,7 @@ import torchvision
 from pixelwise.models.backbones.resnet import ResNetTrunk
 from pixelwise.models.backbones.vgg import VGG16, convert_torchvision_vgg16
 from pixelwise.models.heads.fcn import ConvHead, SkipHead
+from pixelwise.errors import ConfigError
 from pixelwise.models.weights import WeightsError, fit_state_dict, load_state_dict
 from pixelwise.registry import register_model
 
@@ -21,14 +22,24 @@ __all__ = ["FCN", "FCNResNet", "fcn32s", "fcn16s", "fcn8s", "fcn_resnet50", "fcn
 
 
 class FCN(nn.Module):
-    """FCN-VGG16: images (B, C, H, W) -> logits (B, num_classes, H, W), any H, W >= 1."""
+    """FCN-VGG16: images (B, C, H, W) -> logits (B, num_classes, H, W), any H, W >= 1.
 
-    def __init__(self, backbone: VGG16, head: SkipHead) -> None:
+    With `extra_heads` ({name: classes}) the trunk feeds one more scoring head per name, each with its own
+    score, skip and upsampling layers (FCN section 5, SIFT Flow: "a two-headed version of FCN-16s" predicting
+    semantic and geometric labels at once); it then returns {"out": logits, name: that head's logits}.
+    """
+
+    def __init__(self, backbone: VGG16, head: SkipHead, extra_heads: dict[str, SkipHead] | None = None) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.extra_heads = nn.ModuleDict(extra_heads) if extra_heads else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images), images.shape[-2:])
+    def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        features = self.backbone(images)
+        out = self.head(features, images.shape[-2:])
+        if self.extra_heads is None:
+            return out
+        return {"out": out, **{name: head(features, images.shape[-2:]) for name, head in self.extra_heads.items()}}
 
     def load_staged(self, state: dict[str, torch.Tensor], source: str = "weights") -> list[str]:
         """Start from a trained coarser FCN (section 4.2: FCN-16s from FCN-32s, FCN-8s from FCN-16s).
@@ -38,7 +49,8 @@ class FCN(nn.Module):
         names of those new parameters.
         """
         own = self.state_dict()
-        new_layers = ("head.score_pool4.", "head.score_pool3.", "head.upscore2.", "head.upscore_pool4.")
+        new_layers = tuple(f"{h}.{layer}." for h in ["head", *(f"extra_heads.{k}" for k in self.extra_heads or {})]
+                           for layer in ("score_pool4", "score_pool3", "upscore2", "upscore_pool4"))
         missing = [k for k in own if k not in state]
         not_new = [k for k in missing if not k.startswith(new_layers)]
         unexpected = [k for k in state if k not in own]
@@ -55,7 +67,7 @@ class FCN(nn.Module):
 
 def _build_fcn(net: int, *, num_classes: int, in_channels: int, pad100: bool, upsampling: str,
                learn_upsampling: bool, batch_norm: bool, width: float, fc_channels: int, dropout: float,
-               backbone_weights: str | None, output_stride: int = 32) -> FCN:
+               backbone_weights: str | None, output_stride: int = 32, extra_heads: dict | None = None) -> FCN:
     backbone = VGG16(in_channels=in_channels, pad100=pad100, batch_norm=batch_norm, width=width,
                      fc_channels=fc_channels, dropout=dropout, output_stride=output_stride)
     if backbone_weights is not None:
@@ -67,9 +79,15 @@ def _build_fcn(net: int, *, num_classes: int, in_channels: int, pad100: bool, up
         except WeightsError as e:
             raise WeightsError(f"backbone_weights {backbone_weights!r}: {e}") from None
         fit_state_dict(backbone, converted, what=f"backbone_weights {backbone_weights!r}")
-    head = SkipHead(num_classes, backbone.channels, backbone.placements, net=net,
-                    upsampling=upsampling, learn_upsampling=learn_upsampling)
-    return FCN(backbone, head)
+    def skip_head(classes: int) -> SkipHead:
+        return SkipHead(classes, backbone.channels, backbone.placements, net=net, upsampling=upsampling,
+                        learn_upsampling=learn_upsampling)
+
+    for name, classes in (extra_heads or {}).items():
+        if name in ("out", "aux") or isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise ConfigError(f"model.args.extra_heads: {name!r}: {classes!r}; expected a name other than out and "
+                              "aux with a number of classes >= 1, e.g. {geo: 3}")
+    return FCN(backbone, skip_head(num_classes), {k: skip_head(c) for k, c in (extra_heads or {}).items()})
 
 
 _FCN_DOC_ARGS = """
@@ -78,13 +96,15 @@ _FCN_DOC_ARGS = """
     learn_upsampling: learn the 2x upsamplings (section 4.2); the final one is always fixed bilinear.
     backbone_weights: None, "imagenet" (torchvision's VGG16 weights; downloads) or a local .pth path.
     width, fc_channels, batch_norm: smaller or BN variants for training from scratch (1.0, 4096, False = VGG16).
+    extra_heads: {name: classes} more scoring heads on the same trunk (section 5, SIFT Flow: {geo: 3}).
 """
 
 
 @register_model
 def fcn32s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, upsampling: str = "cascade",
            learn_upsampling: bool = True, batch_norm: bool = False, width: float = 1.0, fc_channels: int = 4096,
-           dropout: float = 0.5, backbone_weights: str | None = None, output_stride: int = 32) -> FCN:
+           dropout: float = 0.5, backbone_weights: str | None = None, output_stride: int = 32,
+           extra_heads: dict | None = None) -> FCN:
     """FCN-32s: VGG16 convolutionalised, scores upsampled 32x (Long et al. 2015, section 4.1).
 
     output_stride=16 or 8 makes its scores denser by filter rarefaction (section 3.2) instead of skips.
@@ -94,31 +114,31 @@ def fcn32s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, 
     return _build_fcn(
         32, num_classes=num_classes, in_channels=in_channels, pad100=pad100, upsampling=upsampling,
         learn_upsampling=learn_upsampling, batch_norm=batch_norm, width=width, fc_channels=fc_channels,
-        dropout=dropout, backbone_weights=backbone_weights, output_stride=output_stride,
+        dropout=dropout, backbone_weights=backbone_weights, output_stride=output_stride, extra_heads=extra_heads,
     )
 
 
 @register_model
 def fcn16s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, upsampling: str = "cascade",
            learn_upsampling: bool = True, batch_norm: bool = False, width: float = 1.0, fc_channels: int = 4096,
-           dropout: float = 0.5, backbone_weights: str | None = None) -> FCN:
+           dropout: float = 0.5, backbone_weights: str | None = None, extra_heads: dict | None = None) -> FCN:
     """FCN-16s: FCN-32s plus a zero-initialised pool4 skip, fused after a learnable 2x upsampling (section 4.2)."""
     return _build_fcn(
         16, num_classes=num_classes, in_channels=in_channels, pad100=pad100, upsampling=upsampling,
         learn_upsampling=learn_upsampling, batch_norm=batch_norm, width=width, fc_channels=fc_channels,
-        dropout=dropout, backbone_weights=backbone_weights,
+        dropout=dropout, backbone_weights=backbone_weights, extra_heads=extra_heads,
     )
 
 
 @register_model
 def fcn8s(*, num_classes: int = 21, in_channels: int = 3, pad100: bool = True, upsampling: str = "cascade",
           learn_upsampling: bool = True, batch_norm: bool = False, width: float = 1.0, fc_channels: int = 4096,
-          dropout: float = 0.5, backbone_weights: str | None = None) -> FCN:
+          dropout: float = 0.5, backbone_weights: str | None = None, extra_heads: dict | None = None) -> FCN:
     """FCN-8s: FCN-16s plus a pool3 skip; stride-8 predictions (section 4.2, Fig. 3)."""
     return _build_fcn(
         8, num_classes=num_classes, in_channels=in_channels, pad100=pad100, upsampling=upsampling,
         learn_upsampling=learn_upsampling, batch_norm=batch_norm, width=width, fc_channels=fc_channels,
-        dropout=dropout, backbone_weights=backbone_weights,
+        dropout=dropout, backbone_weights=backbone_weights, extra_heads=extra_heads,
     )
 
 

@@ -54,6 +54,12 @@ class SemanticTask(Task):
             if cfg.infer.crf is not None:
                 raise ConfigError("model.crf trains a CRF with the network (CRF-as-RNN) and runs it after the network "
                                   "at inference; infer.crf would run a second CRF after it: set infer.crf=null")
+        extra, offered = cfg.model.args.get("extra_heads") or {}, meta.get("extra_targets") or {}
+        for key, classes in extra.items():
+            if key not in offered or classes != len(offered[key]):
+                want = ", ".join(f"{k}: {len(v)}" for k, v in offered.items()) or "none"
+                raise ConfigError(f"model.args.extra_heads has {key}: {classes}, but {name!r} offers the extra labels "
+                                  f"{{{want}}}; each extra head needs labels of its name and number of classes")
         model_channels = cfg.model.args.get("in_channels", model_arguments(cfg.model.name).get("in_channels"))
         if isinstance(model_channels, int) and model_channels != channels:
             raise ConfigError(f"model.args.in_channels={model_channels} but the images of {name!r} have {channels} "
@@ -126,24 +132,30 @@ class SemanticTask(Task):
             logits = forward_aligned(model, images)
         t = self.cfg.train
 
-        def terms(x: torch.Tensor) -> dict[str, torch.Tensor]:  # in float32 whatever the autocast precision
-            x, mask, out = x.float(), targets["mask"], {}
+        def terms(x: torch.Tensor, key: str = "mask") -> dict[str, torch.Tensor]:  # float32 whatever the autocast
+            # An extra head (key: its target's name) has classes of its own: the class weights are the main head's.
+            x, mask, out = x.float(), targets[key], {}
+            weights = self.class_weights if key == "mask" else None
             for name, weight in loss_terms(t.loss).items():
                 if name in ("ce", "focal"):  # per pixel: the weight map, class weights and loss sampling apply
-                    value = cross_entropy(x, mask, weight_map=targets.get("weight"), class_weights=self.class_weights,
+                    value = cross_entropy(x, mask, weight_map=targets.get("weight"), class_weights=weights,
                                           ignore_index=self.ignore_index, sample_p=t.loss_sampling_p,
                                           reduction=t.loss_reduction, gamma=t.focal_gamma if name == "focal" else 0)
                 elif name == "dice":
-                    value = dice_loss(x, mask, ignore_index=self.ignore_index, class_weights=self.class_weights)
+                    value = dice_loss(x, mask, ignore_index=self.ignore_index, class_weights=weights)
                 else:
                     value = lovasz_softmax(x, mask, ignore_index=self.ignore_index)
-                out[name] = weight * value
+                out[name if key == "mask" else f"{key}_{name}"] = weight * value
             return out
 
-        if isinstance(logits, dict):
-            main, aux = terms(logits["out"]), terms(logits["aux"])
-            return {**main, "aux": t.aux_loss_weight * sum(aux.values())}
-        return terms(logits)
+        if not isinstance(logits, dict):
+            return terms(logits)
+        out = terms(logits["out"])
+        if "aux" in logits:
+            out["aux"] = t.aux_loss_weight * sum(terms(logits["aux"]).values())
+        for key in logits.keys() - {"out", "aux"}:  # extra heads (FCN section 5: SIFT Flow's geometric labels)
+            out.update(terms(logits[key], key))
+        return out
 
     def predictor(self, model: nn.Module, device: torch.device, *, tta: bool | None = None, class_names=None,
                   refine: bool = True) -> Predictor:
@@ -178,6 +190,13 @@ class SemanticTask(Task):
         cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
         isbi = set(ISBI_METRICS) <= set(getattr(dataset, "metrics", ()))  # the dataset declares the ISBI scores
         scores, per_image, trimap = [], [], {k: [0, 0] for k in TRIMAP_WIDTHS}
+        heads = (model.net if isinstance(model, CRFasRNN) else model)
+        heads = list(getattr(heads, "extra_heads", None) or [])
+        targets = getattr(dataset, "extra_targets", {})
+        extra = {k: ConfusionMatrix(len(targets[k]), ignore_index=dataset.ignore_index) for k in heads if k in targets}
+        was_training = model.training
+        if extra:
+            model.eval()
         membrane_probs, true_membranes = [], []
         for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
             image, target = dataset[i]
@@ -192,6 +211,9 @@ class SemanticTask(Task):
             for k, (correct, total) in trimap_counts(pred, mask, dataset.ignore_index).items():
                 trimap[k][0] += correct
                 trimap[k][1] += total
+            for key, extra_cm in extra.items():  # the extra heads, on the whole image
+                logits = forward_aligned(model, image[None].to(device))[key][0].argmax(0).cpu()
+                extra_cm.update(logits, target[key].as_subclass(torch.Tensor))
             if isbi:
                 scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
                 membrane_probs.append(probs[1].float().cpu().numpy())
@@ -205,6 +227,11 @@ class SemanticTask(Task):
             metrics.update(mean_isbi_scores(scores))  # of the predicted labels (argmax, or threshold / CRF)
             # The challenge's own scores: the best over its sweep of thresholds of the network's membrane probability
             metrics.update(challenge_scores(membrane_probs, true_membranes))
+        model.train(was_training)
+        for key, extra_cm in extra.items():  # geo_pixel_acc, geo_mean_acc, geo_miou, geo_fwiou, ...
+            scored = extra_cm.compute()
+            metrics.update({f"{key}_{m}": scored[m] for m in ("pixel_acc", "mean_acc", "miou", "fwiou")})
+            metrics[f"{key}_per_class_iou"] = scored["per_class_iou"]
         metrics.update(trimap_metrics(trimap))  # accuracy near the boundaries, where a CRF acts
         metrics["num_images"] = len(dataset)
         metrics["confusion_matrix"] = cm.matrix.tolist()  # rows: ground truth, columns: prediction
@@ -248,6 +275,9 @@ class SemanticTask(Task):
         """{"model": (module, example inputs, output structure, dynamic dimensions)}; `sample` is a normalised
         (C, H, W) image. Batch, height and width stay dynamic; a model's size rule is kept (geometry)."""
         model = model.net if isinstance(model, CRFasRNN) else model
+        if getattr(model, "extra_heads", None):
+            raise ConfigError("this model has extra heads (model.args.extra_heads); exporting them is not supported "
+                              "yet: export a one-headed model, or run it in PyTorch")
         data = self.cfg.data
         graph = Normalized(model, data.mean, data.std) if data.mean is not None else model
         C, H, W = sample.shape
