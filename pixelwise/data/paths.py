@@ -65,6 +65,11 @@ _LAYOUTS = {
         "val.txt and JPEGImages/ (VOC 2010's; or VOCdevkit/VOC2010/ under the data root)",
         "https://cs.stanford.edu/~roozbeh/pascal-context/ and PASCAL VOC 2010",
     ),
+    "nyud": (
+        "data/images/img_<id>.png, data/depth/img_<id>.png (millimetres), segmentation/img_<id>.mat (40 classes, "
+        "0 void), train.txt / val.txt / test.txt",
+        "Gupta et al.'s NYUDv2 release (rgbd-data), as FCN's data/nyud/ uses it",
+    ),
     "siftflow": (
         "Images/, SemanticLabels/ and GeoLabels/ each with spatial_envelope_256x256_static_8outdoorcategories/ "
         "(<id>.jpg, <id>.mat), and FCN's trainval.txt / test.txt",

@@ -135,3 +135,26 @@ def test_pascal_context_keeps_fcns_59_classes_and_makes_the_rest_background(tmp_
     savemat(root / "trainval" / "2008_000002.mat", {"LabelMap": label + 10})
     with pytest.raises(DataError, match="2008_000002.mat' has label ids up to 14; labels.txt has 4 classes"):
         ds[0]
+
+
+def test_nyud_reads_40_classes_and_adds_log_depth_as_a_fourth_channel(tmp_path):
+    from scipy.io import savemat
+
+    root = tmp_path / "nyud"
+    _save(root / "data" / "images" / "img_5001.png", np.zeros((6, 8, 3), np.uint8))
+    depth = np.full((6, 8), 1000, np.uint16)  # 1 m
+    _save(root / "data" / "depth" / "img_5001.png", depth)
+    (root / "segmentation").mkdir()
+    label = np.zeros((6, 8), np.uint8)
+    label[:, 4:] = 40
+    savemat(root / "segmentation" / "img_5001.mat", {"segmentation": label})
+    (root / "train.txt").write_text("5001\n")
+    rgb = build_dataset(_cfg(tmp_path, "nyud", "data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]").data, "train")
+    image, target = rgb[0]
+    assert image.shape == (3, 6, 8) and target["mask"][0].tolist() == [255] * 4 + [39] * 4
+    cfg = _cfg(tmp_path, "nyud", "data.mean=[0.5,0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2,0.2]")
+    assert dataset_meta(cfg.data)["in_channels"] == 4
+    raw = build_dataset(cfg.data, "train")
+    raw.transforms = None
+    image, _ = raw[0]
+    assert image.shape == (4, 6, 8) and float(image[3, 0, 0]) == pytest.approx(0.75)  # log(1000) / log(10000)
