@@ -17,7 +17,7 @@ from pixelwise.data.registry import dataset_entry, list_datasets
 from pixelwise.data.stats import class_frequencies, median_frequency_weights
 from pixelwise.data.voc import VOCSegmentation
 from pixelwise.data import annotation_tools  # noqa: F401  (registers labelme, yolo, cvat and their _instances)
-from pixelwise.data import ade20k, cell_tracking, cityscapes, nyud, pascal_context, sbd, siftflow  # noqa: F401
+from pixelwise.data import ade20k, cell_tracking, cityscapes, gatech, nyud, pascal_context, sbd, siftflow  # noqa: F401
 from pixelwise.errors import ConfigError
 
 __all__ = [

@@ -65,6 +65,11 @@ _LAYOUTS = {
         "val.txt and JPEGImages/ (VOC 2010's; or VOCdevkit/VOC2010/ under the data root)",
         "https://cs.stanford.edu/~roozbeh/pascal-context/ and PASCAL VOC 2010",
     ),
+    "gatech": (
+        "Images/Original/<video>_<frame>.png and Images/Ground_Truth/<same name>.png (0 void, 1..8 the classes), "
+        "Images_test/Original/ and Images_test/Ground_Truth/, as the FC-DenseNet authors' dataset_loaders read GATECH",
+        "the Geometric Context from Video data set (Raza et al. 2013), as the FC-DenseNet authors prepared it",
+    ),
     "nyud": (
         "data/images/img_<id>.png, data/depth/img_<id>.png (millimetres), segmentation/img_<id>.mat (40 classes, "
         "0 void), train.txt / val.txt / test.txt",

@@ -158,3 +158,21 @@ def test_nyud_reads_40_classes_and_adds_log_depth_as_a_fourth_channel(tmp_path):
     raw.transforms = None
     image, _ = raw[0]
     assert image.shape == (4, 6, 8) and float(image[3, 0, 0]) == pytest.approx(0.75)  # log(1000) / log(10000)
+
+
+def test_gatech_splits_videos_75_25_in_natural_order_and_ignores_void(tmp_path):
+    root = tmp_path / "gatech"
+    for video in ("v1", "v2", "v3", "v10"):  # natural order: v1 v2 v3 v10 -> train v1 v2 v3, val v10
+        for frame in (1, 2):
+            _save(root / "Images" / "Original" / f"{video}_{frame}.png", np.zeros((4, 6, 3), np.uint8))
+            truth = np.full((4, 6), 2, np.uint8)  # ground
+            truth[0] = 0  # void
+            _save(root / "Images" / "Ground_Truth" / f"{video}_{frame}.png", truth)
+    cfg = _cfg(tmp_path, "gatech", "data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]")
+    train, val = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
+    assert {n.split("_")[0] for n in train.names} == {"v1", "v2", "v3"} and val.names == ["v10_1", "v10_2"]
+    mask = train[0][1]["mask"].numpy()
+    assert mask[0, 0] == 255 and mask[1, 0] == 1 and train.class_names[1] == "ground"
+    (root / "Images" / "Ground_Truth" / "v10_2.png").unlink()
+    with pytest.raises(DataError, match="v10_2.png' has no ground truth"):
+        build_dataset(cfg.data, "val")
