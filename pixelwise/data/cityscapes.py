@@ -22,6 +22,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from pixelwise.data.base import ImageMaskDataset, refuse_weight_map
+from pixelwise.data.coco import instance_target
 from pixelwise.data.io import DataError, read_image
 from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import class_meta, register_dataset
@@ -105,20 +106,7 @@ class CityscapesInstances(torch.utils.data.Dataset):
             raise DataError(f"Cityscapes: {str(path)!r} is {ids.shape[0]} x {ids.shape[1]} but its image is {h} x {w}")
         values = [v for v in np.unique(ids).tolist() if v >= 1000 and v // 1000 in INSTANCE_IDS]
         masks = np.stack([ids == v for v in values]).astype(np.uint8) if values else np.zeros((0, h, w), np.uint8)
-        boxes = []
-        for m in masks:
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            boxes.append((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                              format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w)),
-            "labels": torch.tensor([INSTANCE_IDS[v // 1000] for v in values], dtype=torch.int64),
-            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
-            "iscrowd": torch.zeros(len(values), dtype=torch.int64),
-            "area": torch.tensor(masks.reshape(len(values), -1).sum(1), dtype=torch.float32),
-            "image_id": i,
-            "ann_ids": torch.tensor([i * 100_000 + v for v in values], dtype=torch.int64),
-        }
+        target = instance_target(masks, [INSTANCE_IDS[v // 1000] for v in values], i, [i * 100_000 + v for v in values])
         image = tv_tensors.Image(image)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

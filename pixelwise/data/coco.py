@@ -28,7 +28,7 @@ from pixelwise.data.io import DataError, _open
 from pixelwise.data.paths import dataset_dir, sample_dir
 from pixelwise.data.registry import register_dataset
 
-__all__ = ["CocoInstances", "instance_fields"]
+__all__ = ["CocoInstances", "instance_fields", "instance_target"]
 
 _MIN_POLYGON_AREA = 1e-6  # square pixels; below this a polygon is taken as collinear points
 
@@ -58,6 +58,22 @@ def _tight_boxes(masks: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     w, h = cols.shape[1], rows.shape[1]
     boxes = np.stack([cols.argmax(1), rows.argmax(1), w - cols[:, ::-1].argmax(1), h - rows[:, ::-1].argmax(1)], 1)
     return np.where(cols.any(1, keepdims=True), boxes, fallback).astype(np.float32)
+
+
+def instance_target(masks: np.ndarray, labels: Sequence[int], image_id: int, ann_ids: Sequence[int]) -> dict:
+    """A target in the CocoInstances format from (N, H, W) {0, 1} masks: boxes tight around each mask (x2, y2
+    one past the last pixel), the labels, no crowd, pixel areas, the image and annotation ids."""
+    n, h, w = masks.shape
+    return {
+        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(_tight_boxes(masks, np.zeros((n, 4), np.float32))),
+                                          format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w)),
+        "labels": torch.tensor(list(labels), dtype=torch.int64),
+        "masks": tv_tensors.Mask(torch.from_numpy(masks.astype(np.uint8))),
+        "iscrowd": torch.zeros(n, dtype=torch.int64),
+        "area": torch.from_numpy(masks.reshape(n, -1).sum(1).astype(np.float32)),
+        "image_id": image_id,
+        "ann_ids": torch.tensor(list(ann_ids), dtype=torch.int64),
+    }
 
 
 def _polygon_area(poly: Sequence[float]) -> float:

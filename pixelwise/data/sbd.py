@@ -18,6 +18,7 @@ from scipy.io.matlab import MatReadError
 from torchvision import tv_tensors
 
 from pixelwise.data.base import ImageMaskDataset, refuse_weight_map
+from pixelwise.data.coco import instance_target
 from pixelwise.data.io import DataError, read_image
 from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import class_meta, register_dataset
@@ -115,18 +116,7 @@ class SBDInstances(torch.utils.data.Dataset):
         ids, categories = read_sbd(self.root_dir / "inst" / f"{self.names[i]}.mat", "GTinst", size=(h, w))
         present = [k for k in range(1, len(categories) + 1) if (ids == k).any()]
         masks = np.stack([ids == k for k in present]).astype(np.uint8) if present else np.zeros((0, h, w), np.uint8)
-        boxes = [(np.flatnonzero(m.any(0))[0], np.flatnonzero(m.any(1))[0], np.flatnonzero(m.any(0))[-1] + 1,
-                  np.flatnonzero(m.any(1))[-1] + 1) for m in masks]
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                              format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w)),
-            "labels": torch.tensor([int(categories[k - 1]) for k in present], dtype=torch.int64),
-            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
-            "iscrowd": torch.zeros(len(present), dtype=torch.int64),
-            "area": torch.tensor(masks.reshape(len(present), -1).sum(1), dtype=torch.float32),
-            "image_id": i,
-            "ann_ids": torch.tensor([i * 1000 + k for k in present], dtype=torch.int64),
-        }
+        target = instance_target(masks, [int(categories[k - 1]) for k in present], i, [i * 1000 + k for k in present])
         image = tv_tensors.Image(image)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
