@@ -8,7 +8,9 @@ data/depth/img_<id>.png (16-bit depth in millimetres), segmentation/img_<id>.mat
 Targets are 0..39 with void -> 255, as FCN's nyud_layers.py makes them (labels minus 1). Inputs follow
 data.mean: three values read RGB; four values read RGB plus depth as a fourth channel (FCN's "RGB-D" early
 fusion), the log of the depth in millimetres divided by log(10000), so 1 m is 0.75 and 10 m is 1.0 (FCN feeds
-the log depth too). HHA is not read yet.
+the log depth too). `nyud_hha` reads the release's HHA encoding of the depth (data/hha/img_<id>.png: horizontal
+disparity, height above ground, angle with gravity, as three 8-bit channels) as the image instead, FCN's "HHA"
+net; FCN's best, RGB-HHA, is the late fusion of an RGB and an HHA net (their scores summed), not one dataset.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class NYUD(torch.utils.data.Dataset):
     class_names = NAMES
     palette = default_palette(40)
 
-    def __init__(self, root_dir: str | Path, *, split: str, depth: bool = False, transforms=None) -> None:
+    def __init__(self, root_dir: str | Path, *, split: str, depth: bool = False, hha: bool = False,
+                 transforms=None) -> None:
         self.root_dir, self.split, self.depth, self.transforms = Path(root_dir), split, depth, transforms
         self.in_channels = 4 if depth else 3
         listed = self.root_dir / f"{split}.txt"
@@ -54,7 +57,7 @@ class NYUD(torch.utils.data.Dataset):
             raise DataError(f"NYUDv2: no list {str(listed)!r} (lists present: {present or 'none'}); expected train.txt, "
                             "val.txt and test.txt beside data/ and segmentation/")
         self.names = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
-        self.image_paths = [self.root_dir / "data" / "images" / f"img_{i}.png" for i in self.names]
+        self.image_paths = [self.root_dir / "data" / ("hha" if hha else "images") / f"img_{i}.png" for i in self.names]
         self.mask_paths = [self.root_dir / "segmentation" / f"img_{i}.mat" for i in self.names]
         self.depth_paths = [self.root_dir / "data" / "depth" / f"img_{i}.png" for i in self.names]
         for paths in (self.image_paths, self.mask_paths) + ((self.depth_paths,) if depth else ()):
@@ -113,3 +116,11 @@ def build_nyud(data_cfg, role: str, spec: str) -> NYUD:
     if len(data_cfg.mean) not in (3, 4):
         raise DataError(f"NYUDv2: data.mean has {len(data_cfg.mean)} values; expected 3 (RGB) or 4 (RGB + depth)")
     return NYUD(dataset_dir(data_cfg), split=spec, depth=len(data_cfg.mean) == 4)
+
+
+@register_dataset("nyud_hha", task="semantic", splits=("train", "test"), meta=_meta)
+def build_nyud_hha(data_cfg, role: str, spec: str) -> NYUD:
+    refuse_weight_map(data_cfg, "has 40 classes")
+    if len(data_cfg.mean) != 3:
+        raise DataError(f"NYUDv2 HHA: data.mean has {len(data_cfg.mean)} values; expected 3 (the HHA channels)")
+    return NYUD(dataset_dir(data_cfg), split=spec, hha=True)

@@ -12,7 +12,7 @@ __all__ = ["DatasetNotFoundError", "resolve_root", "dataset_dir", "sample_dir", 
 ENV_VAR = "PIXELWISE_DATA"
 DEFAULT_ROOT = "~/.cache/pixelwise/data"
 # Folder under the data root when data.path is not set (default: the dataset's name).
-_FOLDERS = {"isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012", "labelme_instances": "labelme",
+_FOLDERS = {"nyud_hha": "nyud", "isbi_instances": "isbi2012", "isbi_instances_by_size": "isbi2012", "labelme_instances": "labelme",
             "yolo_instances": "yolo", "cvat_instances": "cvat", "cityscapes_instances": "cityscapes",
             "phc-c2dh-u373": "PhC-C2DH-U373", "dic-c2dh-hela": "DIC-C2DH-HeLa", "sbd_instances": "sbd"}
 # Where an official archive unpacks under the data root, tried when that folder does not exist and data.path is not set.
@@ -71,8 +71,8 @@ _LAYOUTS = {
         "the Geometric Context from Video data set (Raza et al. 2013), as the FC-DenseNet authors prepared it",
     ),
     "nyud": (
-        "data/images/img_<id>.png, data/depth/img_<id>.png (millimetres), segmentation/img_<id>.mat (40 classes, "
-        "0 void), train.txt / val.txt / test.txt",
+        "data/images/img_<id>.png, data/depth/img_<id>.png (millimetres), data/hha/img_<id>.png, "
+        "segmentation/img_<id>.mat (40 classes, 0 void), train.txt / val.txt / test.txt",
         "Gupta et al.'s NYUDv2 release (rgbd-data), as FCN's data/nyud/ uses it",
     ),
     "siftflow": (

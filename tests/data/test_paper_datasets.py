@@ -158,6 +158,11 @@ def test_nyud_reads_40_classes_and_adds_log_depth_as_a_fourth_channel(tmp_path):
     raw.transforms = None
     image, _ = raw[0]
     assert image.shape == (4, 6, 8) and float(image[3, 0, 0]) == pytest.approx(0.75)  # log(1000) / log(10000)
+    _save(tmp_path / "nyud" / "data" / "hha" / "img_5001.png", np.full((6, 8, 3), 200, np.uint8))
+    hha = build_dataset(_cfg(tmp_path, "nyud_hha", "data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2,0.2]").data,
+                        "train")
+    hha.transforms = None
+    assert hha.image_paths[0].parent.name == "hha" and float(hha[0][0].mean()) == pytest.approx(200 / 255)
 
 
 def test_gatech_splits_videos_75_25_in_natural_order_and_ignores_void(tmp_path):
