@@ -41,7 +41,7 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
 from pixelwise.data.base import refuse_weight_map
-from pixelwise.data.coco import CocoInstances, _polygon_area, _to_rle
+from pixelwise.data.coco import CocoInstances, _segmentation_problem, _to_rle
 from pixelwise.data.folder import default_palette
 from pixelwise.data.io import DataError, read_image
 from pixelwise.data.paths import dataset_dir
@@ -72,16 +72,8 @@ class _Checker:
         problem = None
         if self.classes is not None and label not in self.classes and label not in BACKGROUND:
             problem = f"class {label!r} is not among the classes {self.classes} (data.classes or the class file)"
-        for poly in polygons or []:
-            if problem is None and (len(poly) < 6 or len(poly) % 2):
-                problem = f"a polygon of {len(poly) // 2} points; expected at least 3"
-            elif problem is None and _polygon_area(poly) < 1e-6:
-                problem = "a polygon of zero area (its points are collinear or repeated)"
-        if problem is None and polygons:
-            xs = [v for p in polygons for v in p[0::2]]
-            ys = [v for p in polygons for v in p[1::2]]
-            if max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height:
-                problem = f"its points lie outside the {width} x {height} image"
+        elif polygons is not None:  # the COCO reader's own checks
+            problem = _segmentation_problem(polygons, height, width)
         if problem is None:
             return True
         if not self.skip_invalid:
