@@ -12,8 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-
 from pixelwise.errors import PixelwiseError
 
 
@@ -22,12 +20,13 @@ class CheckReport:
     dataset: str
     split: str
     task: str
+    unit: str = "pixels"  # what the class histogram counts: the task's census_unit
     samples: int = 0
     sizes: Counter = field(default_factory=Counter)  # (height, width) -> samples
     channels: Counter = field(default_factory=Counter)
     class_names: list = field(default_factory=list)
     counts: np.ndarray | None = None  # per class: pixels (semantic) or objects (instance)
-    ignored: int = 0  # ignored pixels (semantic)
+    ignored: int | None = None  # ignored pixels (None: the task ignores none)
     unlabelled: list = field(default_factory=list)  # samples with no labelled pixel / no object
     problems: list = field(default_factory=list)  # one line each, naming the file
 
@@ -38,22 +37,20 @@ class CheckReport:
         out.append(f"  image sizes: {sizes or 'none read'}{more}")
         out.append(f"  channels: {', '.join(f'{c} ({n})' for c, n in sorted(self.channels.items())) or 'none read'}")
         if self.counts is not None:
-            total = max(int(self.counts.sum()) + self.ignored, 1)
-            unit = "pixels" if self.task == "semantic" else "objects"
-            shares = [f"{name} {int(n)} ({100 * n / total:.1f}%)" for name, n in zip(self.class_names, self.counts)
-                      if n > 0]
-            out.append(f"  classes ({unit}): " + (", ".join(shares) or "none"))
-            absent = [name for name, n in zip(self.class_names, self.counts) if n == 0]
+            total = max(int(self.counts.sum()) + (self.ignored or 0), 1)
+            named = [(name, n) for name, n in zip(self.class_names, self.counts) if not name.startswith("__")]
+            shares = [f"{name} {int(n)} ({100 * n / total:.1f}%)" for name, n in named if n > 0]
+            out.append(f"  classes ({self.unit}): " + (", ".join(shares) or "none"))
+            absent = [name for name, n in named if n == 0]
             if absent:
                 more = f" and {len(absent) - 20} more" if len(absent) > 20 else ""
                 out.append(f"  {len(absent)} classes never seen in this split: {', '.join(absent[:20])}{more}")
-            if self.task == "semantic":
+            if self.ignored is not None:
                 out.append(f"  ignored pixels: {self.ignored} ({100 * self.ignored / total:.1f}%)")
         if self.unlabelled:
-            what = "labelled pixel" if self.task == "semantic" else "object"
             shown = "; ".join(self.unlabelled[:10]) + (f"; and {len(self.unlabelled) - 10} more"
                                                         if len(self.unlabelled) > 10 else "")
-            out.append(f"  {len(self.unlabelled)} samples without any {what}: {shown}")
+            out.append(f"  {len(self.unlabelled)} samples without any label ({self.unit}): {shown}")
         out.append(f"  problems: {len(self.problems) or 'none'}")
         out += [f"    {p}" for p in self.problems]
         return out
@@ -82,12 +79,8 @@ def check_split(cfg, split: str, progress: bool = True) -> CheckReport:
     ds.transforms = task.transforms(train=False, ignore_index=getattr(ds, "ignore_index", None), crop_size=None,
                                     context=0)
     names = list(getattr(ds, "class_names", None) or meta.get("class_names") or [])
-    semantic = entry.task == "semantic"
-    if not semantic and names and names[0].startswith("__"):
-        names = names[1:]  # object classes 1..K, without the background
-    report = CheckReport(cfg.data.dataset, split_spec(cfg.data, split), entry.task, class_names=names,
-                         counts=np.zeros(len(names), dtype=np.int64))
-    ignore = getattr(ds, "ignore_index", None)
+    report = CheckReport(cfg.data.dataset, split_spec(cfg.data, split), entry.task, unit=task.census_unit,
+                         class_names=names, counts=np.zeros(len(names), dtype=np.int64))
     for i in track(range(len(ds)), desc="check", unit="sample", enabled=progress):
         report.samples += 1
         try:
@@ -100,18 +93,10 @@ def check_split(cfg, split: str, progress: bool = True) -> CheckReport:
             continue
         report.sizes[tuple(image.shape[-2:])] += 1
         report.channels[image.shape[0]] += 1
-        if semantic:
-            mask = torch.as_tensor(target["mask"]).reshape(-1)
-            valid = mask != ignore if ignore is not None else torch.ones_like(mask, dtype=torch.bool)
-            report.ignored += int((~valid).sum())
-            if not bool(valid.any()):
-                report.unlabelled.append(sample_name(ds, i))
-            report.counts += np.bincount(mask[valid].numpy(), minlength=len(names))[:len(names)]
-        else:
-            labels = torch.as_tensor(target["labels"]).reshape(-1)
-            if labels.numel() == 0:
-                report.unlabelled.append(sample_name(ds, i))
-            for k in labels.tolist():
-                if 1 <= k <= len(names):
-                    report.counts[k - 1] += 1
+        counts, ignored = task.census(target, len(names), getattr(ds, "ignore_index", None))
+        report.counts += counts
+        if ignored is not None:
+            report.ignored = (report.ignored or 0) + ignored
+        if not counts.any():
+            report.unlabelled.append(sample_name(ds, i))
     return report

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.io import loadmat
-from scipy.io.matlab import MatReadError
 from torchvision import tv_tensors
 
 from pixelwise.data.base import ImageMaskDataset, refuse_weight_map
@@ -22,44 +20,9 @@ from pixelwise.data.coco import instance_target
 from pixelwise.data.io import DataError, read_image
 from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import class_meta, register_dataset
-from pixelwise.data.voc import VOCSegmentation
+from pixelwise.data.voc import VOCSegmentation, read_sbd, sbd_release
 
-__all__ = ["SBD", "SBDInstances", "read_sbd"]
-
-
-def read_sbd(path: Path, struct: str, num_classes: int = 21,
-             size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(Segmentation, Categories or None) of an SBD .mat file (struct GTcls or GTinst), checked."""
-    try:
-        data = loadmat(path, squeeze_me=True, struct_as_record=False)[struct]
-        segmentation = np.asarray(data.Segmentation, dtype=np.int64)
-    except (OSError, ValueError, KeyError, AttributeError, NotImplementedError, MatReadError) as e:
-        raise DataError(f"SBD file {str(path)!r} cannot be read as a MATLAB file with {struct}.Segmentation: "
-                        f"{' '.join(str(e).split())[:160]}") from None
-    if segmentation.ndim != 2:
-        raise DataError(f"SBD file {str(path)!r}: {struct}.Segmentation has shape {segmentation.shape}; expected H x W")
-    if size is not None and segmentation.shape != tuple(size):
-        raise DataError(f"SBD file {str(path)!r} is {segmentation.shape[0]} x {segmentation.shape[1]} but its image is "
-                        f"{size[0]} x {size[1]}; expected the same size")
-    categories = None
-    if struct == "GTcls":
-        bad = np.unique(segmentation[(segmentation < 0) | (segmentation >= num_classes)])
-        if bad.size:
-            raise DataError(f"SBD file {str(path)!r} has class values {bad.tolist()[:10]} outside [0, {num_classes})")
-    else:
-        categories = np.atleast_1d(np.asarray(data.Categories, dtype=np.int64))
-        if segmentation.max(initial=0) > len(categories) or not all(1 <= c < num_classes for c in categories):
-            raise DataError(f"SBD file {str(path)!r}: instance ids up to {segmentation.max(initial=0)} with "
-                            f"{len(categories)} categories {categories.tolist()[:10]}; expected one category 1..20 "
-                            "per instance id")
-    return segmentation, categories
-
-
-def _root(root_dir: Path) -> Path:
-    for unpacked in ("benchmark_RELEASE/dataset", "dataset"):  # benchmark.tgz unpacked here as it comes
-        if not (root_dir / "img").is_dir() and (root_dir / unpacked / "img").is_dir():
-            return root_dir / unpacked
-    return root_dir
+__all__ = ["SBD", "SBDInstances"]
 
 
 def _ids(root: Path, split: str, folder: str) -> list[str]:
@@ -83,7 +46,7 @@ class SBD(ImageMaskDataset):
     class_names, palette, in_channels = VOCSegmentation.class_names, VOCSegmentation.palette, 3
 
     def __init__(self, root_dir: str | Path, *, split: str, transforms=None) -> None:
-        self.root_dir = _root(Path(root_dir))
+        self.root_dir = sbd_release(Path(root_dir))
         self.names = _ids(self.root_dir, split, "cls")
         self.image_paths = [self.root_dir / "img" / f"{i}.jpg" for i in self.names]
         self.mask_paths = [self.root_dir / "cls" / f"{i}.mat" for i in self.names]
@@ -102,7 +65,7 @@ class SBDInstances(torch.utils.data.Dataset):
     palette, in_channels = None, 3
 
     def __init__(self, root_dir: str | Path, *, split: str, transforms=None) -> None:
-        self.root_dir = _root(Path(root_dir))
+        self.root_dir = sbd_release(Path(root_dir))
         self.names = _ids(self.root_dir, split, "inst")
         self.image_paths = [self.root_dir / "img" / f"{i}.jpg" for i in self.names]
         self.split, self.transforms = split, transforms

@@ -27,6 +27,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
+from scipy.io import loadmat
+from scipy.io.matlab import MatReadError
+
 
 from pixelwise.data.folder import default_palette
 from pixelwise.data.base import ImageMaskDataset, configure
@@ -34,7 +39,7 @@ from pixelwise.data.paths import dataset_dir, resolve_root
 from pixelwise.data.registry import class_meta, register_dataset
 from pixelwise.data.io import DataError
 
-__all__ = ["VOCSegmentation"]
+__all__ = ["VOCSegmentation", "read_sbd", "sbd_release"]
 
 
 def _read_list(path: Path) -> list[str]:
@@ -46,6 +51,42 @@ def _read_list(path: Path) -> list[str]:
     if twice:
         raise DataError(f"VOCSegmentation: split list {str(path)!r} names {twice[:5]} twice; expected each id once")
     return ids
+
+
+def read_sbd(path: Path, struct: str, num_classes: int = 21,
+             size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(Segmentation, Categories or None) of an SBD .mat file (struct GTcls or GTinst), checked."""
+    try:
+        data = loadmat(path, squeeze_me=True, struct_as_record=False)[struct]
+        segmentation = np.asarray(data.Segmentation, dtype=np.int64)
+    except (OSError, ValueError, KeyError, AttributeError, NotImplementedError, MatReadError) as e:
+        raise DataError(f"SBD file {str(path)!r} cannot be read as a MATLAB file with {struct}.Segmentation: "
+                        f"{' '.join(str(e).split())[:160]}") from None
+    if segmentation.ndim != 2:
+        raise DataError(f"SBD file {str(path)!r}: {struct}.Segmentation has shape {segmentation.shape}; expected H x W")
+    if size is not None and segmentation.shape != tuple(size):
+        raise DataError(f"SBD file {str(path)!r} is {segmentation.shape[0]} x {segmentation.shape[1]} but its image is "
+                        f"{size[0]} x {size[1]}; expected the same size")
+    categories = None
+    if struct == "GTcls":
+        bad = np.unique(segmentation[(segmentation < 0) | (segmentation >= num_classes)])
+        if bad.size:
+            raise DataError(f"SBD file {str(path)!r} has class values {bad.tolist()[:10]} outside [0, {num_classes})")
+    else:
+        categories = np.atleast_1d(np.asarray(data.Categories, dtype=np.int64))
+        if segmentation.max(initial=0) > len(categories) or not all(1 <= c < num_classes for c in categories):
+            raise DataError(f"SBD file {str(path)!r}: instance ids up to {segmentation.max(initial=0)} with "
+                            f"{len(categories)} categories {categories.tolist()[:10]}; expected one category 1..20 "
+                            "per instance id")
+    return segmentation, categories
+
+
+def sbd_release(root_dir: Path) -> Path:
+    """SBD's dataset folder: root_dir, or the benchmark_RELEASE/dataset/ (or dataset/) in it."""
+    for unpacked in ("benchmark_RELEASE/dataset", "dataset"):  # benchmark.tgz unpacked here as it comes
+        if not (root_dir / "img").is_dir() and (root_dir / unpacked / "img").is_dir():
+            return root_dir / unpacked
+    return root_dir
 
 
 class VOCSegmentation(ImageMaskDataset):
@@ -91,11 +132,9 @@ class VOCSegmentation(ImageMaskDataset):
         aug_dir, suffix = None, ".png"
         list_dirs = [list_dir]
         if self.sbd_root is not None:
-            from pixelwise.data.sbd import _root
-
             aug_dir, lists_at = self.sbd_root / "SegmentationClassAug", self.sbd_root
-            if not aug_dir.is_dir() and (_root(self.sbd_root) / "cls").is_dir():  # SBD's own release: .mat files
-                lists_at = _root(self.sbd_root)
+            if not aug_dir.is_dir() and (sbd_release(self.sbd_root) / "cls").is_dir():  # SBD's own release: .mat files
+                lists_at = sbd_release(self.sbd_root)
                 aug_dir, suffix = lists_at / "cls", ".mat"
             if not aug_dir.is_dir():
                 raise DataError(
@@ -146,10 +185,6 @@ class VOCSegmentation(ImageMaskDataset):
 
     def read_mask(self, i: int, size: tuple[int, int] | None = None):
         if self.mask_paths[i].suffix == ".mat":  # SBD's GTcls, read from its own release
-            import torch
-
-            from pixelwise.data.sbd import read_sbd
-
             mask = torch.from_numpy(read_sbd(self.mask_paths[i], "GTcls", size=size)[0])
             if self.label_map:
                 mask = mask.apply_(lambda v: self.label_map.get(v, v))

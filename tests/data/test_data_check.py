@@ -33,7 +33,7 @@ def test_every_bad_sample_is_named_and_the_exit_code_is_2(tmp_path, capsys):
     problems = out.split("problems: 3", 1)[1]
     for name in ("01.png", "03.png", "04.png"):
         assert name in problems, name
-    assert "7" in problems and "1 samples without any labelled pixel" in out and "02.png" in out
+    assert "7" in problems and "1 samples without any label (pixels)" in out and "02.png" in out
 
 
 def test_an_instance_dataset_counts_objects_per_class(capsys):

@@ -142,6 +142,13 @@ class Task:
         """Write the predictions of `paths` into `out`; returns (files written, what was written, in words)."""
         raise NotImplementedError
 
+    census_unit = "pixels"  # what `pixelwise data check` counts per class
+
+    def census(self, target, num_classes: int, ignore_index: int | None) -> tuple[Any, int | None]:
+        """One sample's labels for `pixelwise data check`: (counts per class index, numpy (num_classes,); ignored
+        pixels, or None where nothing is ignored)."""
+        raise NotImplementedError
+
     def answer(self, predictor, image: torch.Tensor, result, *, meta: dict, overlay: bool = False) -> dict:
         """One prediction as JSON, what `pixelwise serve` answers: {"height", "width", "classes", the result in the
         family's form, "overlay_png" (base64) when asked}; `image` as read, `result` as the predictor returned it."""

@@ -223,6 +223,15 @@ class InstanceTask(Task):
         return written, (".json with boxes, scores and RLE masks + _instances.png + _overlay.png; classes.json names "
                          "the classes")
 
+    census_unit = "objects"
+
+    def census(self, target, num_classes: int, ignore_index: int | None):
+        """Objects of each label (0 is the background, which no object has); nothing is ignored."""
+        import numpy as np
+
+        labels = torch.as_tensor(target["labels"]).reshape(-1).numpy()
+        return np.bincount(labels[labels < num_classes], minlength=num_classes)[:num_classes], None
+
     def answer(self, predictor: "InstancePredictor", image: torch.Tensor, result: dict, *, meta: dict,
                overlay: bool = False) -> dict:
         """{"instances": COCO-style detections [{"label", "class_name", "score", "box" x1 y1 x2 y2, "segmentation"

@@ -339,6 +339,15 @@ class SemanticTask(Task):
                                     class_names=meta["class_names"], note=meta.get("label_note"), protected=protected)
         return written, f"index PNG + _overlay.png{' + _probs.npy' if save else ''}; classes.json says what each pixel value means"
 
+    def census(self, target, num_classes: int, ignore_index: int | None):
+        """Pixels of each class, and ignored pixels."""
+        import numpy as np
+
+        mask = torch.as_tensor(target["mask"]).reshape(-1)
+        valid = mask != ignore_index if ignore_index is not None else torch.ones_like(mask, dtype=torch.bool)
+        counts = np.bincount(mask[valid].numpy(), minlength=num_classes)[:num_classes]
+        return counts, int((~valid).sum())
+
     def answer(self, predictor: Predictor, image: torch.Tensor, result: torch.Tensor, *, meta: dict,
                overlay: bool = False) -> dict:
         """{"labels_png": the label map as a base64 index PNG (16-bit past 256 classes)}, as `pixelwise predict`
