@@ -267,7 +267,7 @@ class Predictor:
         except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain RuntimeError
             if not _out_of_memory(e):
                 raise
-            raise self._too_large(name, *image.shape[-2:], str(e).splitlines()[0][:120]) from None
+            raise self._too_large(name, h, w, str(e).splitlines()[0][:120]) from None
         finally:
             self.model.train(was_training)
 
