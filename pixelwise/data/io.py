@@ -286,3 +286,16 @@ def read_mask(
             " Check num_classes / ignore_index / label_map, or re-encode the mask"
         )
     return torch.from_numpy(array.astype(np.int64))
+
+
+def read_mat(path, key: str, what: str, **options):
+    """Variable `key` of a MATLAB 5 file (scipy.io.loadmat: data only, no code runs), or a DataError naming the file
+    and what was expected. `options` go to loadmat (squeeze_me, struct_as_record)."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        return loadmat(path, **options)[key]
+    except (OSError, ValueError, KeyError, NotImplementedError, MatReadError) as e:
+        raise DataError(f"{what} file {str(path)!r} cannot be read as a MATLAB file with {key}: "
+                        f"{' '.join(str(e).split())[:160]}") from None

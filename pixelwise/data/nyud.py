@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from scipy.io import loadmat
-from scipy.io.matlab import MatReadError
 from torchvision import tv_tensors
 
 from pixelwise.data.base import refuse_weight_map
 from pixelwise.data.folder import default_palette
-from pixelwise.data.io import DataError, read_image
+from pixelwise.data.io import DataError, read_mat, read_image
 from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import register_dataset
 
@@ -71,11 +69,7 @@ class NYUD(torch.utils.data.Dataset):
 
     def read_mask(self, i: int) -> torch.Tensor:
         path = self.mask_paths[i]
-        try:
-            label = np.asarray(loadmat(path)["segmentation"], dtype=np.int64)
-        except (OSError, ValueError, KeyError, NotImplementedError, MatReadError) as e:
-            raise DataError(f"NYUDv2 file {str(path)!r} cannot be read as a MATLAB file with segmentation: "
-                            f"{' '.join(str(e).split())[:160]}") from None
+        label = np.asarray(read_mat(path, "segmentation", "NYUDv2"), dtype=np.int64)
         if label.min(initial=0) < 0 or label.max(initial=0) > 40:
             raise DataError(f"NYUDv2 file {str(path)!r} has values {label.min()}..{label.max()}; expected 0 (void) and "
                             "the classes 1..40")

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.io import loadmat
-from scipy.io.matlab import MatReadError
 
 from pixelwise.data.base import ImageMaskDataset, refuse_weight_map
 from pixelwise.data.folder import default_palette
-from pixelwise.data.io import DataError
+from pixelwise.data.io import DataError, read_mat
 from pixelwise.data.paths import dataset_dir, resolve_root
 from pixelwise.data.registry import register_dataset
 
@@ -83,11 +81,7 @@ class PascalContext(ImageMaskDataset):
 
     def read_mask(self, i: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         path = self.mask_paths[i]
-        try:
-            label = np.asarray(loadmat(path)["LabelMap"], dtype=np.int64)
-        except (OSError, ValueError, KeyError, NotImplementedError, MatReadError) as e:
-            raise DataError(f"PASCAL-Context file {str(path)!r} cannot be read as a MATLAB file with LabelMap: "
-                            f"{' '.join(str(e).split())[:160]}") from None
+        label = np.asarray(read_mat(path, "LabelMap", "PASCAL-Context"), dtype=np.int64)
         if size is not None and label.shape != tuple(size):
             raise DataError(f"PASCAL-Context file {str(path)!r} is {label.shape[0]} x {label.shape[1]} but its image "
                             f"is {size[0]} x {size[1]}")

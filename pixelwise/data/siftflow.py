@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.io import loadmat
-from scipy.io.matlab import MatReadError
 from torchvision import tv_tensors
 
 from pixelwise.data.base import refuse_weight_map
 from pixelwise.data.folder import default_palette
-from pixelwise.data.io import DataError, read_image
+from pixelwise.data.io import DataError, read_mat, read_image
 from pixelwise.data.paths import dataset_dir
 from pixelwise.data.registry import class_meta, register_dataset
 
@@ -39,11 +37,7 @@ GEO_METRICS = ("geo_pixel_acc", "geo_mean_acc", "geo_miou", "geo_fwiou")
 
 def _labels(path: Path, classes: int) -> np.ndarray:
     """A .mat label file's S minus 1: 0..classes-1, unlabelled (0 or -1 in the file) -> 255."""
-    try:
-        s = np.asarray(loadmat(path)["S"], dtype=np.int64)
-    except (OSError, ValueError, KeyError, NotImplementedError, MatReadError) as e:
-        raise DataError(f"SIFT Flow file {str(path)!r} cannot be read as a MATLAB file with S: "
-                        f"{' '.join(str(e).split())[:160]}") from None
+    s = np.asarray(read_mat(path, "S", "SIFT Flow"), dtype=np.int64)
     if s.max(initial=0) > classes or s.min(initial=0) < -1:
         raise DataError(f"SIFT Flow file {str(path)!r} has values {s.min()}..{s.max()}; expected 0 (unlabelled) and "
                         f"the classes 1..{classes}")

@@ -29,15 +29,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.io import loadmat
-from scipy.io.matlab import MatReadError
 
 
 from pixelwise.data.folder import default_palette
 from pixelwise.data.base import ImageMaskDataset, configure
 from pixelwise.data.paths import dataset_dir, resolve_root
 from pixelwise.data.registry import class_meta, register_dataset
-from pixelwise.data.io import DataError
+from pixelwise.data.io import DataError, read_mat
 
 __all__ = ["VOCSegmentation", "read_sbd", "sbd_release"]
 
@@ -56,12 +54,10 @@ def _read_list(path: Path) -> list[str]:
 def read_sbd(path: Path, struct: str, num_classes: int = 21,
              size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(Segmentation, Categories or None) of an SBD .mat file (struct GTcls or GTinst), checked."""
-    try:
-        data = loadmat(path, squeeze_me=True, struct_as_record=False)[struct]
-        segmentation = np.asarray(data.Segmentation, dtype=np.int64)
-    except (OSError, ValueError, KeyError, AttributeError, NotImplementedError, MatReadError) as e:
-        raise DataError(f"SBD file {str(path)!r} cannot be read as a MATLAB file with {struct}.Segmentation: "
-                        f"{' '.join(str(e).split())[:160]}") from None
+    data = read_mat(path, struct, "SBD", squeeze_me=True, struct_as_record=False)
+    if not hasattr(data, "Segmentation"):
+        raise DataError(f"SBD file {str(path)!r}: {struct} has no Segmentation field; expected SBD's cls/ or inst/ file")
+    segmentation = np.asarray(data.Segmentation, dtype=np.int64)
     if segmentation.ndim != 2:
         raise DataError(f"SBD file {str(path)!r}: {struct}.Segmentation has shape {segmentation.shape}; expected H x W")
     if size is not None and segmentation.shape != tuple(size):
