@@ -1,5 +1,5 @@
 """Cityscapes fine annotations (Cordts et al., CVPR 2016) as distributed: semantic segmentation in the 19
-train ids, and instance segmentation of the 8 instance classes (Mask R-CNN, He et al. 2017, section 4.2).
+train ids, and instance segmentation of the 8 instance classes (Mask R-CNN, He et al. 2017, appendix A).
 
 Layout under DATA/cityscapes/ (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip unpacked as they
 come): leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png and

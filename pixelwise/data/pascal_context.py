@@ -1,4 +1,4 @@
-"""PASCAL-Context (Mottaghi et al., CVPR 2014), FCN's 59-class task (Long et al. 2015, section 5, Table 4): the
+"""PASCAL-Context (Mottaghi et al., CVPR 2014), FCN's 59-class task (Shelhamer, Long & Darrell, PAMI 2016): the
 59 most frequent of its 459 classes, every other pixel background (class 0), 60 classes in all.
 
 Layout under DATA/pascal_context/ (the release's trainval.tar.gz unpacked here, with its labels.txt and
