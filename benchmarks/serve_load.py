@@ -88,8 +88,10 @@ def answer_key(answer: dict):
                        for d in answer["instances"]])
 
 
-def reference(path: Path, runtime: str | None, overrides: list[str], images: list[bytes]) -> tuple[list, float]:
-    """The in-process answers (through the server's own encoder) and images per second of the predictor."""
+def reference(path: Path, runtime: str | None, overrides: list[str], images: list[bytes]) -> tuple:
+    """The in-process answers (through the server's own encoder); images per second of the predictor called in a
+    loop on the image files (each decoded, as a user's loop over files does) and on the decoded arrays; the server's
+    own work per request, in seconds."""
     from pixelwise.inference import build_inference
     from pixelwise.serve import decode_image, encode
 
@@ -97,11 +99,16 @@ def reference(path: Path, runtime: str | None, overrides: list[str], images: lis
     p = inference.predictor
     arrays = [decode_image(b) for b in images]
     results = [p(a) for a in arrays]  # the reference answers, and a warm-up
-    done, t0 = 0, time.perf_counter()
-    while done < 4 * len(arrays) or time.perf_counter() - t0 < 10:  # one image at a time, as a user's loop would
-        p(arrays[done % len(arrays)])
-        done += 1
-    rate = done / (time.perf_counter() - t0)
+
+    def rate(step) -> float:
+        done, t0 = 0, time.perf_counter()
+        while done < 4 * len(arrays) or time.perf_counter() - t0 < 10:  # one image at a time, as a user's loop
+            step(done % len(arrays))
+            done += 1
+        return done / (time.perf_counter() - t0)
+
+    from_files = rate(lambda i: p(decode_image(images[i])))
+    from_arrays = rate(lambda i: p(arrays[i]))
     keys = [answer_key(encode(inference, {"image": p.read(a), "result": r, "overlay": False, "accept": ""}))
             for a, r in zip(arrays, results)]
     # The server's own per-request work beside the model's, in this process: base64 in and out, decoding the
@@ -112,7 +119,7 @@ def reference(path: Path, runtime: str | None, overrides: list[str], images: lis
         json.dumps(encode(inference, {"image": p.read(array), "result": r, "overlay": False, "accept": ""}))
         work += 1
     overhead = (time.perf_counter() - t0) / work
-    return keys, rate, overhead
+    return keys, from_files, from_arrays, overhead
 
 
 def load(url: str, images: list[bytes], keys: list, clients: int, per_client: int) -> dict:
@@ -149,7 +156,7 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
 
 def bench(name: str, path: Path, runtime: str | None, overrides: list[str], images: list[bytes], clients: list[int],
           per_client: int, batch: int = 1) -> dict:
-    keys, rate, overhead = reference(path, runtime, overrides, images)
+    keys, rate, from_arrays, overhead = reference(path, runtime, overrides, images)
     port = free_port()
     cmd = [sys.executable, "-m", "pixelwise", "serve", "--checkpoint", str(path), "--port", str(port),
            "--max-batch-size", str(batch), *(["--batch-timeout", "0.05"] if batch > 1 else []),
@@ -173,51 +180,53 @@ def bench(name: str, path: Path, runtime: str | None, overrides: list[str], imag
         server.wait(timeout=120)
     for r in rows:
         r["ratio_to_in_process"] = r["valid_per_s"] / rate
+        r["ratio_to_arrays"] = r["valid_per_s"] / from_arrays
         print(f"{name} ({runtime or 'torch'}): {r['clients']} clients: {r['valid_per_s']:.2f} valid req/s "
               f"(in-process {rate:.2f} img/s, ratio {r['ratio_to_in_process']:.2f}), p50 {r['p50_s']:.2f} s, "
               f"5xx {r['errors_5xx']}, different {r['different']}", flush=True)
     return {"checkpoint": name, "runtime": runtime or "torch", "max_batch_size": batch, "in_process_per_s": rate,
+            "in_process_arrays_per_s": from_arrays,
             "serve_work_per_image_s": overhead, "memory_mb_before": before, "memory_mb_after": after, "rows": rows}
 
 
 def images_for(name: str, n: int) -> list[bytes]:
+    """The first n validation images as PNG files: CamVid's val folder, or ISBI 2012's slices 25-29 (the recipes'
+    validation split; the data root's isbi2012/train/image/NN.png)."""
     import os
 
     root = Path(os.environ["PIXELWISE_DATA"])
-    files = sorted((root / "camvid" / "val").glob("*.png")) if "camvid" in name else []
-    if not files:  # ISBI: the validation slices of the TIFF stack, as PNG files
-        from PIL import Image
-
-        stack = Image.open(root / "isbi2012" / "train-volume.tif")
-        out = []
-        for k in range(25, 25 + n):
-            stack.seek(k % stack.n_frames)
-            buffer = io.BytesIO()
-            stack.convert("L").save(buffer, format="PNG")
-            out.append(buffer.getvalue())
-        return out
-    return [f.read_bytes() for f in files[:n]]
+    if "camvid" in name:
+        files = sorted((root / "camvid" / "val").glob("*.png"))[:n]
+    else:
+        files = [root / "isbi2012" / "train" / "image" / f"{k:02d}.png" for k in range(25, 25 + n)]
+    missing = [f for f in files if not f.is_file()]
+    if missing or not files:
+        sys.exit(f"{name}: validation images missing under {root} ({missing[:1] or 'none found'}); set PIXELWISE_DATA")
+    return [f.read_bytes() for f in files]
 
 
 def table(record: dict, args) -> str:
-    lines = ["| checkpoint | runtime | batch | clients | valid req/s | in-process img/s | ratio | p50 / p95 / p99 s | "
-             "serve work / model time | 5xx | different | bad not 4xx | memory MB before -> after |", "|---" * 13 + "|"]
+    lines = [("| checkpoint | runtime | batch | clients | valid req/s | in-process img/s: files / arrays | ratio: files / "
+              "arrays | p50 / p95 / p99 s | serve work / model time | 5xx | different | bad not 4xx | memory MB before "
+              "-> after |"), "|---" * 13 + "|"]
     for res in record["results"]:
-        work = (f"{res['serve_work_per_image_s'] * res['in_process_per_s']:.3f}" if "serve_work_per_image_s" in res
-                else "-")
+        arrays = res.get("in_process_arrays_per_s")
+        work = f"{res['serve_work_per_image_s'] * arrays:.3f}" if arrays and "serve_work_per_image_s" in res else "-"
         for r in res["rows"]:
+            to_arrays = f"{r['ratio_to_arrays']:.2f}" if "ratio_to_arrays" in r else "-"
             lines.append(f"| {res['checkpoint']} | {res['runtime']} | {res['max_batch_size']} | {r['clients']} | "
-                         f"{r['valid_per_s']:.2f} | {res['in_process_per_s']:.2f} | {r['ratio_to_in_process']:.2f} | "
+                         f"{r['valid_per_s']:.2f} | {res['in_process_per_s']:.2f} / {arrays or 0:.2f} | "
+                         f"{r['ratio_to_in_process']:.2f} / {to_arrays} | "
                          f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['p99_s']:.2f} | {work} | {r['errors_5xx']} | "
                          f"{r['different']} | {r['bad_not_4xx']} | {res['memory_mb_before']:.0f} -> "
                          f"{res['memory_mb_after']:.0f} |")
     return (f"Command: `python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}` "
             f"({record.get('date')}, {record.get('machine')}). One in ten requests is a bad input; \"different\" "
-            "counts valid answers that are not the in-process predictor's; ratio = the server's valid requests per "
-            "second / the in-process predictor's images per second; \"serve work / model time\" = the server's own "
-            "work per request (base64, decoding the upload, the predictor's read, writing the answer), timed in "
-            "process, over the "
-            "predictor's time per image.\n\n" + "\n".join(lines))
+            "counts valid answers that are not the in-process predictor's. In-process: the predictor called in a loop "
+            "on the same image files (each decoded, as the server decodes each upload) and on the decoded arrays; "
+            "ratio = the server's valid requests per second / those images per second. \"serve work / model time\": "
+            "the server's own work per request (base64 in and out, decoding the upload, the predictor's read, writing "
+            "the answer), timed in process, over the predictor's time per decoded image.\n\n" + "\n".join(lines))
 
 
 def main() -> None:
