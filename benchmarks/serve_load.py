@@ -5,8 +5,9 @@
 
 For each checkpoint (benchmarks/budgets.py's 4 B runs of the U-Net, FCN-8s and Mask R-CNN CPU recipes) and
 runtime (torch, and OpenVINO bf16 on benchmarks/deployed.py's export), a server is started on a free loopback
-port. First the in-process predictor runs over the same validation images in a loop (images per second, and
-the reference answers). Then C concurrent clients each send --requests requests, about one in ten a bad input
+port. The in-process predictor gives the reference answers, and is timed in a loop over the same validation
+images in turns with the server (InProcess). C concurrent clients each send --requests requests, about one in
+ten a bad input
 (not an image, truncated, empty, wrong Content-Type): requests per second of the valid ones, latency p50 / p95
 / p99, the count of 5xx answers (must be 0), of valid answers that differ from the in-process prediction (must
 be 0), of bad inputs not answered with a 4xx (must be 0), and the server's memory (every process of it) before
@@ -88,10 +89,35 @@ def answer_key(answer: dict):
                        for d in answer["instances"]])
 
 
+class InProcess:
+    """The in-process predictor beside the server, timed in turns with it (the load's rounds): on this shared
+    2-core VM the same loop ran 25% faster in one minute than in the next, so a rate measured before the server's
+    would not be comparable. Two loops: over the image files (each decoded, as a user's loop over files does and
+    as the server decodes each upload) and over the decoded arrays."""
+
+    def __init__(self, predictor, images: list[bytes], arrays: list) -> None:
+        self.p, self.images, self.arrays = predictor, images, arrays
+        self.seconds, self.count = {"files": 0.0, "arrays": 0.0}, {"files": 0, "arrays": 0}
+
+    def turn(self, at_least: float = 2.0) -> None:
+        from pixelwise.serve import decode_image
+
+        for kind, step in (("files", lambda i: self.p(decode_image(self.images[i]))),
+                           ("arrays", lambda i: self.p(self.arrays[i]))):
+            done, t0 = 0, time.perf_counter()
+            while done < len(self.images) or time.perf_counter() - t0 < at_least:  # one image at a time
+                step(done % len(self.images))
+                done += 1
+            self.seconds[kind] += time.perf_counter() - t0
+            self.count[kind] += done
+
+    def rate(self, kind: str) -> float:
+        return self.count[kind] / self.seconds[kind]
+
+
 def reference(path: Path, runtime: str | None, overrides: list[str], images: list[bytes]) -> tuple:
-    """The in-process answers (through the server's own encoder); images per second of the predictor called in a
-    loop on the image files (each decoded, as a user's loop over files does) and on the decoded arrays; the server's
-    own work per request, in seconds."""
+    """The in-process answers (through the server's own encoder), the predictor to time beside the server, and the
+    server's own work per request, in seconds."""
     from pixelwise.inference import build_inference
     from pixelwise.serve import decode_image, encode
 
@@ -99,16 +125,6 @@ def reference(path: Path, runtime: str | None, overrides: list[str], images: lis
     p = inference.predictor
     arrays = [decode_image(b) for b in images]
     results = [p(a) for a in arrays]  # the reference answers, and a warm-up
-
-    def rate(step) -> float:
-        done, t0 = 0, time.perf_counter()
-        while done < 4 * len(arrays) or time.perf_counter() - t0 < 10:  # one image at a time, as a user's loop
-            step(done % len(arrays))
-            done += 1
-        return done / (time.perf_counter() - t0)
-
-    from_files = rate(lambda i: p(decode_image(images[i])))
-    from_arrays = rate(lambda i: p(arrays[i]))
     keys = [answer_key(encode(inference, {"image": p.read(a), "result": r, "overlay": False, "accept": ""}))
             for a, r in zip(arrays, results)]
     # The server's own per-request work beside the model's, in this process: base64 in and out, decoding the
@@ -119,10 +135,13 @@ def reference(path: Path, runtime: str | None, overrides: list[str], images: lis
         json.dumps(encode(inference, {"image": p.read(array), "result": r, "overlay": False, "accept": ""}))
         work += 1
     overhead = (time.perf_counter() - t0) / work
-    return keys, from_files, from_arrays, overhead
+    return keys, InProcess(p, images, arrays), overhead
 
 
-def load(url: str, images: list[bytes], keys: list, clients: int, per_client: int) -> dict:
+def load(url: str, images: list[bytes], keys: list, clients: int, per_client: int, inproc: InProcess,
+         rounds: int = 5) -> dict:
+    """The clients' requests in `rounds` rounds, the in-process predictor timed before each round and after the
+    last; the server's rate over its rounds' wall time, the predictor's over its turns."""
     jobs = []
     for c in range(clients):
         for k in range(per_client):
@@ -137,10 +156,15 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
         status, body, seconds = post(url, images[job[1]], "image/png")
         return "good", status, seconds, (job[1], body)
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(run, jobs))
-    wall = time.perf_counter() - t0
+    inproc.seconds, inproc.count = {k: 0.0 for k in inproc.seconds}, {k: 0 for k in inproc.count}
+    wall, size = 0.0, -(-len(jobs) // rounds)
+    for start in range(0, len(jobs), size):
+        inproc.turn()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results += list(pool.map(run, jobs[start:start + size]))
+        wall += time.perf_counter() - t0
+    inproc.turn()
     # The answers are checked after the clock: the clients share the server's 2 cores, and decoding every answer's
     # PNG while the server works would slow it for a reason that is not the server's.
     results = [r[:3] + ((r[0] == "good" and r[1] == 200 and answer_key(json.loads(r[3][1])) == keys[r[3][0]]),)
@@ -149,6 +173,7 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
     lat = sorted(r[2] for r in good)
     q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
     return {"clients": clients, "requests": len(results), "valid": len(good), "valid_per_s": len(good) / wall,
+            "in_process_per_s": inproc.rate("files"), "in_process_arrays_per_s": inproc.rate("arrays"),
             "p50_s": q[49], "p95_s": q[94], "p99_s": q[98], "errors_5xx": sum(r[1] >= 500 for r in results),
             "different": sum(r[3] is False for r in good),
             "bad_not_4xx": sum(not 400 <= r[1] < 500 for r in results if r[0] == "bad")}
@@ -156,7 +181,7 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
 
 def bench(name: str, path: Path, runtime: str | None, overrides: list[str], images: list[bytes], clients: list[int],
           per_client: int, batch: int = 1) -> dict:
-    keys, rate, from_arrays, overhead = reference(path, runtime, overrides, images)
+    keys, inproc, overhead = reference(path, runtime, overrides, images)
     port = free_port()
     cmd = [sys.executable, "-m", "pixelwise", "serve", "--checkpoint", str(path), "--port", str(port),
            "--max-batch-size", str(batch), *(["--batch-timeout", "0.05"] if batch > 1 else []),
@@ -173,19 +198,18 @@ def bench(name: str, path: Path, runtime: str | None, overrides: list[str], imag
         for image in images:  # warm-up: the first pass of each size (OpenVINO compiles a graph per shape)
             post(f"{url}/predict", image, "image/png")
         before = memory_mb(server.pid)
-        rows = [load(f"{url}/predict", images, keys, c, per_client) for c in clients]
+        rows = [load(f"{url}/predict", images, keys, c, per_client, inproc) for c in clients]
         after = memory_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=120)
     for r in rows:
-        r["ratio_to_in_process"] = r["valid_per_s"] / rate
-        r["ratio_to_arrays"] = r["valid_per_s"] / from_arrays
+        r["ratio_to_in_process"] = r["valid_per_s"] / r["in_process_per_s"]
+        r["ratio_to_arrays"] = r["valid_per_s"] / r["in_process_arrays_per_s"]
         print(f"{name} ({runtime or 'torch'}): {r['clients']} clients: {r['valid_per_s']:.2f} valid req/s "
-              f"(in-process {rate:.2f} img/s, ratio {r['ratio_to_in_process']:.2f}), p50 {r['p50_s']:.2f} s, "
-              f"5xx {r['errors_5xx']}, different {r['different']}", flush=True)
-    return {"checkpoint": name, "runtime": runtime or "torch", "max_batch_size": batch, "in_process_per_s": rate,
-            "in_process_arrays_per_s": from_arrays,
+              f"(in-process {r['in_process_per_s']:.2f} img/s, ratio {r['ratio_to_in_process']:.2f}), p50 "
+              f"{r['p50_s']:.2f} s, 5xx {r['errors_5xx']}, different {r['different']}", flush=True)
+    return {"checkpoint": name, "runtime": runtime or "torch", "max_batch_size": batch, "interleaved": True,
             "serve_work_per_image_s": overhead, "memory_mb_before": before, "memory_mb_after": after, "rows": rows}
 
 
@@ -210,12 +234,12 @@ def table(record: dict, args) -> str:
               "arrays | p50 / p95 / p99 s | serve work / model time | 5xx | different | bad not 4xx | memory MB before "
               "-> after |"), "|---" * 13 + "|"]
     for res in record["results"]:
-        arrays = res.get("in_process_arrays_per_s")
-        work = f"{res['serve_work_per_image_s'] * arrays:.3f}" if arrays and "serve_work_per_image_s" in res else "-"
         for r in res["rows"]:
+            files, arrays = (r.get(k, res.get(k)) for k in ("in_process_per_s", "in_process_arrays_per_s"))
+            work = f"{res['serve_work_per_image_s'] * arrays:.3f}" if arrays and "serve_work_per_image_s" in res else "-"
             to_arrays = f"{r['ratio_to_arrays']:.2f}" if "ratio_to_arrays" in r else "-"
             lines.append(f"| {res['checkpoint']} | {res['runtime']} | {res['max_batch_size']} | {r['clients']} | "
-                         f"{r['valid_per_s']:.2f} | {res['in_process_per_s']:.2f} / {arrays or 0:.2f} | "
+                         f"{r['valid_per_s']:.2f} | {files:.2f} / {arrays or 0:.2f} | "
                          f"{r['ratio_to_in_process']:.2f} / {to_arrays} | "
                          f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['p99_s']:.2f} | {work} | {r['errors_5xx']} | "
                          f"{r['different']} | {r['bad_not_4xx']} | {res['memory_mb_before']:.0f} -> "
@@ -223,7 +247,8 @@ def table(record: dict, args) -> str:
     return (f"Command: `python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}` "
             f"({record.get('date')}, {record.get('machine')}). One in ten requests is a bad input; \"different\" "
             "counts valid answers that are not the in-process predictor's. In-process: the predictor called in a loop "
-            "on the same image files (each decoded, as the server decodes each upload) and on the decoded arrays; "
+            "on the same image files (each decoded, as the server decodes each upload) and on the decoded arrays, "
+            "in this process, in turns with the server (before each of 5 rounds of requests and after the last): "
             "ratio = the server's valid requests per second / those images per second. \"serve work / model time\": "
             "the server's own work per request (base64 in and out, decoding the upload, the predictor's read, writing "
             "the answer), timed in process, over the predictor's time per decoded image.\n\n" + "\n".join(lines))

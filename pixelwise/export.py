@@ -11,10 +11,12 @@ What is in the graph:
 - Mask R-CNN: four graphs, the parts with weights: `backbone` (ResNet + FPN, or the C4 trunk:
   normalised, resized, padded batch -> feature maps), `rpn_head` (feature maps -> objectness and box
   deltas per level), `box_head` (pooled RoI features -> class logits and box deltas), `mask_head`
-  (pooled RoI features -> mask logits), and `res5` for C4 models. Resizing and normalising the
-  image, anchors, proposal decoding and NMS, RoIAlign / RoIPool / RoIWarp, box decoding, per-class
-  NMS and mask pasting stay in PyTorch (they have no weights): `--runtime` runs the graphs inside the
-  same MaskRCNN code, so detections follow the same rules. The backbone is the file named by --out;
+  (pooled RoI features -> mask logits), and `res5` for C4 models. A RoI part fed by RoIAlign has the
+  pooling in its graph (inputs: the RoIs (K, 5) and the feature maps; ONNX RoiAlign / OpenVINO ROIAlign,
+  engine.tasks.instance.PooledPart). Resizing and normalising the image, anchors, proposal decoding and
+  NMS, RoIPool / RoIWarp, box decoding, per-class NMS and mask pasting stay in PyTorch (no weights, and
+  shapes that depend on the data): `--runtime` runs the graphs inside the same MaskRCNN code, so
+  detections follow the same rules. The backbone is the file named by --out;
   the others are STEM.PART.SUFFIX beside it.
 
 Every file carries the training config and class names (ONNX metadata_props, OpenVINO rt_info,
@@ -95,7 +97,7 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
     _check_targets(targets.values(), out, checkpoint)
     meta = {"format": fmt, "task": task.name, "config": to_dict(cfg),
             "class_names": list(inference.predictor.class_names or []),
-            "main": next(iter(parts)), "parts": {n: {"structure": s} for n, (_, _, s, _) in parts.items()},
+            "main": next(iter(parts)), "parts": {n: {"structure": s, **getattr(m, "export_meta", {})} for n, (m, _, s, _) in parts.items()},
             "input": task.export_input, "state": task.export_state(inference.model),
             "checkpoint": Path(checkpoint).name, "pixelwise": __import__("pixelwise").__version__}
     calib = {}
@@ -189,7 +191,9 @@ def _calibration_images(inference, n: int) -> list[torch.Tensor]:
     return [ds[i * len(ds) // n][0].as_subclass(torch.Tensor) for i in range(n)]
 
 
-def _dynamic_shapes(args, dims):
+def _dynamic_shapes(args, dims, module: nn.Module | None = None):
+    """torch.export's dynamic_shapes: every dimension in `dims` of every input. A module whose forward takes
+    *inputs (engine.tasks.instance.PooledPart: rois, *features) says how its inputs group (`varargs_from`)."""
     D = torch.export.Dim.DYNAMIC
 
     def spec(a):
@@ -197,7 +201,9 @@ def _dynamic_shapes(args, dims):
             return [spec(v) for v in a]
         return {d: D for d in dims if d < a.dim()}
 
-    return tuple(spec(a) for a in args)
+    shapes = tuple(spec(a) for a in args)
+    start = getattr(module, "varargs_from", None)
+    return shapes if start is None else (*shapes[:start], shapes[start:])
 
 
 def _export_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, meta: dict | None, *,
@@ -233,9 +239,10 @@ def _write_part(module: nn.Module, args: tuple, dims, fmt: str, path: Path, targ
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if calibration is None:
-            WRITERS[fmt](module, args, _dynamic_shapes(args, dims), path, target, meta)
+            WRITERS[fmt](module, args, _dynamic_shapes(args, dims, module), path, target, meta)
         else:
-            WRITERS[fmt](module, args, _dynamic_shapes(args, dims), path, target, meta, calibration=calibration)
+            WRITERS[fmt](module, args, _dynamic_shapes(args, dims, module), path, target, meta,
+                         calibration=calibration)
 
 
 def _write_torch_export(module, args, shapes, path: Path, target: Path, meta: dict | None) -> None:

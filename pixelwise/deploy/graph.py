@@ -22,9 +22,10 @@ class RuntimeModule(nn.Module):
     structure: how the flat list of graph outputs is regrouped ("tensor", "tuple", "list", or
     "lists:N" for N lists of equal length). denormalize: (mean, std) to undo before the graph, for a
     semantic model whose graph normalises its input itself while the Predictor hands normalised windows.
-    buckets: the first dimension of every input (Mask R-CNN's RoIs) is padded with zeros to the next of
-    BUCKETS, and the outputs cut back, so the runtime sees a few shapes, each compiled once (OpenVINO
-    compiles a static graph per shape), instead of a new one for every number of RoIs.
+    buckets: the first input (Mask R-CNN's RoIs, or their pooled features) is padded with zero rows to the
+    next of BUCKETS, and the outputs cut back, so the runtime sees a few shapes, each compiled once
+    (OpenVINO compiles a static graph per shape), instead of a new one for every number of RoIs. The
+    other inputs (the feature maps of a part that pools in its graph) pass as they are.
     """
 
     def __init__(self, path: str | Path, runtime: str, *, precision: str = "fp32", structure: str = "tensor",
@@ -49,10 +50,10 @@ class RuntimeModule(nn.Module):
         if self.denormalize:
             inputs = (inputs[0].float() * self.std + self.mean, *inputs[1:])
         if self.buckets:
-            n = flatten(inputs)[0].shape[0]
-            size = bucket(n)
-            inputs = tuple(torch.cat([t, t.new_zeros((size - n, *t.shape[1:]))]) for t in inputs)
-            return _cut(self._forward(inputs), n)
+            first, *rest = flatten(inputs)
+            n = first.shape[0]
+            first = torch.cat([first, first.new_zeros((bucket(n) - n, *first.shape[1:]))])
+            return _cut(self._forward((first, *rest)), n)
         return self._forward(inputs)
 
     def _forward(self, inputs):

@@ -28,15 +28,37 @@ def masks_to_rle(masks: torch.Tensor | np.ndarray) -> list[dict]:
 
     counts is decoded to str so that the RLEs can be written to JSON.
     """
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks)
     if masks.ndim != 3:
-        raise ValueError(f"masks_to_rle: masks of shape {masks.shape}; expected (N, H, W)")
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0) != 0, dtype=np.uint8))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
+        raise ValueError(f"masks_to_rle: masks of shape {tuple(masks.shape)}; expected (N, H, W)")
+    inside = torch.as_tensor(masks).detach().cpu()
+    inside = inside if inside.dtype == torch.bool else inside != 0
+    n, h, w = inside.shape
+    # COCO's runs go down the columns. Only the columns a mask touches are read (an object is a small part of the
+    # image): their runs, the zeros of the columns before and after added to the first and last run of zeros.
+    # (Encoding every column with pycocotools took 80 ms for 150 masks of 512 x 512, mostly transposing them.)
+    touched = inside.view(torch.uint8).amax(dim=1)  # any(dim=1), 20x faster on bool
+    rles = []
+    for k in range(n):
+        used = torch.nonzero(touched[k]).flatten().tolist()
+        x0, x1 = (used[0], used[-1] + 1) if used else (0, 0)
+        counts = _runs(inside[k, :, x0:x1].t().contiguous().numpy().ravel(), before=h * x0, after=h * (w - x1))
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        rles.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
     return rles
+
+
+def _runs(pixels: np.ndarray, before: int, after: int) -> list[int]:
+    """COCO's uncompressed counts (runs of 0s and 1s, the first of 0s) of `pixels` (bool, column-major) with
+    `before` 0s in front and `after` 0s behind."""
+    if pixels.size == 0:
+        return [before + after]
+    change = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+    counts = ([0] if pixels[0] else []) + np.diff(np.concatenate(([0], change, [pixels.size]))).tolist()
+    counts[0] += before
+    if pixels[-1]:
+        return counts + [after] if after else counts
+    counts[-1] += after
+    return counts
 
 
 def rle_to_masks(rles: Sequence[dict], size: tuple[int, int] | None = None) -> np.ndarray:

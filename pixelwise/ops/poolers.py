@@ -14,6 +14,15 @@ The three methods are the rows of Mask R-CNN Table 2c:
   spatial_scale, rounding halves away from zero like RoIPool's C++ `round`.
 
 Boxes are (x1, y1, x2, y2) in image pixels; `spatial_scale` = 1 / stride maps them to a level.
+
+`RoIPooler` is the same as a module taking (features, rois); its `in_graph` is RoIAlign written for an exported
+graph (pixelwise.export puts it in Mask R-CNN's RoI parts): torchvision.ops.roi_align, which the exporters turn into
+ONNX `RoiAlign` and OpenVINO `ROIAlign`, once over an "atlas" of the pyramid's levels side by side, each with a
+one-pixel replicated border, the RoIs moved onto their level. One RoIAlign of the RoIs, with no shape that
+depends on the data (a graph cannot split the RoIs by level without one), and the same values as `roi_features`
+for boxes inside the image (Mask R-CNN clips proposals and detections to it): a sample on a level's last row or
+column reads the border's copy of it, as torchvision clamps it. Equal to 1e-12 in float64; in float32 to about
+1e-4 of unit-variance features, since a coordinate moved right by hundreds of pixels keeps fewer of its bits.
 """
 from __future__ import annotations
 
@@ -21,11 +30,14 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
 from torchvision.ops import roi_pool
 
 from pixelwise.ops.roi_align import roi_align
 
-__all__ = ["METHODS", "map_levels", "roi_features"]
+__all__ = ["METHODS", "RoIPooler", "as_rois", "map_levels", "pool_rois", "roi_features"]
 
 METHODS = ("roi_align", "roi_pool", "roi_warp")
 
@@ -103,24 +115,92 @@ def roi_features(
         )
     if len(boxes) != features[0].shape[0]:
         raise ValueError(f"roi_features: {len(boxes)} box tensors for a batch of {features[0].shape[0]} images")
+    first = features[0]
+    return pool_rois(features, as_rois(boxes, first.dtype), method=method, output_size=output_size,
+                     spatial_scales=spatial_scales, sampling_ratio=sampling_ratio, aligned=aligned,
+                     canonical_scale=canonical_scale, canonical_level=canonical_level)
+
+
+def as_rois(boxes: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(sum N_i, 5) rows (batch index, x1, y1, x2, y2) of B tensors (N_i, 4), at least float32: bf16 coordinates
+    near 500 px are 2 px apart."""
+    cat = torch.cat(list(boxes)).to(torch.promote_types(dtype, torch.float32))
+    index = torch.cat([torch.full((len(b), 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)])
+    return torch.cat([index, cat], dim=1)
+
+
+def _levels(spatial_scales: Sequence[float], count: int) -> tuple[int, int]:
+    k_min, k_max = round(-math.log2(spatial_scales[0])), round(-math.log2(spatial_scales[-1]))
+    if k_max - k_min + 1 != count:
+        raise ValueError(
+            f"roi_features: spatial_scales={list(spatial_scales)} are not {count} consecutive powers of 1/2"
+        )
+    return k_min, k_max
+
+
+def pool_rois(
+    features: Sequence[torch.Tensor],
+    rois: torch.Tensor,
+    *,
+    method: str = "roi_align",
+    output_size: int | tuple[int, int],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = 2,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+) -> torch.Tensor:
+    """roi_features on rois (K, 5) = (batch index, x1, y1, x2, y2), in their order."""
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     first = features[0]
-    # Boxes stay at least float32 with bf16 features: bf16 coordinates near 500 px are 2 px apart.
-    cat = torch.cat(list(boxes)).to(torch.promote_types(first.dtype, torch.float32))
-    index = torch.cat([torch.full((len(b), 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)])
-    rois = torch.cat([index, cat], dim=1)
     if len(features) == 1:
         return _pool(first, rois, method, size, spatial_scales[0], sampling_ratio, aligned)
-
-    k_min = round(-math.log2(spatial_scales[0]))
-    k_max = round(-math.log2(spatial_scales[-1]))
-    if k_max - k_min + 1 != len(features):
-        raise ValueError(
-            f"roi_features: spatial_scales={list(spatial_scales)} are not {len(features)} consecutive powers of 1/2"
-        )
-    levels = map_levels(cat, k_min, k_max, canonical_scale, canonical_level) - k_min
+    k_min, k_max = _levels(spatial_scales, len(features))
+    levels = map_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level) - k_min
     result = first.new_zeros((len(rois), first.shape[1], *size))
     for level, (feature, scale) in enumerate(zip(features, spatial_scales)):
         idx = torch.where(levels == level)[0]
         result[idx] = _pool(feature, rois[idx], method, size, scale, sampling_ratio, aligned).to(result.dtype)
     return result
+
+
+class RoIPooler(nn.Module):
+    """pool_rois as a module, without weights: (features, rois (K, 5)) -> (K, C, h, w)."""
+
+    def __init__(self, method: str, output_size: int, spatial_scales: Sequence[float], sampling_ratio: int = 2,
+                 aligned: bool = False) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"RoIPooler: method={method!r}, expected one of {METHODS}")
+        self.method, self.output_size, self.spatial_scales = method, output_size, list(spatial_scales)
+        self.sampling_ratio, self.aligned = sampling_ratio, aligned
+
+    def forward(self, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        return pool_rois(features, rois, method=self.method, output_size=self.output_size,
+                         spatial_scales=self.spatial_scales, sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+
+    def in_graph(self, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """forward's RoIAlign for an exported graph: one torchvision roi_align over the levels' atlas (module doc)."""
+        if self.method != "roi_align":
+            raise ValueError(f"RoIPooler.in_graph: only roi_align goes in a graph, not {self.method}")
+        size = (self.output_size, self.output_size) if isinstance(self.output_size, int) else tuple(self.output_size)
+        dtype = torch.promote_types(features[0].dtype, torch.float32)  # float32 in a graph (float64 in the tests)
+        rois, features = rois.to(dtype), [f.to(dtype) for f in features]
+        if len(features) == 1:
+            return torchvision.ops.roi_align(features[0], rois, size, self.spatial_scales[0],
+                                             self.sampling_ratio, self.aligned)
+        k_min, k_max = _levels(self.spatial_scales, len(features))
+        levels = map_levels(rois[:, 1:], k_min, k_max) - k_min
+        # Each level padded by one replicated pixel on every side, then to the tallest level's height, side by side.
+        padded = [F.pad(f, (1, 1, 1, 1), mode="replicate") for f in features]
+        height = padded[0].shape[-2]
+        atlas = torch.cat([F.pad(p, (0, 0, 0, height - p.shape[-2])) for p in padded], dim=-1)
+        # RoI coordinates on their level, moved right by the widths of the levels before it and the border.
+        scale = torch.zeros_like(levels, dtype=rois.dtype)
+        shift = torch.ones_like(levels, dtype=rois.dtype)
+        for level, (p, s) in enumerate(zip(padded, self.spatial_scales)):
+            scale = scale + (levels == level).to(rois.dtype) * s
+            shift = shift + (levels > level).to(rois.dtype) * p.shape[-1]
+        xy = rois[:, 1:] * scale[:, None] + torch.stack([shift, torch.ones_like(shift)] * 2, dim=1)
+        return torchvision.ops.roi_align(atlas, torch.cat([rois[:, :1], xy], dim=1), size, 1.0, self.sampling_ratio,
+                                         self.aligned)

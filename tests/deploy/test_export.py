@@ -194,7 +194,17 @@ def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suff
     assert "detections each" in said
     parts = [out] + [out.with_name(f"mrcnn.{p}{suffix}") for p in ("rpn_head", "box_head", "mask_head")]
     assert all(p.exists() for p in parts)
-    assert read_metadata(out)["parts"].keys() == {"backbone", "rpn_head", "box_head", "mask_head"}
+    meta = read_metadata(out)
+    assert meta["parts"].keys() == {"backbone", "rpn_head", "box_head", "mask_head"}
+    # RoIAlign is in the RoI parts' graphs (issue 27): they take the RoIs and the feature maps
+    assert meta["parts"]["box_head"]["input"] == meta["parts"]["mask_head"]["input"] == "rois+features"
+    if fmt == "onnx":
+        import onnx
+
+        for part in ("box_head", "mask_head"):
+            graph = onnx.load(str(out.with_name(f"mrcnn.{part}.onnx")))
+            ops = {n.op_type for n in graph.graph.node} | {n.op_type for f in graph.functions for n in f.node}
+            assert "RoiAlign" in ops and len(graph.graph.input) == 5, (part, sorted(ops))
     wide = tmp / "wide.png"  # another size than the one exported on: the graphs' dynamic dimensions
     Image.fromarray(np.concatenate([np.array(Image.open(image))] * 2, axis=1)).save(wide)
     # (A torch.export program keeps a guard that every FPN level is at least 2 pixels: here the wide image's
@@ -249,6 +259,7 @@ def test_exported_mask_rcnn_feeds_its_roi_graphs_a_few_static_shapes_with_one_ma
         exported = load_predictor(out, runtime=runtime)
         heads = exported.model.roi_heads
         assert isinstance(heads.box_head, RuntimeModule) and heads.box_head.buckets and heads.mask_head.buckets
+        assert type(heads.box_pooler).__name__ == type(heads.mask_pooler).__name__ == "HandOver"  # pooled in the graph
         assert not exported.model.backbone.buckets  # images keep their own sizes
         for many, thresh in ((20, 0.0), (1, 0.0), (20, 1.1)):  # many, one, none (no score above 1.1)
             for model in (reference.model, exported.model):
@@ -326,3 +337,47 @@ def test_mask_rcnn_int8_quantizes_every_part_and_matches_detections(mask_rcnn, f
                {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()})
         assert ops & {"QuantizeLinear", "FakeQuantize"}, part
     assert "matched (label and box IoU >= 0.5)" in said.out
+
+
+@pytest.mark.slow
+def test_a_mask_rcnn_exported_with_roialign_outside_its_graphs_still_loads(mask_rcnn, monkeypatch):
+    """Exports written before RoIAlign went in the graphs (their RoI parts take pooled features, no "input" in
+    their metadata) still run: the loader keeps the PyTorch poolers in front of them."""
+    import pixelwise.engine.tasks.instance as instance
+
+    tmp, image = mask_rcnn
+    out = tmp / "old" / "mrcnn.onnx"
+    out.parent.mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(instance, "_pooled_parts", lambda model: {})
+        assert main(["export", "--checkpoint", str(tmp / "run" / "last.pt"), "--format", "onnx", "--out", str(out),
+                     "--image", str(image)]) == 0
+    assert "input" not in read_metadata(out)["parts"]["box_head"]
+    exported = load_predictor(out, runtime="onnxruntime")
+    assert type(exported.model.roi_heads.box_pooler).__name__ == "RoIPooler"
+    want, got = load_predictor(tmp / "run" / "last.pt")(image), exported(image)
+    assert len(got["boxes"]) == len(want["boxes"]) > 0
+    assert torch.allclose(got["boxes"], want["boxes"], atol=0.05) and torch.equal(got["labels"], want["labels"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["model.name=mask_rcnn_r50_c4", "model.args.mask_roi=roi_pool"])
+def test_c4_and_roipool_mask_rcnn_export_and_detect_as_pytorch(tmp_path, variant, capsys):
+    """C4: res5's RoIAlign (one level) in its graph. RoIPool (Table 2c) stays in PyTorch before the mask head."""
+    from helpers.synthetic import Boxes, instance_config, instance_data
+
+    from pixelwise.engine import train
+
+    train(instance_config(tmp_path / "run", "model.args.box_score_thresh=0.0", variant), datasets=instance_data(),
+          progress=False)
+    image = tmp_path / "boxes.png"
+    Image.fromarray((Boxes(1, seed=5).samples[0][0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--format", "onnx", "--out", str(out),
+                 "--image", str(image)]) == 0, capsys.readouterr().err
+    parts = read_metadata(out)["parts"]
+    pooled = {n for n, info in parts.items() if info.get("input") == "rois+features"}
+    assert pooled == ({"res5"} if "c4" in variant else {"box_head"})
+    want, got = load_predictor(tmp_path / "run" / "last.pt")(image), load_predictor(out, runtime="onnxruntime")(image)
+    assert len(got["boxes"]) == len(want["boxes"]) > 0
+    assert torch.allclose(got["boxes"], want["boxes"], atol=0.05) and torch.equal(got["labels"], want["labels"])

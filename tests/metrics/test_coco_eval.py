@@ -82,6 +82,20 @@ def test_rle_round_trip():
         rle_to_masks([])
     with pytest.raises(ValueError, match=r"shape \(30, 20\); expected \(N, H, W\)"):
         masks_to_rle(masks[0])
+    # numpy and non-bool masks (nonzero = inside) give pycocotools' own encoding; no masks give no RLEs
+    from pycocotools import mask as mask_utils
+
+    values = (torch.rand(3, 17, 23) * 3).floor().to(torch.uint8).numpy()
+    want = mask_utils.encode(np.asfortranarray(values.transpose(1, 2, 0) != 0, dtype=np.uint8))
+    assert [r["counts"] for r in masks_to_rle(values)] == [r["counts"].decode() for r in want]
+    assert masks_to_rle(torch.as_tensor(values).float()) == masks_to_rle(values)
+    assert masks_to_rle(torch.zeros(0, 5, 6, dtype=torch.bool)) == []
+    # objects: a box, one touching the first pixel, one the last column, an empty and a full mask
+    objects = torch.zeros(5, 40, 31, dtype=torch.bool)
+    objects[0, 5:12, 8:20] = objects[1, :3, :2] = objects[2, 30:, 29:] = objects[4] = True
+    objects[0, 7, 9] = False
+    want = mask_utils.encode(np.asfortranarray(objects.numpy().transpose(1, 2, 0), dtype=np.uint8))
+    assert [r["counts"] for r in masks_to_rle(objects)] == [r["counts"].decode() for r in want]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

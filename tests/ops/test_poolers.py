@@ -123,3 +123,30 @@ def test_every_method_runs_on_bf16_features_under_autocast(method):
     else:
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out.float(), want, atol=2**-6, rtol=2**-6)
+
+
+@pytest.mark.parametrize("sampling_ratio,aligned", [(2, False), (0, False), (2, True)])
+def test_roi_align_for_a_graph_equals_the_eager_pooler_on_boxes_inside_the_image(sampling_ratio, aligned):
+    """RoIPooler.in_graph (one torchvision roi_align over the levels side by side, each with a replicated border)
+    gives the eager pooler's values for boxes inside the image, as Mask R-CNN's proposals and detections are:
+    including boxes on the image's edges and corners, whose last samples torchvision clamps to the last row."""
+    from pixelwise.ops.poolers import RoIPooler, as_rois
+
+    g = torch.Generator().manual_seed(3)
+    strides, (h, w) = [4, 8, 16, 32], (512, 704)  # not square: the levels' widths and heights differ
+    features = [torch.randn(2, 6, h // s, w // s, generator=g) for s in strides]
+    boxes = [random_boxes(60, 512, g).clamp(max=512) * torch.tensor([w / 512, 1, w / 512, 1]) for _ in range(2)]
+    edges = torch.tensor([[0.0, 0.0, w, h], [w - 9.0, h - 7.0, w, h], [0.0, h - 40.0, 30.0, h], [w - 300.0, 0, w, 200]])
+    boxes[1] = torch.cat([boxes[1], edges])
+    pooler = RoIPooler("roi_align", 7, [1 / s for s in strides], sampling_ratio, aligned)
+    rois = as_rois(boxes)
+    assert set(map_levels(rois[:, 1:], 2, 5).tolist()) == {2, 3, 4, 5}
+    # The same arithmetic: equal in float64. In float32 a coordinate moved onto the atlas (hundreds of pixels to the
+    # right) keeps fewer bits: samples ~3e-5 px apart.
+    wide = [f.double() for f in features]
+    torch.testing.assert_close(pooler.in_graph(wide, rois.double()), pooler(wide, rois.double()), rtol=0, atol=1e-10)
+    torch.testing.assert_close(pooler.in_graph(features, rois), pooler(features, rois), rtol=0, atol=2e-4)
+    one = RoIPooler("roi_align", 14, [1 / 16], sampling_ratio, aligned)  # C4: one level, no atlas
+    torch.testing.assert_close(one.in_graph(features[2:3], rois), one(features[2:3], rois), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="only roi_align"):
+        RoIPooler("roi_pool", 7, [1 / 16]).in_graph(features[2:3], rois)

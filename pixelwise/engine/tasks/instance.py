@@ -133,9 +133,7 @@ class InstanceTask(Task):
         """{part: (module, example inputs, output structure, dynamic dimensions)} of EXPORT_PARTS present in the
         model, each with the inputs it gets on `sample` ((3, H, W) in [0, 1]), captured by hooks."""
         seen: dict[str, tuple] = {}
-        handles = [module.register_forward_pre_hook(
-            lambda m, args, name=name: seen.setdefault(name, tuple(_clone(a) for a in args)))
-            for name, module in _export_modules(model).items()]
+        handles = _hook_part_inputs(model, lambda name, args: seen.setdefault(name, tuple(_clone(a) for a in args)))
         try:
             with torch.no_grad():
                 model.eval()([sample], detect=True)
@@ -143,10 +141,13 @@ class InstanceTask(Task):
             for h in handles:
                 h.remove()
         parts = {}
+        pooled = _pooled_parts(model)
         for name, module in _export_modules(model).items():
             path, structure, dims = EXPORT_PARTS[name]
             if name not in seen:
                 raise ConfigError(f"Mask R-CNN part {path} was not run on the sample image; cannot export it")
+            if name in pooled:  # its RoIAlign goes in the graph: inputs (RoIs, *feature maps)
+                module, dims = PooledPart(model.get_submodule(f"roi_heads.{pooled[name]}"), module), (0, 2, 3)
             parts[name] = (module.eval(), tuple(_at_least_two(a, dims) for a in seen[name]), structure, dims)
         rest = [n for n, p in model.named_parameters() if not any(n.startswith(v[0] + ".") for v in EXPORT_PARTS.values())]
         if rest:  # every weight must be in a graph, or the exported model would run with random ones
@@ -155,11 +156,19 @@ class InstanceTask(Task):
 
     def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
         """The model with each exported part replaced by its graph. The RoI parts (res5, box_head, mask_head) get
-        their RoIs in padded batches of a few sizes (RuntimeModule buckets): OpenVINO compiles each size once."""
+        their RoIs in padded batches of a few sizes (RuntimeModule buckets): OpenVINO compiles each size once. A
+        part with its RoIAlign in the graph (metadata input "rois+features"; older exports take pooled features)
+        gets the RoIs and the feature maps: the pooler before it hands them over (HandOver)."""
+        pooled = _pooled_parts(model)
         for name, info in parts.items():
             parent, _, leaf = EXPORT_PARTS[name][0].rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf,
                     graph(name, structure=info["structure"], buckets=EXPORT_PARTS[name][2] == (0,)))
+            if info.get("input") == PooledPart.export_meta["input"]:
+                if name not in pooled:
+                    raise ConfigError(f"exported part {name} pools its RoIs in the graph, but this model's config "
+                                      "pools them otherwise; export the checkpoint again")
+                setattr(model.roi_heads, pooled[name], HandOver())
         return model
 
     def export_sample(self, predictor: "InstancePredictor", image) -> torch.Tensor:
@@ -170,10 +179,8 @@ class InstanceTask(Task):
     def calibration_inputs(self, predictor: "InstancePredictor", parts: dict, images: list[torch.Tensor]) -> dict:
         """Each part's inputs (captured by hooks, as export_parts does) while the model detects on each image."""
         seen: dict[str, list] = {name: [] for name in parts}
-        modules = _export_modules(predictor.model)
-        handles = [modules[name].register_forward_pre_hook(
-            lambda m, args, name=name: seen[name].append([a.detach().float().cpu().numpy() for a in _flat(args)]))
-            for name in parts]
+        handles = _hook_part_inputs(predictor.model, lambda name, args: name in seen and seen[name].append(
+            [a.detach().float().cpu().numpy() for a in _flat(args)]))
         try:
             for image in images:
                 detect(predictor.model, [image], torch.device("cpu"))
@@ -263,6 +270,59 @@ EXPORT_PARTS = {
     "box_head": ("roi_heads.box_head", "tuple", (0,)),
     "mask_head": ("roi_heads.mask_head", "tensor", (0,)),
 }
+
+
+class PooledPart(nn.Module):
+    """An exported RoI part with its RoIAlign: (rois (K, 5), *feature maps) -> the part's outputs. The pooler's
+    `in_graph` is torchvision's roi_align over the levels' atlas, which becomes ONNX RoiAlign / OpenVINO ROIAlign."""
+
+    export_meta = {"input": "rois+features"}  # in the export's metadata, so the loader hands the graph these
+    varargs_from = 1  # forward(rois, *features): torch.export groups the inputs from the second on
+
+    def __init__(self, pooler: nn.Module, part: nn.Module) -> None:
+        super().__init__()
+        self.pooler, self.part = pooler, part  # the pooler has no weights
+
+    def forward(self, rois: torch.Tensor, *features: torch.Tensor):
+        return self.part(self.pooler.in_graph(list(features), rois))
+
+
+class HandOver(nn.Module):
+    """In place of a pooler whose RoIAlign runs in the exported graph after it: hands on (rois, *features)."""
+
+    def forward(self, features, rois):
+        return (rois, *features)
+
+
+def _pooled_parts(model: nn.Module) -> dict[str, str]:
+    """{part: pooler attribute of roi_heads} of the exported parts whose input is a RoIAlign pooling, which then
+    goes in their graph: C4's res5 (mask_pooler), FPN's box_head (box_pooler) and mask_head (mask_pooler). RoIPool
+    and RoIWarp (the Table 2c ablations) stay in PyTorch."""
+    heads = getattr(model, "roi_heads", None)
+    if heads is None or not hasattr(heads, "box_pooler"):
+        return {}
+    feeds = {"res5": "mask_pooler"} if heads.res5 is not None else {"box_head": "box_pooler", "mask_head": "mask_pooler"}
+    return {part: pooler for part, pooler in feeds.items()
+            if getattr(getattr(heads, pooler), "method", None) == "roi_align"}
+
+
+def _hook_part_inputs(model: nn.Module, record) -> list:
+    """Forward pre-hooks calling record(part, inputs) with each exported part's graph inputs: the part's own inputs,
+    or for a part with its pooling in the graph, (rois, *features) as its pooler gets them."""
+    pooled = _pooled_parts(model)
+    handles = []
+    for name, module in _export_modules(model).items():
+        if name in pooled:
+            def hook(m, args, name=name):  # returns None: the module's own inputs go on unchanged
+                record(name, (args[1], *args[0]))
+
+            handles.append(model.get_submodule(f"roi_heads.{pooled[name]}").register_forward_pre_hook(hook))
+        else:
+            def hook(m, args, name=name):
+                record(name, args)
+
+            handles.append(module.register_forward_pre_hook(hook))
+    return handles
 
 
 def _export_modules(model: nn.Module) -> dict[str, nn.Module]:

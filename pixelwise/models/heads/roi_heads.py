@@ -35,7 +35,7 @@ from pixelwise.ops.boxes import (
     remove_small, sample_balanced,
 )
 from pixelwise.ops.masks import mask_targets
-from pixelwise.ops.poolers import METHODS, roi_features
+from pixelwise.ops.poolers import METHODS, RoIPooler, as_rois
 from pixelwise.errors import ConfigError
 
 __all__ = [
@@ -357,22 +357,23 @@ class RoIHeads(nn.Module):
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.fg_iou_thresh, self.bg_iou_thresh, self.crowd_thresh = fg_iou_thresh, bg_iou_thresh, crowd_thresh
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-
-    def _pool(self, features: list[torch.Tensor], boxes: Sequence[torch.Tensor], method: str, size: int) -> torch.Tensor:
-        return roi_features(features, boxes, method=method, output_size=size, spatial_scales=self.spatial_scales,
-                            sampling_ratio=self.sampling_ratio)
+        # The poolers feeding the first part of each branch (no weights). An exported model may put one in its graph
+        # and replace it here by one that hands the graph the features and RoIs (pixelwise.export).
+        self.box_pooler = RoIPooler("roi_align", box_resolution, self.spatial_scales, sampling_ratio)
+        self.mask_pooler = RoIPooler(mask_roi, mask_resolution, self.spatial_scales, sampling_ratio)
 
     def _box_branch(self, features: list[torch.Tensor], boxes: Sequence[torch.Tensor]):
         """(class_logits, box_deltas, res5 features or None) of the RoIs."""
+        rois = as_rois(boxes, features[0].dtype)
         if self.res5 is None:
-            x, features_out = self._pool(features, boxes, "roi_align", self.box_resolution), None
+            x, features_out = self.box_pooler(features, rois), None
         else:
-            x = features_out = self.res5(self._pool(features, boxes, self.mask_roi, self.mask_resolution))
+            x = features_out = self.res5(self.mask_pooler(features, rois))
         # Boxes are decoded and scored in float32 whatever the autocast precision of the head.
         return (*(t.to(torch.promote_types(t.dtype, torch.float32)) for t in self.box_head(x)), features_out)
 
     def _mask_logits(self, features: list[torch.Tensor], boxes: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = self._pool(features, boxes, self.mask_roi, self.mask_resolution)
+        x = self.mask_pooler(features, as_rois(boxes, features[0].dtype))
         return self.mask_head(self.res5(x) if self.res5 is not None else x)
 
     def forward(
