@@ -48,8 +48,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def memory_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (Linux /proc)."""
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -57,16 +57,37 @@ def memory_mb(pid: int) -> float:
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [pid]
+    found, todo = [], [pid]
     while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def memory_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for p in tree(pid):
         try:
             line = next(x for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS"))
             total += int(line.split()[1])
         except (OSError, StopIteration):
             continue
     return total / 1024
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each process of the tree."""
+    import os
+
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def post(url: str, body: bytes, kind: str) -> tuple[int, bytes, float]:
@@ -98,6 +119,7 @@ class InProcess:
     def __init__(self, predictor, images: list[bytes], arrays: list) -> None:
         self.p, self.images, self.arrays = predictor, images, arrays
         self.seconds, self.count = {"files": 0.0, "arrays": 0.0}, {"files": 0, "arrays": 0}
+        self.turns: list[float] = []  # images per second of each turn over the files: how much the machine drifts
 
     def turn(self, at_least: float = 2.0) -> None:
         from pixelwise.serve import decode_image
@@ -110,6 +132,8 @@ class InProcess:
                 done += 1
             self.seconds[kind] += time.perf_counter() - t0
             self.count[kind] += done
+            if kind == "files":
+                self.turns.append(done / (time.perf_counter() - t0))
 
     def rate(self, kind: str) -> float:
         return self.count[kind] / self.seconds[kind]
@@ -139,9 +163,10 @@ def reference(path: Path, runtime: str | None, overrides: list[str], images: lis
 
 
 def load(url: str, images: list[bytes], keys: list, clients: int, per_client: int, inproc: InProcess,
-         rounds: int = 5) -> dict:
+         server_pid: int, rounds: int = 5) -> dict:
     """The clients' requests in `rounds` rounds, the in-process predictor timed before each round and after the
-    last; the server's rate over its rounds' wall time, the predictor's over its turns."""
+    last; the server's rate over its rounds' wall time, the predictor's over its turns; the CPU time of the
+    server's processes during the rounds (the inference worker is the one that used most)."""
     jobs = []
     for c in range(clients):
         for k in range(per_client):
@@ -156,15 +181,18 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
         status, body, seconds = post(url, images[job[1]], "image/png")
         return "good", status, seconds, (job[1], body)
 
-    inproc.seconds, inproc.count = {k: 0.0 for k in inproc.seconds}, {k: 0 for k in inproc.count}
-    wall, size = 0.0, -(-len(jobs) // rounds)
+    inproc.seconds, inproc.count, inproc.turns = {k: 0.0 for k in inproc.seconds}, {k: 0 for k in inproc.count}, []
+    wall, size, cpu = 0.0, -(-len(jobs) // rounds), {}
     for start in range(0, len(jobs), size):
         inproc.turn()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds(server_pid)
         with ThreadPoolExecutor(clients) as pool:
             results += list(pool.map(run, jobs[start:start + size]))
         wall += time.perf_counter() - t0
+        for p, seconds in cpu_seconds(server_pid).items():
+            cpu[p] = cpu.get(p, 0.0) + seconds - c0.get(p, 0.0)
     inproc.turn()
+    worker = max(cpu.values(), default=0.0)
     # The answers are checked after the clock: the clients share the server's 2 cores, and decoding every answer's
     # PNG while the server works would slow it for a reason that is not the server's.
     results = [r[:3] + ((r[0] == "good" and r[1] == 200 and answer_key(json.loads(r[3][1])) == keys[r[3][0]]),)
@@ -174,6 +202,9 @@ def load(url: str, images: list[bytes], keys: list, clients: int, per_client: in
     q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
     return {"clients": clients, "requests": len(results), "valid": len(good), "valid_per_s": len(good) / wall,
             "in_process_per_s": inproc.rate("files"), "in_process_arrays_per_s": inproc.rate("arrays"),
+            "in_process_turns_per_s": inproc.turns,
+            # CPU seconds per second of load: the inference worker's, and the server's other processes' (HTTP)
+            "worker_cpu_per_s": worker / wall, "other_cpu_per_s": (sum(cpu.values()) - worker) / wall,
             "p50_s": q[49], "p95_s": q[94], "p99_s": q[98], "errors_5xx": sum(r[1] >= 500 for r in results),
             "different": sum(r[3] is False for r in good),
             "bad_not_4xx": sum(not 400 <= r[1] < 500 for r in results if r[0] == "bad")}
@@ -198,7 +229,7 @@ def bench(name: str, path: Path, runtime: str | None, overrides: list[str], imag
         for image in images:  # warm-up: the first pass of each size (OpenVINO compiles a graph per shape)
             post(f"{url}/predict", image, "image/png")
         before = memory_mb(server.pid)
-        rows = [load(f"{url}/predict", images, keys, c, per_client, inproc) for c in clients]
+        rows = [load(f"{url}/predict", images, keys, c, per_client, inproc, server.pid) for c in clients]
         after = memory_mb(server.pid)
     finally:
         server.terminate()
@@ -231,17 +262,18 @@ def images_for(name: str, n: int) -> list[bytes]:
 
 def table(record: dict, args) -> str:
     lines = [("| checkpoint | runtime | batch | clients | valid req/s | in-process img/s: files / arrays | ratio: files / "
-              "arrays | p50 / p95 / p99 s | serve work / model time | 5xx | different | bad not 4xx | memory MB before "
-              "-> after |"), "|---" * 13 + "|"]
+              "arrays | p50 / p95 / p99 s | serve work / model time | server CPU s/s: worker / other | 5xx | different "
+              "| bad not 4xx | memory MB before -> after |"), "|---" * 14 + "|"]
     for res in record["results"]:
         for r in res["rows"]:
             files, arrays = (r.get(k, res.get(k)) for k in ("in_process_per_s", "in_process_arrays_per_s"))
             work = f"{res['serve_work_per_image_s'] * arrays:.3f}" if arrays and "serve_work_per_image_s" in res else "-"
             to_arrays = f"{r['ratio_to_arrays']:.2f}" if "ratio_to_arrays" in r else "-"
+            cpu = f"{r['worker_cpu_per_s']:.2f} / {r['other_cpu_per_s']:.2f}" if "worker_cpu_per_s" in r else "-"
             lines.append(f"| {res['checkpoint']} | {res['runtime']} | {res['max_batch_size']} | {r['clients']} | "
                          f"{r['valid_per_s']:.2f} | {files:.2f} / {arrays or 0:.2f} | "
                          f"{r['ratio_to_in_process']:.2f} / {to_arrays} | "
-                         f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['p99_s']:.2f} | {work} | {r['errors_5xx']} | "
+                         f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['p99_s']:.2f} | {work} | {cpu} | {r['errors_5xx']} | "
                          f"{r['different']} | {r['bad_not_4xx']} | {res['memory_mb_before']:.0f} -> "
                          f"{res['memory_mb_after']:.0f} |")
     return (f"Command: `python benchmarks/serve_load.py --clients {args.clients} --requests {args.requests}` "
@@ -251,7 +283,8 @@ def table(record: dict, args) -> str:
             "in this process, in turns with the server (before each of 5 rounds of requests and after the last): "
             "ratio = the server's valid requests per second / those images per second. \"serve work / model time\": "
             "the server's own work per request (base64 in and out, decoding the upload, the predictor's read, writing "
-            "the answer), timed in process, over the predictor's time per decoded image.\n\n" + "\n".join(lines))
+            "the answer), timed in process, over the predictor's time per decoded image. Server CPU: CPU seconds per "
+            "second of load of the inference worker and of the server's other processes (HTTP), of 2 cores.\n\n" + "\n".join(lines))
 
 
 def main() -> None:

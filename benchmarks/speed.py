@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from unittest import mock
 import statistics
 import sys
 import tempfile
@@ -180,15 +181,23 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
     print("mask_rcnn_r50_fpn: exporting ...", flush=True)
     task = InstanceTask(None)  # its export parts and how they are put back need no config
     parts = task.export_parts(ours, images[0])
+    # Beside them, the RoI parts as exported before RoIAlign went in their graphs (the pooling in PyTorch)
+    with mock.patch("pixelwise.engine.tasks.instance._pooled_parts", lambda model: {}):
+        outside = {n: p for n, p in task.export_parts(ours, images[0]).items() if n in ("box_head", "mask_head")}
 
-    def runtime_model(runtime, precision="fp32", suffix=".onnx"):
+    def runtime_model(runtime, precision="fp32", suffix=".onnx", roi_outside=False):
         def graph(name, **kwargs):
-            return RuntimeModule(tmp / f"mrcnn.{name}{suffix}", runtime, precision=precision, **kwargs)
+            stem = "mrcnn_outside" if roi_outside and name in outside else "mrcnn"
+            return RuntimeModule(tmp / f"{stem}.{name}{suffix}", runtime, precision=precision, **kwargs)
 
-        return task.exported_model(copy.deepcopy(ours), {n: {"structure": p[2]} for n, p in parts.items()}, graph).eval()
+        chosen = {**parts, **outside} if roi_outside else parts
+        meta = {n: {"structure": p[2], **getattr(p[0], "export_meta", {})} for n, p in chosen.items()}
+        return task.exported_model(copy.deepcopy(ours), meta, graph).eval()
 
     for name, (module, args, structure, dims) in parts.items():
         _export_part(module, args, dims, "onnx", tmp / f"mrcnn.{name}.onnx", None)
+    for name, (module, args, structure, dims) in outside.items():
+        _export_part(module, args, dims, "onnx", tmp / f"mrcnn_outside.{name}.onnx", None)
     calibration = task.calibration_inputs(SimpleNamespace(model=ours), parts, images)  # calibrated on the 2 images
     for name in parts:
         _int8_openvino(tmp / f"mrcnn.{name}.onnx", calibration[name])
@@ -215,6 +224,8 @@ def bench_mask_rcnn(rounds: int, tmp: Path, data_root: Path | None) -> dict:
                 "ONNX Runtime fp32": lambda imgs, m=runtime_model("onnxruntime"): m(imgs)["detections"],
                 "OpenVINO fp32": lambda imgs, m=runtime_model("openvino"): m(imgs)["detections"],
                 "OpenVINO bf16": lambda imgs, m=runtime_model("openvino", "bf16"): m(imgs)["detections"],
+                "OpenVINO bf16, RoIAlign in PyTorch": lambda imgs, m=runtime_model("openvino", "bf16", roi_outside=True):
+                    m(imgs)["detections"],
                 "OpenVINO int8 (nncf) + bf16": lambda imgs, m=runtime_model("openvino", "bf16", ".int8.xml"):
                     m(imgs)["detections"]}
     times = {k: [] for k in variants}

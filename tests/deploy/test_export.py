@@ -381,3 +381,30 @@ def test_c4_and_roipool_mask_rcnn_export_and_detect_as_pytorch(tmp_path, variant
     want, got = load_predictor(tmp_path / "run" / "last.pt")(image), load_predictor(out, runtime="onnxruntime")(image)
     assert len(got["boxes"]) == len(want["boxes"]) > 0
     assert torch.allclose(got["boxes"], want["boxes"], atol=0.05) and torch.equal(got["labels"], want["labels"])
+
+
+def test_openvino_int8_that_misses_the_label_agreement_keeps_layers_in_fp32_until_it_holds(tmp_path, monkeypatch):
+    """quantize_openvino: when plain int8 changes more labels than allowed on the calibration images, nncf's
+    accuracy control puts the costliest layers back in fp32 until the share of unchanged labels holds."""
+    import nncf
+    import openvino as ov
+
+    from pixelwise.export import _write_onnx, quantize_openvino
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(16, 6, 1)).eval()
+    _write_onnx(net, (torch.rand(1, 3, 32, 32),), None, tmp_path / "net.onnx", tmp_path / "net.onnx", None)
+    model = ov.convert_model(str(tmp_path / "net.onnx"))
+    feeds = [[np.random.default_rng(i).random((1, 3, 32, 32), dtype=np.float32)] for i in range(4)]
+    called = []
+    real = nncf.quantize_with_accuracy_control
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", lambda *a, **k: called.append(k) or real(*a, **k))
+    target = 0.9999  # stricter than plain int8 of random weights gets: some of the 4096 labels change
+    quantized = quantize_openvino(model, feeds, agreement=target)
+    core = ov.Core()
+    fp32, int8 = (core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for m in (model, quantized))
+    share = np.mean([(np.asarray(int8(dict(enumerate(f)))[0]).argmax(1)
+                      == np.asarray(fp32(dict(enumerate(f)))[0]).argmax(1)).mean() for f in feeds])
+    assert share >= target
+    assert called and called[0]["max_drop"] == pytest.approx(1 - target)
