@@ -291,6 +291,7 @@ def main() -> None:
     p.add_argument("--models", default="unet,fcn8s,fcn_resnet50,fc_densenet56,fc_densenet103,mask_rcnn_r50_fpn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--table-only", action="store_true", help="rewrite BENCHMARKS.md's section from the record, run nothing")
     p.add_argument("--json", type=Path, help="also write every row (model, variant, median seconds, ratio to the "
                                              "first row, agreement) and the CPU's features to this file")
     args = p.parse_args()
@@ -298,32 +299,37 @@ def main() -> None:
     data_root = Path(os.environ["PIXELWISE_DATA"]) if os.environ.get("PIXELWISE_DATA") else None
     builders = semantic_models()
     results = []
+    record = ROOT / "benchmarks" / "results" / "speed.json"
+    if args.table_only:
+        args.models = ""
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             if name == "mask_rcnn_r50_fpn":
                 results.append(bench_mask_rcnn(args.rounds, Path(tmp), data_root))
             else:
                 results.append(bench_semantic(name, builders[name], args.rounds, Path(tmp)))
             print(table(results[-1:]), flush=True)
             save_record("speed_partial", {"machine": machine_summary(), "results": results})  # kept if a later one dies
-    body = (f"Command: `python benchmarks/speed.py --rounds {args.rounds}` ({time.strftime('%Y-%m-%d')}, "
-            f"{machine_summary()}).\n\nSame random weights and inputs for every variant, alternating in one process "
-            f"({args.rounds} rounds after a warm-up call each), median time per call. The first row of each model is "
-            "the peer where one exists (torchvision with our weights converted, so its outputs are comparable; smp's "
-            "U-Net is another network), else ours fp32. ONNX Runtime and OpenVINO run the graph `pixelwise export` "
-            "writes (input normalisation inside). Zero-initialised weights (FCN's score layers) are drawn at random so "
-            "that the agreement column means something.\n\n" + table(results))
     if args.json:
         rows = [{"model": r["model"], "input": r["input"], **{k: v for k, v in row.items() if k != "times"}}
                 for r in results for row in r["rows"]]
         args.json.write_text(json.dumps({"machine": machine_summary(), "cpu": cpu_features(), "rows": rows}, indent=2))
-    record = ROOT / "benchmarks" / "results" / "speed.json"
     if record.exists():  # a run of some models replaces their rows and keeps the others'
         order = p.get_default("models").split(",")
         kept = {r["model"]: r for r in json.loads(record.read_text())["results"]}
         kept.update({r["model"]: r for r in results})
         results = [kept[m] for m in order if m in kept]
-    save_record("speed", {"machine": machine_summary(), "cpu": cpu_features(), "results": results})
+    if not args.table_only:
+        save_record("speed", {"machine": machine_summary(), "cpu": cpu_features(), "results": results})
+    body = (f"Command: `python benchmarks/speed.py --rounds {args.rounds}` ({time.strftime('%Y-%m-%d')}, "
+            f"{machine_summary()}; the rows of models not in a run are kept from the run before)."
+            "\n\nSame random weights and inputs for every variant, alternating in one process "
+            f"({args.rounds} rounds after a warm-up call each), median time per call. The first row of each model is "
+            "the peer where one exists (torchvision with our weights converted, so its outputs are comparable; smp's "
+            "U-Net is another network), else ours fp32. ONNX Runtime and OpenVINO run the graph `pixelwise export` "
+            "writes (input normalisation inside). Zero-initialised weights (FCN's score layers) are drawn at random so "
+            "that the agreement column means something.\n\n" + table(results))
+
     if not args.no_write:
         replace_section(ROOT / "BENCHMARKS.md", "Fast path and exported models: inference speed", body)
 
