@@ -308,7 +308,15 @@ def quantize_openvino(model, calibration: list, agreement: float | None = None):
     agreement: for a graph with one (N, K, H, W) output (a semantic model), the share of pixels that must keep
     fp32's label on the calibration images. When plain quantization falls short, nncf's accuracy control
     (quantize_with_accuracy_control) puts back in fp32 the layers whose quantization costs most, one after the
-    other, until it holds (FC-DenseNet56 lost its 98% to a few of its concatenations)."""
+    other, until it holds (FC-DenseNet56 lost its 98% to a few of its concatenations). OpenVINO compiles models on
+    this thread meanwhile: its alternate signal stack is put back afterwards (runtimes._signal_stack_kept)."""
+    from pixelwise.deploy.runtimes import _signal_stack_kept
+
+    with _signal_stack_kept():
+        return _quantize_openvino(model, calibration, agreement)
+
+
+def _quantize_openvino(model, calibration: list, agreement: float | None):
     import nncf
     import numpy as np
     import openvino as ov

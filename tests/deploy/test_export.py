@@ -389,6 +389,7 @@ def test_openvino_int8_that_misses_the_label_agreement_keeps_layers_in_fp32_unti
     import nncf
     import openvino as ov
 
+    from pixelwise.deploy.runtimes import _signal_stack_kept
     from pixelwise.export import _write_onnx, quantize_openvino
 
     torch.manual_seed(0)
@@ -403,7 +404,8 @@ def test_openvino_int8_that_misses_the_label_agreement_keeps_layers_in_fp32_unti
     target = 0.9999  # stricter than plain int8 of random weights gets: some of the 4096 labels change
     quantized = quantize_openvino(model, feeds, agreement=target)
     core = ov.Core()
-    fp32, int8 = (core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for m in (model, quantized))
+    with _signal_stack_kept():  # OpenVINO leaves this thread's signal stack freed otherwise: a later SIGTERM crashes
+        fp32, int8 = (core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for m in (model, quantized))
     share = np.mean([(np.asarray(int8(dict(enumerate(f)))[0]).argmax(1)
                       == np.asarray(fp32(dict(enumerate(f)))[0]).argmax(1)).mean() for f in feeds])
     assert share >= target
