@@ -85,19 +85,9 @@ def _pool(
     return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
-def roi_features(
-    features: Sequence[torch.Tensor],
-    boxes: Sequence[torch.Tensor],
-    *,
-    method: str = "roi_align",
-    output_size: int | tuple[int, int],
-    spatial_scales: Sequence[float],
-    sampling_ratio: int = 2,
-    aligned: bool = False,
-    canonical_scale: float = 224,
-    canonical_level: int = 4,
-) -> torch.Tensor:
-    """(sum N_i, C, h, w) features of the boxes, in the order of torch.cat(boxes).
+def roi_features(features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor], **options) -> torch.Tensor:
+    """(sum N_i, C, h, w) features of the boxes, in the order of torch.cat(boxes): pool_rois (options: method,
+    output_size, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level) on as_rois(boxes).
 
     features: one (B, C, H_l, W_l) map per level, finest first, with spatial_scales[l] = 1 / stride_l
     (powers of two, consecutive levels); boxes: B tensors (N_i, 4) in image pixels. With one level
@@ -106,19 +96,9 @@ def roi_features(
     `MultiScaleRoIAlign` (torchvision uses sampling_ratio=2, aligned=False); sampling_ratio <= 0 is
     adaptive; `aligned` (the half-pixel shift of detectron2's ROIAlignV2) applies to roi_align only.
     """
-    if method not in METHODS:
-        raise ValueError(f"roi_features: method={method!r}, expected one of {METHODS}")
-    if len(features) != len(spatial_scales) or not features:
-        raise ValueError(
-            f"roi_features: {len(features)} feature maps and {len(spatial_scales)} spatial_scales, "
-            "expected one scale per map and at least one map"
-        )
-    if len(boxes) != features[0].shape[0]:
+    if features and len(boxes) != features[0].shape[0]:
         raise ValueError(f"roi_features: {len(boxes)} box tensors for a batch of {features[0].shape[0]} images")
-    first = features[0]
-    return pool_rois(features, as_rois(boxes, first.dtype), method=method, output_size=output_size,
-                     spatial_scales=spatial_scales, sampling_ratio=sampling_ratio, aligned=aligned,
-                     canonical_scale=canonical_scale, canonical_level=canonical_level)
+    return pool_rois(features, as_rois(boxes, features[0].dtype if features else torch.float32), **options)
 
 
 def as_rois(boxes: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -151,6 +131,13 @@ def pool_rois(
     canonical_level: int = 4,
 ) -> torch.Tensor:
     """roi_features on rois (K, 5) = (batch index, x1, y1, x2, y2), in their order."""
+    if method not in METHODS:
+        raise ValueError(f"roi_features: method={method!r}, expected one of {METHODS}")
+    if len(features) != len(spatial_scales) or not features:
+        raise ValueError(
+            f"roi_features: {len(features)} feature maps and {len(spatial_scales)} spatial_scales, "
+            "expected one scale per map and at least one map"
+        )
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     first = features[0]
     if len(features) == 1:
