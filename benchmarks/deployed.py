@@ -8,7 +8,8 @@ FC-DenseNet56 on CamVid, U-Net and Mask R-CNN (R18-FPN, 384 px, 64 RoIs) on ISBI
 on its recipe's validation split as `pixelwise eval` does, in PyTorch fp32 (the reference), PyTorch
 bf16 + channels_last, OpenVINO bf16 (`pixelwise export --format openvino`), and int8 from
 `pixelwise export --int8` (OpenVINO through nncf, ONNX Runtime's quantize_static). Mask R-CNN also
-with sliced inference (infer.tile / infer.overlap) in fp32 against whole images. For each: the score,
+with sliced inference (infer.tile / infer.overlap) against whole images, each window resized to the model's
+input size (SAHI) and at the whole image's scale (infer.tile_scale=image). For each: the score,
 its difference to fp32, evaluation seconds per image (data loading included, the same for all) and the
 agreement with fp32 on the validation images (semantic: the share of pixels with fp32's label; Mask
 R-CNN: detections matched by label and box IoU >= 0.5, pixelwise.metrics.agreement). Exports go to
@@ -65,6 +66,10 @@ def variants(work: Path, ckpt: Path, name: str, calibration: int, instance: bool
                                                                *SLICES])
         runs["PyTorch bf16 + channels_last, sliced 256 / 128"] = (ckpt, None, ["infer.precision=bf16",
                                                                                "infer.channels_last=true", *SLICES])
+        fp32 = ["infer.precision=fp32", "infer.channels_last=false", "infer.tile_scale=image"]
+        runs["PyTorch fp32, sliced 256 / 128 at the image's scale"] = (ckpt, None, [*fp32, *SLICES])
+        runs["PyTorch fp32, sliced 384 / 256 at the image's scale"] = (ckpt, None, [*fp32, "infer.tile=384",
+                                                                                    "infer.overlap=256"])
     return runs
 
 

@@ -4,8 +4,8 @@
 
 Each checkpoint (for example the three seeds of `pixelwise reproduce fcn-class-balance`'s FCN-8s runs) is
 evaluated on its recipe's validation split as `pixelwise eval` does, once per setting: the image as it is,
-infer.tta (8 flips / rotations), infer.scales [0.75, 1, 1.25], [0.5, 0.75, 1, 1.25, 1.5], and the latter with
-flips. For each setting: mean IoU per checkpoint, the paired difference to the plain image (its mean and 95%
+infer.tta (8 flips / rotations), infer.tta=hflip (the image and its mirror image), infer.scales [0.75, 1, 1.25]
+alone and with the mirror image, [0.5, 0.75, 1, 1.25, 1.5], and the latter with flips. For each setting: mean IoU per checkpoint, the paired difference to the plain image (its mean and 95%
 t-interval over the checkpoints) and evaluation seconds per image. The record is
 benchmarks/results/multiscale.json; the table goes to BENCHMARKS.md.
 """
@@ -26,7 +26,9 @@ from benchmarks.common import cpu_features, machine_summary, replace_section, sa
 TITLE = "Multi-scale test-time augmentation (infer.scales)"
 SETTINGS = {"the image as it is": [],
             "flips (infer.tta)": ["infer.tta=true"],
+            "mirror image (infer.tta=hflip)": ["infer.tta=hflip"],
             "scales 0.75, 1, 1.25": ["infer.scales=[0.75,1.0,1.25]"],
+            "scales 0.75, 1, 1.25 + mirror image": ["infer.scales=[0.75,1.0,1.25]", "infer.tta=hflip"],
             "scales 0.5 - 1.5": ["infer.scales=[0.5,0.75,1.0,1.25,1.5]"],
             "scales 0.5 - 1.5 + flips": ["infer.scales=[0.5,0.75,1.0,1.25,1.5]", "infer.tta=true"]}
 

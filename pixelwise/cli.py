@@ -470,7 +470,8 @@ def _predict_parser(sub) -> None:
         "Segment image files (or folders of images) with a checkpoint: writes <name>.png (class indices with a "
         "palette; classes.json says which), <name>_overlay.png and, with -o infer.save_probs=true, <name>_probs.npy. "
         "Names follow the inputs' paths relative to their common folder; no input is ever overwritten. Large images "
-        "are tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations. Mask R-CNN recipes write "
+        "are tiled with -o infer.tile=SIZE; -o infer.tta=true averages flips and rotations (infer.tta=hflip: the "
+        "mirror image only). Mask R-CNN recipes write "
         "<name>.json (every detection: label, class, score, box, COCO RLE mask), <name>_instances.png (16-bit ids of "
         "the detections scoring at least infer.score_threshold) and <name>_overlay.png (with class names and scores). "
         "CONFIG may be left out: the checkpoint holds the config it was trained with."))

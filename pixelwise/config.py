@@ -132,7 +132,12 @@ class InferConfig:
     # inference (detections merged across windows). None = whole image.
     tile: Optional[int] = None
     overlap: int = 0  # overlap between neighbouring tiles, in pixels (Mask R-CNN: more than the largest object)
-    tta: bool = False  # average over flips and 90-degree rotations
+    # Mask R-CNN's windows: "window" = each resized to the model's input size (SAHI: magnifies small objects),
+    # "image" = resized by the factor the whole image gets (the scale of a model trained on whole images).
+    tile_scale: Literal["window", "image"] = "window"
+    # Semantic models: true = average over the 8 flips and 90-degree rotations; "hflip" = over the image and its
+    # mirror image only (street scenes: their rotations and vertical flips are not plausible images).
+    tta: Union[bool, Literal["hflip"]] = False
     # Semantic models: multi-scale test-time augmentation, e.g. [0.5, 0.75, 1.0, 1.25, 1.5]: the image resized by
     # each factor, its probabilities brought back to full resolution and averaged. null = the image as it is.
     scales: Optional[list] = None

@@ -79,6 +79,8 @@ def forward_aligned(model: nn.Module, images: torch.Tensor) -> torch.Tensor | di
 
 # The dihedral group of the square: (number of 90-degree rotations, horizontal flip).
 _DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+# infer.tta -> the transforms averaged.
+_TTA = {False: _DIHEDRAL[:1], True: _DIHEDRAL, "hflip": [(0, False), (0, True)]}
 
 
 def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -104,8 +106,8 @@ class Predictor:
     """Class probabilities and labels for whole images, optionally tiled and test-time augmented.
 
     tile: output tile side (None = the whole image in one pass); overlap: pixels shared by
-    neighbouring output tiles (their probabilities are averaged); tta: average over the 8 flips and
-    90-degree rotations (inverted before averaging).
+    neighbouring output tiles (their probabilities are averaged); tta: True averages over the 8 flips and
+    90-degree rotations (inverted before averaging), "hflip" over the image and its mirror image only.
 
     `predict_probs` takes an image normalised as in training. Called on an image as users have it
     (a path, a PIL image, a uint8 array (H, W) or (H, W, C)), the predictor reads it with `channels`,
@@ -124,7 +126,7 @@ class Predictor:
         device: torch.device | str | None = None,
         tile: int | None = None,
         overlap: int = 0,
-        tta: bool = False,
+        tta: bool | str = False,
         batch_size: int = 4,
         precision: str = "fp32",
         channels_last: bool = False,
@@ -141,6 +143,8 @@ class Predictor:
             raise ConfigError(f"infer.tile must be a positive number of pixels or null, got {tile}")
         if tile is not None and not 0 <= overlap < tile:
             raise ConfigError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
+        if not (isinstance(tta, bool) or tta == "hflip"):
+            raise ConfigError(f"infer.tta must be true, false or 'hflip', got {tta!r}")
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
@@ -156,6 +160,7 @@ class Predictor:
         if self.crf is not None and refinement is not None:
             raise ConfigError("infer.crf would run a second CRF after the model's own (model.crf): set infer.crf=null")
         self.refinement = refinement
+        self._heads: list[tuple[str, int]] | None = None  # predict_heads: (head, classes) of the last pass
         self._bytes_per_pixel: float | None = None  # of the largest activation, per input pixel (check_fits)
         self.normalize = None
         if mean is not None:
@@ -227,14 +232,21 @@ class Predictor:
 
     def _probs(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """windows (N,C,h_in,w_in) -> probabilities (N,K,height,width) of the aligned output part."""
-        transforms = _DIHEDRAL if self.tta else _DIHEDRAL[:1]
+        transforms = _TTA[self.tta]
         total = None
         for k, flip in transforms:
             with autocast(self.device, self.precision, "infer.precision"):
                 logits = self.model(channels_last(_apply(windows, k, flip), self.channels_last))
-            if isinstance(logits, dict):  # a model with extra heads (FCN on SIFT Flow): the main one
-                logits = logits["out"]
-            probs = _invert(F.softmax(logits.float(), dim=1), k, flip)
+            if isinstance(logits, dict):  # a model with extra heads (FCN on SIFT Flow): the main one, or all
+                heads = ["out"]
+                if self._heads is not None:  # predict_heads
+                    heads += sorted(logits.keys() - {"out", "aux"})
+                    self._heads = [(h, logits[h].shape[1]) for h in heads]
+                # each head's own softmax; side by side, the heads are tiled, flipped and scaled together
+                probs = torch.cat([F.softmax(logits[h].float(), dim=1) for h in heads], dim=1)
+            else:
+                probs = F.softmax(logits.float(), dim=1)
+            probs = _invert(probs, k, flip)
             total = probs if total is None else total + probs
         # A rotated window is valid too (the size rule is the same for height and width), and margins are
         # symmetric, so after inverting any transform the window starts at index 0.
@@ -248,6 +260,17 @@ class Predictor:
         if image.dim() != 3:
             raise ValueError(f"expected one image (C,H,W), got shape {tuple(image.shape)}")
         return self.predict_batch(image.unsqueeze(0), name)[0]
+
+    def predict_heads(self, image: torch.Tensor, name: str = "the image") -> dict[str, torch.Tensor]:
+        """Like predict_probs, for a model with extra heads (model.args.extra_heads): {"out": (K,H,W), head:
+        (K_head,H,W), ...}, every head from the same passes (tiles, infer.tta, infer.scales)."""
+        self._heads = []
+        try:
+            probs = self.predict_probs(image, name)
+            heads = self._heads or [("out", probs.shape[0])]
+        finally:
+            self._heads = None
+        return dict(zip([h for h, _ in heads], probs.split([k for _, k in heads])))
 
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor, name: str = "the images") -> torch.Tensor:

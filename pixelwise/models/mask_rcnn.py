@@ -44,11 +44,12 @@ def _scale(size: Sequence[int], min_size: int, max_size: int) -> float:
     return min(min_size / min(size), max_size / max(size))
 
 
-def resize_image(image: torch.Tensor, min_size: int, max_size: int) -> tuple[torch.Tensor, float]:
+def resize_image(image: torch.Tensor, min_size: int, max_size: int,
+                 scale: float | None = None) -> tuple[torch.Tensor, float]:
     """(C, H', W') image and its scale factor: shorter side to min_size unless the longer would exceed
-    max_size (FPN / Mask R-CNN section 3.1: 800 and 1333). Bilinear, exactly as torchvision's
-    GeneralizedRCNNTransform (scale_factor with recompute_scale_factor=True, align_corners=False)."""
-    scale = _scale(image.shape[-2:], min_size, max_size)
+    max_size (FPN / Mask R-CNN section 3.1: 800 and 1333), or resized by `scale` when given. Bilinear, exactly
+    as torchvision's GeneralizedRCNNTransform (scale_factor with recompute_scale_factor=True, align_corners=False)."""
+    scale = _scale(image.shape[-2:], min_size, max_size) if scale is None else scale
     # A very thin image keeps at least one pixel across (torchvision's arithmetic would give 0).
     scale = max(scale, 1.0 / min(image.shape[-2:]))
     out = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
@@ -148,11 +149,16 @@ class MaskRCNN(nn.Module):
                 raise ConfigError(f"MaskRCNN: targets[{i}]['masks'] is {tuple(masks.shape)}, expected "
                                  f"{(len(boxes), *img.shape[-2:])} (one mask per box, image size)")
 
+    def image_scale(self, size: Sequence[int]) -> float:
+        """The factor an image of `size` (H, W) is resized by at inference."""
+        return _scale(size, self.min_size[-1], self.max_size)
+
     def preprocess(
-        self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None
+        self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None, scale: float | None = None
     ) -> tuple[torch.Tensor, list[tuple[int, int]], list[dict[str, torch.Tensor]] | None]:
         """(batch (B, 3, H, W), resized sizes, resized targets split into non-crowd boxes / labels / masks
-        and "crowd_boxes") like torchvision's GeneralizedRCNNTransform."""
+        and "crowd_boxes") like torchvision's GeneralizedRCNNTransform; `scale` resizes every image by that
+        factor instead."""
         resized, sizes, out_targets = [], [], [] if targets is not None else None
         for i, image in enumerate(images):
             min_size = self.min_size[-1]
@@ -161,7 +167,7 @@ class MaskRCNN(nn.Module):
             image = _plain(image)
             mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)[:, None, None]
             std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)[:, None, None]
-            image, scale = resize_image((image - mean) / std, min_size, self.max_size)
+            image, factor = resize_image((image - mean) / std, min_size, self.max_size, scale)
             resized.append(image)
             sizes.append((image.shape[-2], image.shape[-1]))
             if targets is None:
@@ -170,7 +176,7 @@ class MaskRCNN(nn.Module):
             boxes = resize_boxes(t["boxes"], images[i].shape[-2:], image.shape[-2:])
             masks = t["masks"]
             if len(masks):
-                masks = F.interpolate(masks[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
+                masks = F.interpolate(masks[:, None].float(), scale_factor=factor, recompute_scale_factor=True)[:, 0].byte()
             else:
                 masks = masks.new_zeros((0, *image.shape[-2:]), dtype=torch.uint8)
             crowd = t["iscrowd"].bool() if "iscrowd" in t else torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
@@ -184,12 +190,15 @@ class MaskRCNN(nn.Module):
         targets: list[dict[str, torch.Tensor]] | None = None,
         *,
         detect: bool | None = None,
+        scale: float | None = None,
     ) -> dict:
+        """scale: resize every image by this factor instead of to min_size / max_size (sliced inference at the
+        whole image's scale)."""
         self._check(images, targets)
         if detect is None:
             detect = targets is None or not self.training
         original_sizes = [tuple(img.shape[-2:]) for img in images]
-        batch, sizes, prepared = self.preprocess(images, targets)
+        batch, sizes, prepared = self.preprocess(images, targets, scale)
         features = self.backbone(batch)
         proposals, rpn_losses = self.rpn(
             features, sizes, tuple(batch.shape[-2:]),

@@ -106,3 +106,26 @@ def test_a_batch_of_images_gives_what_one_at_a_time_gives():
         torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-4)
     with pytest.raises(ConfigError, match=r"infer.overlap must be in \[0, tile=64\), got 64"):
         InstancePredictor(model, torch.device("cpu"), tile=64, overlap=64)
+
+
+def test_tile_scale_image_keeps_each_window_at_the_whole_images_scale():
+    """infer.tile_scale: "window" magnifies each window to the model's input size (SAHI); "image" resizes it by
+    the factor the whole image gets, the scale a model trained on whole images saw."""
+    torch.manual_seed(0)
+    model = pixelwise.create_model("mask_rcnn_r18_fpn", num_classes=1, norm="gn", frozen_bn=False, min_size=64,
+                                   max_size=96, box_score_thresh=0.0, detections_per_img=10).eval()
+    image = torch.rand(3, 96, 128)
+    sizes = []
+    model.rpn.register_forward_pre_hook(lambda m, args: sizes.append(args[1]))
+    assert model.image_scale((96, 128)) == pytest.approx(64 / 96)
+    detect(model, [image], torch.device("cpu"))
+    assert sizes[-1] == [(64, 85)]  # the whole image, shorter side to min_size
+    sizes.clear()
+    detect(model, [image], torch.device("cpu"), tile=64, overlap=32, batch_size=8)
+    assert sizes == [[(64, 64)] * 6]  # 2 x 3 windows, each magnified to min_size
+    sizes.clear()
+    found = InstancePredictor(model, torch.device("cpu"), tile=64, overlap=32, batch_size=8, tile_scale="image")(image)
+    assert sizes == [[(42, 42)] * 6]  # 64 * 2/3: the whole image's scale
+    assert found["masks"].shape[1:] == (96, 128)
+    with pytest.raises(ConfigError, match="infer.tile_scale must be one of window, image, got 'model'"):
+        InstancePredictor(model, torch.device("cpu"), tile=64, tile_scale="model")

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pixelwise.errors import ConfigError
 from pixelwise.engine.predictor import Predictor, forward_aligned, gather_window, mirror_index, probs_to_labels
@@ -82,6 +83,19 @@ def test_tta_is_exact_for_an_equivariant_model_and_averages_otherwise():
     torch.testing.assert_close(tta, manual / 8, atol=1e-5, rtol=1e-5)
 
 
+def test_hflip_tta_averages_the_image_and_its_mirror_only():
+    torch.manual_seed(0)
+    model = ValidConvNet(2).eval()
+    image = torch.randn(1, 12, 12)
+    got = Predictor(model, device="cpu", tta="hflip").predict_probs(image)
+    plain = Predictor(model, device="cpu").predict_probs(image)
+    mirrored = Predictor(model, device="cpu").predict_probs(image.flip(-1)).flip(-1)
+    torch.testing.assert_close(got, (plain + mirrored) / 2, atol=1e-6, rtol=0)
+    assert not torch.allclose(got, Predictor(model, device="cpu", tta=True).predict_probs(image))
+    with pytest.raises(ConfigError, match="infer.tta must be true, false or 'hflip', got 'vflip'"):
+        Predictor(model, device="cpu", tta="vflip")
+
+
 def test_valid_unet_predicts_any_size_whole_tiled_and_tta():
     from pixelwise import create_model
 
@@ -133,8 +147,6 @@ def test_many_runs_images_of_one_size_together_and_gives_each_its_own_labels(til
 
 
 def test_multi_scale_averages_the_probabilities_of_resized_copies_at_full_resolution():
-    import torch.nn.functional as F
-
     from pixelwise import create_model
 
     model = create_model("unet", base_width=4, depth=2, dropout=0.0).eval()
@@ -178,3 +190,26 @@ def test_infer_scales_is_checked_and_refused_by_mask_rcnn(tmp_path):
         check_ranges(cfg)
     with pytest.raises(ConfigError, match="infer.scales .* is for semantic models"):
         build_run(instance_config(tmp_path / "mrcnn", "infer.scales=[1.0, 1.5]"), datasets=instance_data())
+
+
+def test_predict_heads_gives_every_head_from_the_same_passes():
+    """A model with extra heads (FCN on SIFT Flow): each head's own softmax, averaged over the same flips."""
+    from pixelwise import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fcn32s", num_classes=5, pad100=False, width=0.0625, fc_channels=16,
+                         extra_heads={"geo": 3}).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # the score layers start at zero
+            p.normal_(0, 0.1)
+    image = torch.randn(3, 40, 48)
+    p = Predictor(model, device="cpu", tta="hflip")
+    heads = p.predict_heads(image)
+    assert set(heads) == {"out", "geo"} and heads["geo"].shape == (3, 40, 48)
+    torch.testing.assert_close(heads["out"], p.predict_probs(image))
+    with torch.no_grad():
+        plain, mirrored = model(image[None]), model(image.flip(-1)[None])
+    for key in ("out", "geo"):
+        want = (F.softmax(plain[key], 1) + F.softmax(mirrored[key], 1).flip(-1))[0] / 2
+        torch.testing.assert_close(heads[key], want, atol=1e-5, rtol=0)
+    assert set(Predictor(ValidConvNet(2).eval(), device="cpu").predict_heads(torch.randn(1, 12, 12))) == {"out"}

@@ -21,6 +21,8 @@ from pixelwise.metrics.coco import coco_evaluate, masks_to_rle
 from pixelwise.progress import progress as track
 from pixelwise.output.predictions import predict_instances_to_folder
 
+TILE_SCALES = ("window", "image")  # infer.tile_scale: see detect
+
 __all__ = ["EXPORT_PARTS", "InstancePredictor", "InstanceTask", "collate_instances", "evaluate_instances", "detect",
            "instances_to_device", "max_detections"]
 
@@ -85,7 +87,8 @@ class InstanceTask(Task):
         precision, nhwc = self.inference_precision()
         i = self.cfg.infer
         return evaluate_instances(model, dataset, device, batch_size=i.batch_size, progress=progress,
-                                  precision=precision, channels_last=nhwc, tile=i.tile, overlap=i.overlap)
+                                  precision=precision, channels_last=nhwc, tile=i.tile, overlap=i.overlap,
+                                  tile_scale=i.tile_scale)
 
     def report_examples(self, model: nn.Module, dataset, device: torch.device, metrics: dict, count: int = 2) -> list:
         """The first 2 * `count` validation images: ground truth | detections scoring >= infer.score_threshold."""
@@ -119,7 +122,7 @@ class InstanceTask(Task):
         i = self.cfg.infer
         return InstancePredictor(model, device, class_names=class_names, score_threshold=i.score_threshold,
                                  precision=precision, channels_last=nhwc, batch_size=i.batch_size, tile=i.tile,
-                                 overlap=i.overlap)
+                                 overlap=i.overlap, tile_scale=i.tile_scale)
 
     def fold_example(self, model: nn.Module) -> tuple[str, tuple]:
         """The trunk's (frozen) BatchNorms; the example is a normalised batch as the backbone sees it."""
@@ -369,18 +372,21 @@ class InstancePredictor:
     "class_names": [N names]} on the CPU, every detection the model keeps (score_threshold is what
     `pixelwise predict` uses for its instance maps and overlays); `many` does the same for a list of
     images, `batch_size` of one size at a time. precision and channels_last are the fast path for the
-    network (pixelwise.engine.precision); boxes, scores and masks leave it in float32. tile / overlap:
-    sliced inference (`detect`).
+    network (pixelwise.engine.precision); boxes, scores and masks leave it in float32. tile / overlap /
+    tile_scale: sliced inference (`detect`).
     """
 
     def __init__(self, model: nn.Module, device: torch.device, *, class_names=None, score_threshold: float = 0.5,
                  precision: str = "fp32", channels_last: bool = False, batch_size: int = 1, tile: int | None = None,
-                 overlap: int = 0):
+                 overlap: int = 0, tile_scale: str = "window"):
         self.model, self.device, self.class_names, self.score_threshold = model, device, class_names, score_threshold
         self.precision, self.batch_size, self.tile, self.overlap = precision, batch_size, tile, overlap
+        self.tile_scale = tile_scale
         autocast(device, precision, "infer.precision")  # checked now
         if tile is not None and not 0 <= overlap < tile:
             raise ConfigError(f"infer.overlap must be in [0, tile={tile}), got {overlap}")
+        if tile_scale not in TILE_SCALES:
+            raise ConfigError(f"infer.tile_scale must be one of {', '.join(TILE_SCALES)}, got {tile_scale!r}")
         if channels_last and isinstance(model, nn.Module):
             model.to(memory_format=torch.channels_last)
 
@@ -406,7 +412,7 @@ class InstancePredictor:
                    and tensors[end].shape == tensors[start].shape):
                 end += 1
             out += detect(self.model, tensors[start:end], self.device, self.precision, tile=self.tile,
-                          overlap=self.overlap, batch_size=self.batch_size)
+                          overlap=self.overlap, tile_scale=self.tile_scale, batch_size=self.batch_size)
             start = end
         labels = self.class_names or []
         for d in out:
@@ -438,40 +444,46 @@ def max_detections(model: nn.Module) -> int:
 
 @torch.no_grad()
 def detect(model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str = "fp32", *,
-           tile: int | None = None, overlap: int = 0, batch_size: int = 1) -> list[dict[str, torch.Tensor]]:
+           tile: int | None = None, overlap: int = 0, tile_scale: str = "window", batch_size: int = 1,
+           scale: float | None = None) -> list[dict[str, torch.Tensor]]:
     """The model's detections for a list of images, on the CPU, the model left in the mode it was in.
 
     tile: sliced inference (SAHI, Akyon et al. 2022) for large images with small objects: each image is cut
     into tile x tile windows that overlap their neighbours by `overlap` pixels (the last ones flush with the
-    far edges), each window goes through the model (batch_size at a time) at the model's own input size, and
-    the windows' detections are merged by greedy non-maximum merging on masks (pixelwise.ops.merge). An object
-    is kept whole if the overlap exceeds its size.
+    far edges), each window goes through the model (batch_size at a time), and the windows' detections are
+    merged by greedy non-maximum merging on masks (pixelwise.ops.merge). An object is kept whole if the overlap
+    exceeds its size. tile_scale "window" resizes each window to the model's input size as SAHI does (it
+    magnifies small objects); "image" resizes it by the factor the whole image would get, the scale a model
+    trained on whole images saw. scale: resize every image by this factor instead of to the model's size.
     """
     if tile is not None:
-        return [_detect_sliced(model, image, device, precision, tile, overlap, batch_size) for image in images]
+        return [_detect_sliced(model, image, device, precision, tile, overlap, tile_scale, batch_size)
+                for image in images]
     was_training = model.training
     model.eval()
     try:
         with autocast(device, precision, "infer.precision"):
-            out = as_float(model([img.to(device) for img in images], detect=True)["detections"])
+            kwargs = {"scale": scale} if scale is not None else {}
+            out = as_float(model([img.to(device) for img in images], detect=True, **kwargs)["detections"])
     finally:
         model.train(was_training)
     return [{k: v.cpu() for k, v in d.items()} for d in out]
 
 
 def _detect_sliced(model: nn.Module, image: torch.Tensor, device: torch.device, precision: str, tile: int,
-                   overlap: int, batch_size: int) -> dict[str, torch.Tensor]:
+                   overlap: int, tile_scale: str, batch_size: int) -> dict[str, torch.Tensor]:
     from pixelwise.engine.predictor import tile_positions
     from pixelwise.ops.merge import merge_detections, shift_detections
 
     height, width = image.shape[-2:]
     th, tw = min(tile, height), min(tile, width)
     origins = [(y, x) for y in tile_positions(height, th, tile - overlap) for x in tile_positions(width, tw, tile - overlap)]
+    scale = model.image_scale((height, width)) if tile_scale == "image" else None
     found = []
     for start in range(0, len(origins), batch_size):
         batch = origins[start:start + batch_size]
         windows = [image[..., y:y + th, x:x + tw] for y, x in batch]
-        for (y, x), d in zip(batch, detect(model, windows, device, precision)):
+        for (y, x), d in zip(batch, detect(model, windows, device, precision, scale=scale)):
             found.append(shift_detections(d, y, x, height, width))
     merged = {k: torch.cat([d[k] for d in found]) for k in found[0]}
     return merge_detections(merged, threshold=0.5)
@@ -480,7 +492,7 @@ def _detect_sliced(model: nn.Module, image: torch.Tensor, device: torch.device, 
 @torch.no_grad()
 def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch_size: int = 1,
                        progress: bool = True, precision: str = "fp32", channels_last: bool = False,
-                       tile: int | None = None, overlap: int = 0) -> dict:
+                       tile: int | None = None, overlap: int = 0, tile_scale: str = "window") -> dict:
     """COCO box and mask AP (bbox_AP, segm_AP, ...; see metrics.coco_evaluate) of `model` on `dataset`.
 
     The ground truth is the dataset as read (with its transforms), converted by data.to_coco, so
@@ -494,7 +506,8 @@ def evaluate_instances(model: nn.Module, dataset, device: torch.device, *, batch
     for start in track(indices, desc="evaluate", unit="batch", enabled=progress, leave=False):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         for (_, target), d in zip(samples, detect(model, [s[0].as_subclass(torch.Tensor) for s in samples], device,
-                                                  precision, tile=tile, overlap=overlap, batch_size=batch_size)):
+                                                  precision, tile=tile, overlap=overlap, tile_scale=tile_scale,
+                                                  batch_size=batch_size)):
             detections.append({"image_id": int(target["image_id"]), "boxes": d["boxes"], "scores": d["scores"],
                                "labels": d["labels"], "masks": masks_to_rle(d["masks"])})
     metrics = coco_evaluate(gt, detections, dataset.category_ids, max_dets=max_detections(model))

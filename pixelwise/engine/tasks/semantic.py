@@ -194,15 +194,18 @@ class SemanticTask(Task):
         heads = list(getattr(heads, "extra_heads", None) or [])
         targets = getattr(dataset, "extra_targets", {})
         extra = {k: ConfusionMatrix(len(targets[k]), ignore_index=dataset.ignore_index) for k in heads if k in targets}
-        was_training = model.training
-        if extra:
-            model.eval()
         membrane_probs, true_membranes = [], []
         for i in track(range(len(dataset)), desc="evaluate", unit="img", enabled=progress, leave=False):
             image, target = dataset[i]
             mask = target["mask"].as_subclass(torch.Tensor)
             image = image.as_subclass(torch.Tensor)
-            probs = predictor.predict_probs(image)
+            if extra:  # the extra heads from the same passes as the main one
+                every = predictor.predict_heads(image)
+                probs = every["out"]
+                for key, extra_cm in extra.items():
+                    extra_cm.update(every[key].argmax(0), target[key].as_subclass(torch.Tensor))
+            else:
+                probs = predictor.predict_probs(image)
             pred = predictor.postprocess(probs, predictor.denormalize(image))
             one = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
             one.update(pred, mask)
@@ -211,9 +214,6 @@ class SemanticTask(Task):
             for k, (correct, total) in trimap_counts(pred, mask, dataset.ignore_index).items():
                 trimap[k][0] += correct
                 trimap[k][1] += total
-            for key, extra_cm in extra.items():  # the extra heads, on the whole image
-                logits = forward_aligned(model, image[None].to(device))[key][0].argmax(0).cpu()
-                extra_cm.update(logits, target[key].as_subclass(torch.Tensor))
             if isbi:
                 scores.append(isbi_scores(pred.numpy() == 1, mask.numpy() == 1))
                 membrane_probs.append(probs[1].float().cpu().numpy())
@@ -227,7 +227,6 @@ class SemanticTask(Task):
             metrics.update(mean_isbi_scores(scores))  # of the predicted labels (argmax, or threshold / CRF)
             # The challenge's own scores: the best over its sweep of thresholds of the network's membrane probability
             metrics.update(challenge_scores(membrane_probs, true_membranes))
-        model.train(was_training)
         for key, extra_cm in extra.items():  # geo_pixel_acc, geo_mean_acc, geo_miou, geo_fwiou, ...
             scored = extra_cm.compute()
             metrics.update({f"{key}_{m}": scored[m] for m in ("pixel_acc", "mean_acc", "miou", "fwiou")})
