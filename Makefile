@@ -27,7 +27,8 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
-# The crf extra (pydensecrf2) is an sdist compiled at install: a C++ compiler and Python's headers, installed once.
+# The crf extra (pydensecrf2) is an sdist compiled at install, and infer.compile (torch.compile) compiles C++ on the
+# CPU: a C++ compiler and Python's headers, installed once.
 compiler:
 	@command -v g++ >/dev/null 2>&1 && $(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ python3-dev; }

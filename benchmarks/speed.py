@@ -4,7 +4,8 @@
 
 For each model, with the same random weights and the same input: the peer fp32 eager (torchvision
 with our weights converted to it, or segmentation_models_pytorch where torchvision has no such
-model), ours fp32 eager, ours bf16 autocast + channels_last, the exported model in ONNX Runtime
+model), ours fp32 eager, ours bf16 autocast + channels_last (also with BatchNorm folded, and compiled by
+torch.compile with frozen weights: infer.compile), the exported model in ONNX Runtime
 (fp32) and OpenVINO (fp32 and bf16), and OpenVINO int8 quantized by nncf (calibrated on 4 random
 inputs, or for Mask R-CNN on its 2 images: a speed figure; int8 scores on trained checkpoints are
 benchmarks/deployed.py's). The variants run one after the other, --rounds times (after
@@ -40,7 +41,7 @@ from pixelwise.export import _export_part  # noqa: E402
 from pixelwise.deploy.graph import RuntimeModule  # noqa: E402
 from pixelwise.engine.tasks.instance import InstanceTask  # noqa: E402
 from pixelwise.engine.tasks.semantic import Normalized  # noqa: E402
-from pixelwise.engine.precision import autocast, channels_last, fold_batchnorm  # noqa: E402
+from pixelwise.engine.precision import autocast, channels_last, compile_frozen, fold_batchnorm  # noqa: E402
 from pixelwise.metrics.agreement import match_detections  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -123,9 +124,11 @@ def bench_semantic(name: str, build, rounds: int, tmp: Path) -> dict:
         with autocast(cpu, "bf16", "infer.precision"):
             return model(channels_last(inp)).float()
 
+    compiled = compile_frozen(folded)  # infer.compile (with infer.fold_bn)
     int8_path = _int8_openvino(onnx_path, [[torch.rand(shape).numpy()] for _ in range(4)])
     variants = {"ours fp32": ours, "ours bf16 + channels_last": bf16_cl,
                 "ours bf16 + channels_last + fold_bn": lambda inp: bf16_cl(inp, folded),
+                "ours bf16 + channels_last + fold_bn, torch.compile": lambda inp: bf16_cl(inp, compiled),
                 "ONNX Runtime fp32": RuntimeModule(onnx_path, "onnxruntime", denormalize=denorm),
                 "OpenVINO fp32": RuntimeModule(onnx_path, "openvino", denormalize=denorm),
                 "OpenVINO bf16": RuntimeModule(onnx_path, "openvino", precision="bf16", denormalize=denorm),

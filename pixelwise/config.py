@@ -148,6 +148,9 @@ class InferConfig:
     precision: Optional[Literal["fp32", "bf16", "fp16"]] = None  # null: as train.precision
     channels_last: Optional[bool] = None  # null: as train.channels_last
     fold_bn: bool = False  # eval and predict: fold eval-mode BatchNorm into the convolution before it (checked)
+    # eval and predict: torch.compile the network with its weights frozen (pixelwise.inference._compile); the first
+    # image of each size compiles (about 20 s for FCN-ResNet50 on 2 cores), needs a C++ compiler on the CPU.
+    compile: bool = False
     # Semantic models: the fully connected CRF after the network (pixelwise.crf): null = off, else a mapping of
     # backend (torch | pydensecrf), iterations, w1, theta_alpha, theta_beta, w2, theta_gamma ({} = the defaults).
     crf: Optional[dict] = None

@@ -21,7 +21,7 @@ from pixelwise.deploy.graph import RuntimeModule
 from pixelwise.deploy.runtimes import check_runtime, default_runtime, exported_format, part_path, read_metadata
 from pixelwise.engine.checkpoint import load_checkpoint, load_model_weights
 from pixelwise.engine.distributed import resolve_device
-from pixelwise.engine.precision import fold_batchnorm
+from pixelwise.engine.precision import compile_frozen, fold_batchnorm
 from pixelwise.engine.run import PRETRAINED_ARGS, build_run
 from pixelwise.engine.tasks import Task
 from pixelwise.errors import CheckpointError, ConfigError
@@ -71,6 +71,8 @@ def build_inference(checkpoint, *, cfg: Config | None = None, device=None, overr
     model = run.model.to(device).eval()
     if cfg.infer.fold_bn:
         model = _fold_batchnorm(model, run.task)
+    if cfg.infer.compile:
+        model = _compile(model, run.task)
     names = ckpt.get("class_names") or run.meta["class_names"]
     predictor = run.task.predictor(model, device, tta=tta, class_names=names)
     meta = run.meta if run.meta["class_names"] else {**run.meta, "class_names": names}  # classes known from files
@@ -140,16 +142,28 @@ def _config(cfg: Config | None, saved, source: str, overrides) -> Config:
     return cfg
 
 
-def _fold_batchnorm(model: nn.Module, task: Task) -> nn.Module:
-    """infer.fold_bn: the BatchNorms of the task's part folded into the convolution before them, checked on an
-    example."""
+def _on_part(model: nn.Module, task: Task, change) -> nn.Module:
+    """`model` with the task's network part (Task.fold_example: the whole semantic model, a CRF-as-RNN's net,
+    Mask R-CNN's backbone) replaced by change(part, example input)."""
     name, example = task.fold_example(model)
-    folded, _ = fold_batchnorm(model.get_submodule(name) if name else model, example)
+    changed = change(model.get_submodule(name) if name else model, example)
     if not name:
-        return folded
+        return changed
     parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, folded)
+    setattr(model.get_submodule(parent) if parent else model, leaf, changed)
     return model
+
+
+def _fold_batchnorm(model: nn.Module, task: Task) -> nn.Module:
+    """infer.fold_bn: the part's BatchNorms folded into the convolution before them, checked on the example."""
+    return _on_part(model, task, lambda part, example: fold_batchnorm(part, example)[0])
+
+
+def _compile(model: nn.Module, task: Task) -> nn.Module:
+    """infer.compile: the part compiled by torch.compile with its weights frozen as constants (inductor's
+    freezing: convolutions fused with the element-wise operations after them, weights packed once). Each new
+    input size compiles again."""
+    return _on_part(model, task, lambda part, example: compile_frozen(part))
 
 
 def config_of_checkpoint(ckpt: dict, source: str, overrides: list[str] = ()) -> Config:

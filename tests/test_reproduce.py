@@ -202,9 +202,13 @@ def test_equal_epochs_and_shift_and_stitch_runs_on_a_tiny_fcn(tmp_path, monkeypa
     assert {c["metric"] for c in summary["claims"]} == {"miou", "eval_seconds_per_image"}
 
 
-def test_reproduce_all_takes_no_name_and_writes_one_page(tmp_path, capsys):
+def test_reproduce_all_takes_no_name(capsys):
     assert main(["reproduce", "--all", "unet-weightmap"]) == 2
     assert "--all runs every experiment: give no NAME" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # about 20 s: the default suite keeps within 10 minutes
+def test_reproduce_all_writes_one_page(tmp_path):
     from pixelwise.reproduce import reproduce_all
 
     root = require_dataset("isbi2012").parent

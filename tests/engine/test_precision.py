@@ -67,6 +67,19 @@ def test_fold_batchnorm_of_every_unet_batchnorm_gives_the_same_prediction(tmp_pa
                           atol=1e-5)
 
 
+@pytest.mark.slow  # compiles twice (about 40 s)
+def test_infer_compile_gives_the_uncompiled_prediction(tmp_path):
+    train(semantic_config(tmp_path / "run", "model.args={base_width: 4, depth: 2, batch_norm: true}"),
+          datasets=semantic_data(), progress=False)
+    image = (Disks_image() * 255).astype(np.uint8)
+    plain = load_predictor(tmp_path / "run" / "best.pt")
+    compiled = load_predictor(tmp_path / "run" / "best.pt", compile=True, fold_bn=True)
+    assert type(compiled.model).__name__ == "OptimizedModule"
+    torch.testing.assert_close(compiled.predict_probs(compiled.preprocess(image)),
+                               plain.predict_probs(plain.preprocess(image)), atol=1e-4, rtol=0)
+    assert torch.equal(compiled(image), plain(image))
+
+
 def Disks_image() -> np.ndarray:
     return semantic_data()["val"].images[0][0].clamp(0, 1).numpy()
 
