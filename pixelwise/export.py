@@ -87,7 +87,8 @@ def export(checkpoint, fmt: str, out, *, image=None, overrides: list[str] = (), 
         require("nncf" if fmt == "openvino" else "onnxruntime", f"--int8 --format {fmt}")
     _say = print if progress else (lambda *a, **k: None)
     inference = build_inference(checkpoint, device="cpu", overrides=[*overrides, "infer.precision=fp32",
-                                                                     "infer.channels_last=false", "infer.fold_bn=false"])
+                                                                     "infer.channels_last=false", "infer.fold_bn=false",
+                                                                     "infer.compile=false"])
     cfg, task = inference.cfg, inference.task
     sample = _sample_image(inference, image)
     parts = task.export_parts(inference.model, sample["tensor"])
