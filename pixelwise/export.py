@@ -256,7 +256,8 @@ def _write_torch_export(module, args, shapes, path: Path, target: Path, meta: di
 def _write_onnx(module, args, shapes, path: Path, target: Path, meta: dict | None, calibration=None) -> None:
     """The graph through torch.onnx's dynamo exporter; the metadata in the model's metadata_props. With
     calibration: quantized to int8 by ONNX Runtime (static, QDQ, per-channel int8 weights, uint8 activations)."""
-    program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, verbose=False, optimize=True)
+    program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, verbose=False, optimize=True,
+                                custom_translation_table=onnx_translations())
     with _writing(target):
         program.save(str(path), external_data=False)
     if calibration is not None:
@@ -269,6 +270,24 @@ def _write_onnx(module, args, shapes, path: Path, target: Path, meta: dict | Non
         entry.key, entry.value = META_KEY, json.dumps(meta)
         with _writing(target):
             onnx.save(proto, str(path))
+
+
+def onnx_translations() -> dict:
+    """pixelwise's own ops as ONNX: roi_align_boxes as one RoiAlign of its inputs (opset 16's coordinate modes:
+    aligned=True is half_pixel, False torchvision's legacy output_half_pixel; sampling_ratio <= 0 adaptive = 0)."""
+    from onnx import TensorProto
+    from onnxscript import opset18 as op
+
+    import pixelwise.ops.poolers  # noqa: F401  (registers pixelwise::roi_align_boxes)
+
+    def roi_align_boxes(input, boxes, index, height: int, width: int, spatial_scale: float, sampling_ratio: int,
+                        aligned: bool):
+        return op.RoiAlign(input, boxes, op.Cast(index, to=TensorProto.INT64), mode="avg",
+                           coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
+                           output_height=height, output_width=width, sampling_ratio=max(sampling_ratio, 0),
+                           spatial_scale=spatial_scale)
+
+    return {torch.ops.pixelwise.roi_align_boxes.default: roi_align_boxes}
 
 
 def _quantize_onnx(path: Path, calibration: list, target: Path) -> None:

@@ -22,15 +22,16 @@ class RuntimeModule(nn.Module):
     structure: how the flat list of graph outputs is regrouped ("tensor", "tuple", "list", or
     "lists:N" for N lists of equal length). denormalize: (mean, std) to undo before the graph, for a
     semantic model whose graph normalises its input itself while the Predictor hands normalised windows.
-    buckets: the first input (Mask R-CNN's RoIs, or their pooled features) is padded with zero rows to the
-    next of BUCKETS, and the outputs cut back, so the runtime sees a few shapes, each compiled once
-    (OpenVINO compiles a static graph per shape), instead of a new one for every number of RoIs. The
-    other inputs (the feature maps of a part that pools in its graph) pass as they are.
+    buckets: the first `buckets` inputs (True: one; Mask R-CNN's RoIs, or their pooled features; two for a part
+    that pools in its graph: the RoIs' boxes and batch indices) are padded with zero rows to the next of BUCKETS,
+    and the outputs cut back, so the runtime sees a few shapes, each compiled once (OpenVINO compiles a static
+    graph per shape), instead of a new one for every number of RoIs. The other inputs (the feature maps of a part
+    that pools in its graph) pass as they are.
     """
 
     def __init__(self, path: str | Path, runtime: str, *, precision: str = "fp32", structure: str = "tensor",
                  denormalize=None, geometry: nn.Module | None = None, threads: int | None = None,
-                 buckets: bool = False) -> None:
+                 buckets: int = 0) -> None:
         super().__init__()
         # The size rule of the exported model (the valid-convolution U-Net's), which the Predictor asks for.
         for fn in ("input_size_for", "output_size"):
@@ -41,19 +42,19 @@ class RuntimeModule(nn.Module):
             mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in denormalize)
             self.register_buffer("mean", mean, persistent=False)
             self.register_buffer("std", std, persistent=False)
-        self.denormalize, self.buckets = denormalize is not None, buckets
+        self.denormalize, self.buckets = denormalize is not None, int(buckets)
         check_runtime(path, runtime)
         # not a module: no weights here
-        self._runner = RUNTIMES[runtime](path, precision, threads or torch.get_num_threads(), static=buckets)
+        self._runner = RUNTIMES[runtime](path, precision, threads or torch.get_num_threads(), static=bool(buckets))
 
     def forward(self, *inputs):
         if self.denormalize:
             inputs = (inputs[0].float() * self.std + self.mean, *inputs[1:])
         if self.buckets:
-            first, *rest = flatten(inputs)
-            n = first.shape[0]
-            first = torch.cat([first, first.new_zeros((bucket(n) - n, *first.shape[1:]))])
-            return _cut(self._forward((first, *rest)), n)
+            flat = flatten(inputs)
+            n = flat[0].shape[0]
+            padded = [torch.cat([t, t.new_zeros((bucket(n) - n, *t.shape[1:]))]) for t in flat[:self.buckets]]
+            return _cut(self._forward((*padded, *flat[self.buckets:])), n)
         return self._forward(inputs)
 
     def _forward(self, inputs):

@@ -18,7 +18,9 @@ Boxes are (x1, y1, x2, y2) in image pixels; `spatial_scale` = 1 / stride maps th
 `RoIPooler` is the same as a module taking (features, rois); its `in_graph` is RoIAlign written for an exported
 graph (pixelwise.export puts it in Mask R-CNN's RoI parts): torchvision.ops.roi_align, which the exporters turn into
 ONNX `RoiAlign` and OpenVINO `ROIAlign`, once over an "atlas" of the pyramid's levels side by side, each with a
-one-pixel replicated border, the RoIs moved onto their level. One RoIAlign of the RoIs, with no shape that
+one-pixel replicated border, the RoIs moved onto their level (`atlas_rois`, in PyTorch before the graph; the
+graph holds `on_atlas`, the atlas and its RoIAlign, whose boxes come straight from the graph's inputs, so no
+coordinate passes through a runtime's bf16). One RoIAlign of the RoIs, with no shape that
 depends on the data (a graph cannot split the RoIs by level without one), and the same values as `roi_features`
 for boxes inside the image (Mask R-CNN clips proposals and detections to it): a sample on a level's last row or
 column reads the border's copy of it, as torchvision clamps it. Equal to 1e-12 in float64; in float32 to about
@@ -37,7 +39,7 @@ from torchvision.ops import roi_pool
 
 from pixelwise.ops.roi_align import roi_align
 
-__all__ = ["METHODS", "RoIPooler", "as_rois", "map_levels", "pool_rois", "roi_features"]
+__all__ = ["METHODS", "RoIPooler", "as_rois", "map_levels", "pool_rois", "roi_align_boxes", "roi_features"]
 
 METHODS = ("roi_align", "roi_pool", "roi_warp")
 
@@ -167,27 +169,60 @@ class RoIPooler(nn.Module):
                          spatial_scales=self.spatial_scales, sampling_ratio=self.sampling_ratio, aligned=self.aligned)
 
     def in_graph(self, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        """forward's RoIAlign for an exported graph: one torchvision roi_align over the levels' atlas (module doc)."""
+        """forward's RoIAlign as an exported graph computes it: `on_atlas` of the RoIs placed by `atlas_rois`."""
+        placed = self.atlas_rois(features, rois)
+        return self.on_atlas(features, placed[:, 1:], placed[:, 0])
+
+    def atlas_rois(self, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """The RoIs (K, 5) moved onto the levels' atlas of `features` (module doc); with one level, as they are.
+        Computed outside the exported graph, in float32: under OpenVINO's bf16 hint the graph's own arithmetic
+        runs in bf16 (8 bits of mantissa), which moves coordinates of hundreds of pixels by several pixels and
+        can put a RoI on the wrong level."""
         if self.method != "roi_align":
             raise ValueError(f"RoIPooler.in_graph: only roi_align goes in a graph, not {self.method}")
-        size = (self.output_size, self.output_size) if isinstance(self.output_size, int) else tuple(self.output_size)
-        dtype = torch.promote_types(features[0].dtype, torch.float32)  # float32 in a graph (float64 in the tests)
-        rois, features = rois.to(dtype), [f.to(dtype) for f in features]
+        rois = rois.to(torch.promote_types(features[0].dtype, torch.float32))  # float64 in the tests
         if len(features) == 1:
-            return torchvision.ops.roi_align(features[0], rois, size, self.spatial_scales[0],
-                                             self.sampling_ratio, self.aligned)
+            return rois
         k_min, k_max = _levels(self.spatial_scales, len(features))
         levels = map_levels(rois[:, 1:], k_min, k_max) - k_min
+        # Coordinates on their level, moved right by the widths of the levels before it (each with its border).
+        scale, shift = torch.zeros_like(rois[:, 0]), torch.ones_like(rois[:, 0])
+        for level, (f, s) in enumerate(zip(features, self.spatial_scales)):
+            scale = scale + (levels == level).to(rois.dtype) * s
+            shift = shift + (levels > level).to(rois.dtype) * (f.shape[-1] + 2)
+        xy = rois[:, 1:] * scale[:, None] + torch.stack([shift, torch.ones_like(shift)] * 2, dim=1)
+        return torch.cat([rois[:, :1], xy], dim=1)
+
+    def on_atlas(self, features: Sequence[torch.Tensor], boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """RoIAlign of RoIs placed by `atlas_rois`, given as their boxes (K, 4) and batch indices (K,) apart: one
+        roi_align over the atlas (an exported graph's ONNX RoiAlign / OpenVINO ROIAlign, fed by the graph's inputs
+        with no op between them, see roi_align_boxes)."""
+        if self.method != "roi_align":
+            raise ValueError(f"RoIPooler.in_graph: only roi_align goes in a graph, not {self.method}")
+        h, w = (self.output_size, self.output_size) if isinstance(self.output_size, int) else tuple(self.output_size)
+        dtype = torch.promote_types(features[0].dtype, torch.float32)  # float32 in a graph (float64 in the tests)
+        boxes, index, features = boxes.to(dtype), index.to(dtype), [f.to(dtype) for f in features]
+        if len(features) == 1:
+            return roi_align_boxes(features[0], boxes, index, h, w, self.spatial_scales[0], self.sampling_ratio,
+                                   self.aligned)
         # Each level padded by one replicated pixel on every side, then to the tallest level's height, side by side.
         padded = [F.pad(f, (1, 1, 1, 1), mode="replicate") for f in features]
         height = padded[0].shape[-2]
         atlas = torch.cat([F.pad(p, (0, 0, 0, height - p.shape[-2])) for p in padded], dim=-1)
-        # RoI coordinates on their level, moved right by the widths of the levels before it and the border.
-        scale = torch.zeros_like(levels, dtype=rois.dtype)
-        shift = torch.ones_like(levels, dtype=rois.dtype)
-        for level, (p, s) in enumerate(zip(padded, self.spatial_scales)):
-            scale = scale + (levels == level).to(rois.dtype) * s
-            shift = shift + (levels > level).to(rois.dtype) * p.shape[-1]
-        xy = rois[:, 1:] * scale[:, None] + torch.stack([shift, torch.ones_like(shift)] * 2, dim=1)
-        return torchvision.ops.roi_align(atlas, torch.cat([rois[:, :1], xy], dim=1), size, 1.0, self.sampling_ratio,
-                                         self.aligned)
+        return roi_align_boxes(atlas, boxes, index, h, w, 1.0, self.sampling_ratio, self.aligned)
+
+
+@torch.library.custom_op("pixelwise::roi_align_boxes", mutates_args=())
+def roi_align_boxes(input: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, height: int, width: int,
+                    spatial_scale: float, sampling_ratio: int, aligned: bool) -> torch.Tensor:
+    """torchvision.ops.roi_align with the RoIs' boxes (K, 4) and batch indices (K,, float) apart. An op of its own
+    so that export writes it as one ONNX RoiAlign of the graph's inputs (pixelwise.export.onnx_translations):
+    torchvision's own export slices the boxes out of the (K, 5) RoIs, and OpenVINO's bf16 hint runs that slice in
+    bf16, which rounds coordinates of a few hundred pixels to 1-2 pixels (0.5 mask AP points on ISBI)."""
+    rois = torch.cat([index[:, None].to(boxes.dtype), boxes], dim=1)
+    return torchvision.ops.roi_align(input, rois, (height, width), spatial_scale, sampling_ratio, aligned)
+
+
+@roi_align_boxes.register_fake
+def _(input, boxes, index, height, width, spatial_scale, sampling_ratio, aligned):
+    return input.new_empty((boxes.shape[0], input.shape[1], height, width))

@@ -196,15 +196,20 @@ def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suff
     assert all(p.exists() for p in parts)
     meta = read_metadata(out)
     assert meta["parts"].keys() == {"backbone", "rpn_head", "box_head", "mask_head"}
-    # RoIAlign is in the RoI parts' graphs (issue 27): they take the RoIs and the feature maps
-    assert meta["parts"]["box_head"]["input"] == meta["parts"]["mask_head"]["input"] == "rois+features"
+    # RoIAlign is in the RoI parts' graphs (issue 27): they take the RoIs placed on the levels' atlas and the maps
+    assert meta["parts"]["box_head"]["input"] == meta["parts"]["mask_head"]["input"] == "boxes+index+features"
     if fmt == "onnx":
         import onnx
 
         for part in ("box_head", "mask_head"):
             graph = onnx.load(str(out.with_name(f"mrcnn.{part}.onnx")))
             ops = {n.op_type for n in graph.graph.node} | {n.op_type for f in graph.functions for n in f.node}
-            assert "RoiAlign" in ops and len(graph.graph.input) == 5, (part, sorted(ops))
+            assert "RoiAlign" in ops and len(graph.graph.input) == 6, (part, sorted(ops))
+            # the level assignment (FPN eq. 1: sqrt, log2, floor) runs in PyTorch, and RoiAlign's boxes are the
+            # graph's input itself: no op between them that a runtime could run in bf16 (OpenVINO's bf16 hint does)
+            assert not ops & {"Sqrt", "Log", "Floor"}, (part, sorted(ops))
+            (roi_align,) = [n for n in graph.graph.node if n.op_type == "RoiAlign"]
+            assert roi_align.input[1] == graph.graph.input[0].name, part
     wide = tmp / "wide.png"  # another size than the one exported on: the graphs' dynamic dimensions
     Image.fromarray(np.concatenate([np.array(Image.open(image))] * 2, axis=1)).save(wide)
     # (A torch.export program keeps a guard that every FPN level is at least 2 pixels: here the wide image's
@@ -219,6 +224,29 @@ def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suff
             assert torch.allclose(d["boxes"], reference["boxes"], atol=0.05)
             assert torch.equal(d["labels"], reference["labels"])
             assert (d["masks"] == reference["masks"]).float().mean() > 0.999
+
+
+def test_an_export_placing_its_rois_in_the_graph_still_loads_and_detects_as_pytorch(mask_rcnn, monkeypatch):
+    """Exports of 2026-12-05 (input "rois+features") take the RoIs (K, 5) and place them on the levels' atlas inside
+    their graphs; the loader hands those graphs the RoIs as they are. Such an export is made here as then."""
+    from pixelwise.engine.tasks.instance import HandOver, PooledPart
+
+    tmp, image = mask_rcnn
+    out = tmp / "legacy.onnx"
+    with monkeypatch.context() as then:
+        then.setattr(PooledPart, "export_meta", {"input": "rois+features"})
+        then.setattr(PooledPart, "graph_inputs", staticmethod(lambda pooler, features, rois: (rois, *features)))
+        then.setattr(PooledPart, "forward", lambda self, rois, *features: self.part(self.pooler.in_graph(features, rois)))
+        then.setattr(PooledPart, "varargs_from", 1)
+        assert main(["export", "--checkpoint", str(tmp / "run" / "last.pt"), "--format", "onnx", "--out", str(out),
+                     "--image", str(image)]) == 0
+    assert read_metadata(out)["parts"]["mask_head"]["input"] == "rois+features"
+    exported, reference = load_predictor(out, runtime="onnxruntime"), load_predictor(tmp / "run" / "last.pt")
+    assert isinstance(exported.model.roi_heads.mask_pooler, HandOver) and exported.model.roi_heads.mask_pooler.pooler is None
+    want, got = reference(image), exported(image)
+    assert len(got["boxes"]) == len(want["boxes"]) > 0
+    assert torch.allclose(got["boxes"], want["boxes"], atol=0.05) and torch.equal(got["labels"], want["labels"])
+    assert (got["masks"] == want["masks"]).float().mean() > 0.999
 
 
 def test_openvino_leaves_the_threads_signal_stack_as_it_was(runs):
@@ -376,7 +404,7 @@ def test_c4_and_roipool_mask_rcnn_export_and_detect_as_pytorch(tmp_path, variant
     assert main(["export", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--format", "onnx", "--out", str(out),
                  "--image", str(image)]) == 0, capsys.readouterr().err
     parts = read_metadata(out)["parts"]
-    pooled = {n for n, info in parts.items() if info.get("input") == "rois+features"}
+    pooled = {n for n, info in parts.items() if info.get("input") == "boxes+index+features"}
     assert pooled == ({"res5"} if "c4" in variant else {"box_head"})
     want, got = load_predictor(tmp_path / "run" / "last.pt")(image), load_predictor(out, runtime="onnxruntime")(image)
     assert len(got["boxes"]) == len(want["boxes"]) > 0

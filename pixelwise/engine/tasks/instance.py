@@ -160,18 +160,24 @@ class InstanceTask(Task):
     def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
         """The model with each exported part replaced by its graph. The RoI parts (res5, box_head, mask_head) get
         their RoIs in padded batches of a few sizes (RuntimeModule buckets): OpenVINO compiles each size once. A
-        part with its RoIAlign in the graph (metadata input "rois+features"; older exports take pooled features)
-        gets the RoIs and the feature maps: the pooler before it hands them over (HandOver)."""
+        part with its RoIAlign in the graph (metadata input "boxes+index+features", or "rois+features" from
+        2026-12-05; older exports take pooled features) gets the RoIs and the feature maps: the pooler before it
+        hands them over (HandOver)."""
         pooled = _pooled_parts(model)
         for name, info in parts.items():
             parent, _, leaf = EXPORT_PARTS[name][0].rpartition(".")
+            legacy = info.get("input") == PooledPart.LEGACY_INPUT
+            new = not legacy and info.get("input") == PooledPart.export_meta["input"]
             setattr(model.get_submodule(parent) if parent else model, leaf,
-                    graph(name, structure=info["structure"], buckets=EXPORT_PARTS[name][2] == (0,)))
-            if info.get("input") == PooledPart.export_meta["input"]:
+                    graph(name, structure=info["structure"],
+                          buckets=PooledPart.padded_inputs if new else int(EXPORT_PARTS[name][2] == (0,))))
+            if new or legacy:
                 if name not in pooled:
                     raise ConfigError(f"exported part {name} pools its RoIs in the graph, but this model's config "
                                       "pools them otherwise; export the checkpoint again")
-                setattr(model.roi_heads, pooled[name], HandOver())
+                pooler = getattr(model.roi_heads, pooled[name])
+                setattr(model.roi_heads, pooled[name],
+                        HandOver(pooler if new else None))
         return model
 
     def export_sample(self, predictor: "InstancePredictor", image) -> torch.Tensor:
@@ -276,25 +282,43 @@ EXPORT_PARTS = {
 
 
 class PooledPart(nn.Module):
-    """An exported RoI part with its RoIAlign: (rois (K, 5), *feature maps) -> the part's outputs. The pooler's
-    `in_graph` is torchvision's roi_align over the levels' atlas, which becomes ONNX RoiAlign / OpenVINO ROIAlign."""
+    """An exported RoI part with its RoIAlign: (boxes (K, 4) and batch indices (K,) of the RoIs placed on the
+    levels' atlas, *feature maps) -> the part's outputs. The pooler's `on_atlas` is one roi_align over the atlas
+    (ONNX RoiAlign / OpenVINO ROIAlign of the graph's inputs); its `atlas_rois` places the RoIs, in PyTorch before
+    the graph (graph_inputs, HandOver)."""
 
-    export_meta = {"input": "rois+features"}  # in the export's metadata, so the loader hands the graph these
-    varargs_from = 1  # forward(rois, *features): torch.export groups the inputs from the second on
+    # In the export's metadata, so the loader hands the graph these. Exports of 2026-12-05 have "rois+features": the
+    # RoIs (K, 5) as they are, placed inside the graph, where OpenVINO's bf16 rounds them; they still load.
+    export_meta = {"input": "boxes+index+features"}
+    LEGACY_INPUT = "rois+features"
+    varargs_from = 2  # forward(boxes, index, *features): torch.export groups the inputs from the third on
+    padded_inputs = 2  # boxes and index: padded together to the RoI buckets (RuntimeModule)
 
     def __init__(self, pooler: nn.Module, part: nn.Module) -> None:
         super().__init__()
         self.pooler, self.part = pooler, part  # the pooler has no weights
 
-    def forward(self, rois: torch.Tensor, *features: torch.Tensor):
-        return self.part(self.pooler.in_graph(list(features), rois))
+    def forward(self, boxes: torch.Tensor, index: torch.Tensor, *features: torch.Tensor):
+        return self.part(self.pooler.on_atlas(list(features), boxes, index))
+
+    @staticmethod
+    def graph_inputs(pooler: nn.Module, features, rois: torch.Tensor) -> tuple:
+        """What the graph takes where the pooler would have run: (boxes, batch indices of the RoIs placed on the
+        atlas, *features)."""
+        placed = pooler.atlas_rois(features, rois)
+        return (placed[:, 1:].contiguous(), placed[:, 0].contiguous(), *features)
 
 
 class HandOver(nn.Module):
-    """In place of a pooler whose RoIAlign runs in the exported graph after it: hands on (rois, *features)."""
+    """In place of a pooler whose RoIAlign runs in the exported graph after it: hands on PooledPart.graph_inputs;
+    with pooler=None (the "rois+features" exports of 2026-12-05) (rois as they are, *features)."""
+
+    def __init__(self, pooler: nn.Module | None = None) -> None:
+        super().__init__()
+        self.pooler = pooler
 
     def forward(self, features, rois):
-        return (rois, *features)
+        return (rois, *features) if self.pooler is None else PooledPart.graph_inputs(self.pooler, features, rois)
 
 
 def _pooled_parts(model: nn.Module) -> dict[str, str]:
@@ -311,13 +335,13 @@ def _pooled_parts(model: nn.Module) -> dict[str, str]:
 
 def _hook_part_inputs(model: nn.Module, record) -> list:
     """Forward pre-hooks calling record(part, inputs) with each exported part's graph inputs: the part's own inputs,
-    or for a part with its pooling in the graph, (rois, *features) as its pooler gets them."""
+    or for a part with its pooling in the graph, PooledPart.graph_inputs (what its graph takes)."""
     pooled = _pooled_parts(model)
     handles = []
     for name, module in _export_modules(model).items():
         if name in pooled:
             def hook(m, args, name=name):  # returns None: the module's own inputs go on unchanged
-                record(name, (args[1], *args[0]))
+                record(name, PooledPart.graph_inputs(m, *args))
 
             handles.append(model.get_submodule(f"roi_heads.{pooled[name]}").register_forward_pre_hook(hook))
         else:
@@ -360,7 +384,7 @@ def _at_least_two(a, dims):
         return type(a)(_at_least_two(v, dims) for v in a)
     for d in dims:
         if d < a.dim() and a.shape[d] < 2:
-            a = torch.randn(*a.shape[:d], 2, *a.shape[d + 1:]) if a.shape[d] == 0 else torch.cat([a, a], dim=d)
+            a = a.new_zeros((*a.shape[:d], 2, *a.shape[d + 1:])) if a.shape[d] == 0 else torch.cat([a, a], dim=d)
     return a
 
 
