@@ -1,7 +1,7 @@
 """Trained checkpoints through every fast path, export and int8 model: their scores beside fp32 (issue 27).
 
     PIXELWISE_DATA=../shared/data python benchmarks/deployed.py --work /tmp/deployed [--budgets /tmp/budgets]
-        [--calibration 16] [NAME ...]
+        [--calibration 16] [--only VARIANT_PART] [NAME ...]
 
 The checkpoints are the 4 B runs of benchmarks/budgets.py (in --budgets; run it first): FCN-8s and
 FC-DenseNet56 on CamVid, U-Net and Mask R-CNN (R18-FPN, 384 px, 64 RoIs) on ISBI 2012. Each is evaluated
@@ -93,14 +93,25 @@ def agreement(got: list, ref: list) -> dict:
     return {"label_agreement": same / sum(b.numel() for b in ref)}
 
 
-def bench(name: str, ckpt: Path, work: Path, calibration: int) -> dict:
+def bench(name: str, ckpt: Path, work: Path, calibration: int, only: str | None = None, before: dict | None = None) -> dict:
+    """Every variant's row; with `only` (comma-separated), the variants whose name contains one of its parts (and
+    fp32, the reference) are run
+    again and the other rows are kept from `before` (the record's previous rows of this checkpoint)."""
     from pixelwise.engine.run import build_datasets
     from pixelwise.inference import build_inference
 
     metrics_of = CHECKPOINTS[name][1]
     instance = metrics_of[0] == "segm_AP"
     rows, ref = [], None
+    old = (before or {}).get("rows", [])
+    # a kept row's speed-up stays against the fp32 time of its own run (CPU times drift between runs)
+    kept = {r["variant"]: {"reference_seconds": old[0].get("reference_seconds", old[0]["seconds_per_image"]), **r}
+            for r in old if "seconds_per_image" in r or "refused" in r}
     for variant, (path, runtime, overrides) in variants(work, ckpt, name, calibration, instance).items():
+        if only and not any(part in variant for part in only.split(",")) and ref is not None:
+            if variant in kept:
+                rows.append(kept[variant])
+            continue
         if isinstance(path, str):  # refused by the export's check
             rows.append({"variant": variant, "refused": path})
             print(f"{name}: {variant}: {path}", flush=True)
@@ -135,8 +146,13 @@ def table(results: dict) -> str:
             else:
                 agree = (f"{r['matched']} matched, {r['unmatched_ref']} / {r['unmatched_det']} unmatched, mask IoU "
                          + ("n/a" if r["mask_iou_mean"] is None else f"{r['mask_iou_mean']:.3f}"))
-            lines.append(f"| {name} | {r['variant']} | {m} {r[m]:.4f} | {r['difference']:+.4f} | "
-                         f"{r['seconds_per_image']:.3f} | {base / r['seconds_per_image']:.2f}x | {agree} |")
+            mark = "*" if "reference_seconds" in r else ""
+            lines.append(f"| {name} | {r['variant']}{mark} | {m} {r[m]:.4f} | {r['difference']:+.4f} | "
+                         f"{r['seconds_per_image']:.3f} | {r.get('reference_seconds', base) / r['seconds_per_image']:.2f}x"
+                         f" | {agree} |")
+    if any("reference_seconds" in r for res in results.values() for r in res["rows"]):
+        lines.append("\n\\* Kept from an earlier run of this script (`--only` ran the others again): its speed-up is "
+                     "against the fp32 time of that run.")
     return "\n".join(lines)
 
 
@@ -146,6 +162,8 @@ def main() -> None:
     p.add_argument("--budgets", type=Path, default=Path("/tmp/budgets"), help="benchmarks/budgets.py's --out")
     p.add_argument("--work", type=Path, required=True, help="where the exported files go (kept, reused)")
     p.add_argument("--calibration", type=int, default=16)
+    p.add_argument("--only", help="comma-separated: run again only the variants whose name contains one of these "
+                                  "(fp32 too, the reference); keep the record's other rows")
     args = p.parse_args()
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -155,7 +173,8 @@ def main() -> None:
         ckpt = args.budgets / CHECKPOINTS[name][0] / "4-b" / "seed0" / "best.pt"
         if not ckpt.exists():
             sys.exit(f"{ckpt} is missing: run benchmarks/budgets.py --out {args.budgets} first")
-        record["results"][name] = bench(name, ckpt, args.work, args.calibration)
+        record["results"][name] = bench(name, ckpt, args.work, args.calibration, args.only,
+                                        record["results"].get(name))
         record.update(machine=machine_summary(), cpu=cpu_features(), date=time.strftime("%Y-%m-%d"),
                       calibration=args.calibration)
         save_record("deployed", record)
