@@ -175,9 +175,9 @@ class RoIPooler(nn.Module):
 
     def atlas_rois(self, features: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
         """The RoIs (K, 5) moved onto the levels' atlas of `features` (module doc); with one level, as they are.
-        Computed outside the exported graph, in float32: under OpenVINO's bf16 hint the graph's own arithmetic
-        runs in bf16 (8 bits of mantissa), which moves coordinates of hundreds of pixels by several pixels and
-        can put a RoI on the wrong level."""
+        Computed outside the exported graph, in float32, so that the graph holds no coordinate arithmetic: under
+        OpenVINO's bf16 hint every op of a graph other than its convolutions and matrix products may run in bf16
+        (8 bits of mantissa), which moves coordinates of hundreds of pixels by pixels."""
         if self.method != "roi_align":
             raise ValueError(f"RoIPooler.in_graph: only roi_align goes in a graph, not {self.method}")
         rois = rois.to(torch.promote_types(features[0].dtype, torch.float32))  # float64 in the tests
@@ -215,7 +215,7 @@ class RoIPooler(nn.Module):
 @torch.library.custom_op("pixelwise::roi_align_boxes", mutates_args=())
 def roi_align_boxes(input: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, height: int, width: int,
                     spatial_scale: float, sampling_ratio: int, aligned: bool) -> torch.Tensor:
-    """torchvision.ops.roi_align with the RoIs' boxes (K, 4) and batch indices (K,, float) apart. An op of its own
+    """torchvision.ops.roi_align with the RoIs' boxes (K, 4) and batch indices (K,) as floats, apart. An op of its own
     so that export writes it as one ONNX RoiAlign of the graph's inputs (pixelwise.export.onnx_translations):
     torchvision's own export slices the boxes out of the (K, 5) RoIs, and OpenVINO's bf16 hint runs that slice in
     bf16, which rounds coordinates of a few hundred pixels to 1-2 pixels (0.5 mask AP points on ISBI)."""

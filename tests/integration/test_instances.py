@@ -33,6 +33,7 @@ def _cfg(name: str, tmp_path: Path, *overrides: str):
                        [f"data.root={require_dataset('isbi2012').parent}", f"output_dir={tmp_path}", *args])
 
 
+@pytest.mark.slow  # 12 s; the instance CLI also runs in the export, serve and tiny-COCO tests
 def test_isbi_recipe_train_eval_predict_through_the_cli(tmp_path, capsys):
     root = require_dataset("isbi2012").parent
     run = tmp_path / "run"

@@ -148,6 +148,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, data_root):
     assert state["stopped"] == "signal" and state["step"] == step
 
 
+@pytest.mark.slow  # 17 s: two processes; the default suite is at its 10-minute limit
 def test_distributed_two_processes_match_one_process(tmp_path, data_root):
     # Dropout off: its masks depend on how the batch is split, in any DDP implementation.
     common = ["--data-root", str(data_root), "-o", "model.args={base_width: 4, depth: 2, dropout: 0.0}", "-o",

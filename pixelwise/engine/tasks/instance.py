@@ -176,8 +176,7 @@ class InstanceTask(Task):
                     raise ConfigError(f"exported part {name} pools its RoIs in the graph, but this model's config "
                                       "pools them otherwise; export the checkpoint again")
                 pooler = getattr(model.roi_heads, pooled[name])
-                setattr(model.roi_heads, pooled[name],
-                        HandOver(pooler if new else None))
+                setattr(model.roi_heads, pooled[name], HandOver(pooler if new else None))
         return model
 
     def export_sample(self, predictor: "InstancePredictor", image) -> torch.Tensor:
