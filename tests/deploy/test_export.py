@@ -228,7 +228,7 @@ def test_mask_rcnn_exports_its_parts_and_detects_as_pytorch(mask_rcnn, fmt, suff
 
 @pytest.mark.slow  # 10 s; the default suite is at its 10-minute limit
 def test_an_export_placing_its_rois_in_the_graph_still_loads_and_detects_as_pytorch(mask_rcnn, monkeypatch):
-    """Exports of 2026-12-05 (input "rois+features") take the RoIs (K, 5) and place them on the levels' atlas inside
+    """The first in-graph exports (2026-12-06, input "rois+features") take the RoIs (K, 5) and place them on the levels' atlas inside
     their graphs; the loader hands those graphs the RoIs as they are. Such an export is made here as then."""
     from pixelwise.engine.tasks.instance import HandOver, PooledPart
 

@@ -160,8 +160,8 @@ class InstanceTask(Task):
     def exported_model(self, model: nn.Module, parts: dict, graph) -> nn.Module:
         """The model with each exported part replaced by its graph. The RoI parts (res5, box_head, mask_head) get
         their RoIs in padded batches of a few sizes (RuntimeModule buckets): OpenVINO compiles each size once. A
-        part with its RoIAlign in the graph (metadata input "boxes+index+features", or "rois+features" from
-        2026-12-05; older exports take pooled features) gets the RoIs and the feature maps: the pooler before it
+        part with its RoIAlign in the graph (metadata input "boxes+index+features", or "rois+features", the first
+        such exports; older exports take pooled features) gets the RoIs and the feature maps: the pooler before it
         hands them over (HandOver)."""
         pooled = _pooled_parts(model)
         for name, info in parts.items():
@@ -286,8 +286,9 @@ class PooledPart(nn.Module):
     (ONNX RoiAlign / OpenVINO ROIAlign of the graph's inputs); its `atlas_rois` places the RoIs, in PyTorch before
     the graph (graph_inputs, HandOver)."""
 
-    # In the export's metadata, so the loader hands the graph these. Exports of 2026-12-05 have "rois+features": the
-    # RoIs (K, 5) as they are, placed inside the graph, where OpenVINO's bf16 rounds them; they still load.
+    # In the export's metadata, so the loader hands the graph these. The first such exports (2026-12-06, before
+    # the fix) have "rois+features": the RoIs (K, 5) as they are, placed inside the graph, where OpenVINO's bf16
+    # rounds them; they still load.
     export_meta = {"input": "boxes+index+features"}
     LEGACY_INPUT = "rois+features"
     varargs_from = 2  # forward(boxes, index, *features): torch.export groups the inputs from the third on
@@ -310,7 +311,7 @@ class PooledPart(nn.Module):
 
 class HandOver(nn.Module):
     """In place of a pooler whose RoIAlign runs in the exported graph after it: hands on PooledPart.graph_inputs;
-    with pooler=None (the "rois+features" exports of 2026-12-05) (rois as they are, *features)."""
+    with pooler=None (the first in-graph exports, "rois+features") (rois as they are, *features)."""
 
     def __init__(self, pooler: nn.Module | None = None) -> None:
         super().__init__()
