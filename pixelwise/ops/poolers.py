@@ -177,7 +177,7 @@ class RoIPooler(nn.Module):
         """The RoIs (K, 5) moved onto the levels' atlas of `features` (module doc); with one level, as they are.
         Computed outside the exported graph, in float32, so that the graph holds no coordinate arithmetic: under
         OpenVINO's bf16 hint every op of a graph other than its convolutions and matrix products may run in bf16
-        (8 bits of mantissa), which moves coordinates of hundreds of pixels by pixels."""
+        (8 significant bits), which rounds coordinates of hundreds of pixels to a step of 1-2 pixels."""
         if self.method != "roi_align":
             raise ValueError(f"RoIPooler.in_graph: only roi_align goes in a graph, not {self.method}")
         rois = rois.to(torch.promote_types(features[0].dtype, torch.float32))  # float64 in the tests
@@ -218,7 +218,7 @@ def roi_align_boxes(input: torch.Tensor, boxes: torch.Tensor, index: torch.Tenso
     """torchvision.ops.roi_align with the RoIs' boxes (K, 4) and batch indices (K,) as floats, apart. An op of its own
     so that export writes it as one ONNX RoiAlign of the graph's inputs (pixelwise.export.onnx_translations):
     torchvision's own export slices the boxes out of the (K, 5) RoIs, and OpenVINO's bf16 hint runs that slice in
-    bf16, which rounds coordinates of a few hundred pixels to 1-2 pixels (0.5 mask AP points on ISBI)."""
+    bf16, which rounds coordinates of a few hundred pixels to a step of 1-2 pixels (0.5 mask AP points on ISBI)."""
     rois = torch.cat([index[:, None].to(boxes.dtype), boxes], dim=1)
     return torchvision.ops.roi_align(input, rois, (height, width), spatial_scale, sampling_ratio, aligned)
 
